@@ -1,5 +1,7 @@
-"""metrics_proxy: an aiohttp proxy that exports vLLM's Prometheus metrics for OpenAI-style traffic."""
+"""metrics_proxy: an aiohttp proxy exporting vLLM's Prometheus metrics for OpenAI-style traffic."""
+
+from metrics_proxy.recorder import FinishedRequest, ProxyMetricsRecorder, RequestTracker
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["FinishedRequest", "ProxyMetricsRecorder", "RequestTracker", "__version__"]

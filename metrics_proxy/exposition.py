@@ -1,0 +1,127 @@
+"""Text (Prometheus 0.0.4) and JSON rendering of a snapshot: pure functions, no I/O."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from metrics_proxy.samples import HistogramValue, LabelPairs, MetricFamily, bucket_quantile
+
+CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE_JSON = "application/json"
+
+SNAPSHOT_QUANTILES = (0.5, 0.9, 0.99)
+
+
+def format_value(value: float) -> str:
+    """A number the way prometheus_client (and so vLLM) prints it: Python's repr, but
+    switching to Go's exponent form for large positives (``1e+06``, ``1.7957283234968863e+09``),
+    and ``+Inf``/``-Inf``/``NaN``."""
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    if value != value:
+        return "NaN"
+    text = repr(float(value))
+    dot = text.find(".")
+    if value > 0 and dot > 6:
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        # The "+0" is prometheus_client's: 1e10 prints as "1e+010". Matched for parity.
+        return f"{mantissa}e+0{dot - 1}"
+    return text
+
+
+def _format_count(count: int) -> str:
+    # Bucket counts are ints; this is format_value(float(count)) without the float detour.
+    return f"{count}.0" if count < 1_000_000 else format_value(float(count))
+
+
+def escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def escape_label_value(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+@lru_cache(maxsize=4096)
+def _label_text(labels: LabelPairs, extra: tuple[str, str] | None = None) -> str:
+    """``{a="x",b="y"}`` with names sorted, as prometheus_client prints them; ``extra``
+    (the ``le`` label) takes its sorted place. Cached: series are few and long-lived."""
+    pairs = sorted((*labels, extra) if extra else labels)
+    if not pairs:
+        return ""
+    inner = ",".join(f'{name}="{escape_label_value(value)}"' for name, value in pairs)
+    return "{" + inner + "}"
+
+
+@lru_cache(maxsize=512)
+def _bucket_label_texts(labels: LabelPairs, bounds: tuple[float, ...]) -> tuple[str, ...]:
+    return tuple(_label_text(labels, ("le", format_value(bound))) for bound in bounds)
+
+
+def render_text(families: Iterable[MetricFamily]) -> bytes:
+    """The Prometheus text format 0.0.4, as vLLM's /metrics prints it (no ``_created``)."""
+    lines: list[str] = []
+    append = lines.append
+    for family in families:
+        name = family.name
+        append(f"# HELP {name} {escape_help(family.help)}")
+        append(f"# TYPE {name} {family.type}")
+        for sample in family.samples:
+            value = sample.value
+            if isinstance(value, HistogramValue):
+                bucket_labels = _bucket_label_texts(sample.labels, value.upper_bounds)
+                for label_text, count in zip(bucket_labels, value.cumulative_counts, strict=True):
+                    append(f"{name}_bucket{label_text} {_format_count(count)}")
+                label_text = _label_text(sample.labels)
+                append(f"{name}_count{label_text} {_format_count(value.count)}")
+                append(f"{name}_sum{label_text} {format_value(value.sum)}")
+            else:
+                append(f"{name}{_label_text(sample.labels)} {format_value(value)}")
+    append("")
+    return "\n".join(lines).encode()
+
+
+def _json_number(value: float) -> float | str:
+    # JSON has no infinities or NaN: those travel as the strings Prometheus uses.
+    return value if math.isfinite(value) else format_value(value)
+
+
+def snapshot_dict(families: Iterable[MetricFamily]) -> dict[str, Any]:
+    """The JSON snapshot's structure (schema in the README)."""
+    out = []
+    for family in families:
+        samples: list[dict[str, Any]] = []
+        for sample in family.samples:
+            value = sample.value
+            entry: dict[str, Any] = {"labels": dict(sample.labels)}
+            if isinstance(value, HistogramValue):
+                count = value.count
+                entry["buckets"] = [
+                    [bound, cumulative]
+                    for bound, cumulative in zip(
+                        value.upper_bounds[:-1], value.cumulative_counts[:-1], strict=True
+                    )
+                ]
+                entry["count"] = count
+                entry["sum"] = _json_number(value.sum)
+                entry["mean"] = value.sum / count if count else None
+                for q in SNAPSHOT_QUANTILES:
+                    entry[f"p{round(q * 100)}"] = bucket_quantile(q, value)
+            else:
+                entry["value"] = _json_number(value)
+            samples.append(entry)
+        out.append(
+            {"name": family.name, "type": family.type, "help": family.help, "samples": samples}
+        )
+    return {"families": out}
+
+
+def render_json(families: Iterable[MetricFamily]) -> bytes:
+    return orjson.dumps(snapshot_dict(families))
