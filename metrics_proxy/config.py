@@ -1,0 +1,331 @@
+"""The proxy's settings: one table drives the environment, the CLI and validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
+
+__all__ = [
+    "ENV_PREFIX",
+    "SETTINGS",
+    "Config",
+    "ConfigError",
+    "Setting",
+    "StreamUsage",
+    "seconds_or_none",
+]
+
+ENV_PREFIX = "PROXY_"
+
+StreamUsage = Literal["none", "include", "continuous"]
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_STREAM_USAGES = ("none", "include", "continuous")
+_TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+_FALSE_WORDS = frozenset({"false", "0", "no", "off"})
+
+
+class ConfigError(ValueError):
+    """A setting is missing or has a value the proxy cannot use.
+
+    The message names the setting by its flag and its environment variable, and quotes the value.
+    """
+
+    def __init__(self, message: str, *, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Everything the proxy needs to run; validated and normalized on construction.
+
+    Build it with :meth:`from_env`, which applies the precedence flag > env > default:
+
+    >>> Config.from_env({"PROXY_MODEL_NAME": "m"}, upstream_url="http://127.0.0.1:8001/").port
+    8000
+    """
+
+    upstream_url: str
+    model_name: str
+    host: str = "0.0.0.0"
+    port: int = 8000
+    engine_label: str = "proxy"
+    max_concurrency: int = 0
+    max_model_len: int = 8192
+    connect_timeout: float = 10.0
+    read_timeout: float = 600.0
+    write_timeout: float = 60.0
+    request_timeout: float = 0.0
+    disable_metrics_endpoint: bool = False
+    log_level: str = "INFO"
+    stream_usage: StreamUsage = "include"
+    max_body_size: int = 32 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        # Direct construction gets the same checks as the CLI, so no invalid Config exists.
+        for setting in SETTINGS:
+            normalized = setting.coerce(getattr(self, setting.name))
+            # Frozen: normalizing (e.g. stripping the URL's "/") must bypass the dataclass guard.
+            object.__setattr__(self, setting.name, normalized)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Config:
+        """Build a Config from ``PROXY_*`` variables in ``environ``, beaten by ``overrides``.
+
+        Overrides are the command line's values, as text or already typed; ``None`` means
+        "not given". Only the winning value of each setting is parsed and checked, so a stale,
+        bad environment variable that a flag overrides does not stop the proxy.
+        """
+        unknown = overrides.keys() - {s.name for s in SETTINGS}
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            raw = overrides.get(setting.name)
+            if raw is None:
+                raw = environ.get(setting.env)
+            if raw is None:
+                if setting.required:
+                    raise ConfigError(
+                        f"missing required setting {setting.flag} ({setting.env})",
+                        setting=setting.name,
+                    )
+                continue
+            values[setting.name] = setting.coerce(raw)
+        return cls(**values)
+
+
+def seconds_or_none(seconds: float) -> float | None:
+    """Map a timeout setting to aiohttp's spelling: 0 means no limit, which aiohttp calls None."""
+    return None if seconds == 0 else seconds
+
+
+# --- Parsing text from the environment or the command line -------------------------------------
+
+
+def _parse_int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("is not an integer") from None
+
+
+def _parse_float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("is not a number") from None
+
+
+def _parse_bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise ValueError("is not a boolean (use true/false, 1/0, yes/no or on/off)")
+
+
+_PARSERS: dict[type, Callable[[str], object]] = {
+    str: str,
+    int: _parse_int,
+    float: _parse_float,
+    bool: _parse_bool,
+}
+
+
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
+
+
+def _check_type(kind: type, value: object) -> object:
+    # bool is an int subclass: True must not pass as a port, nor 1 as a flag.
+    if isinstance(value, kind) and isinstance(value, bool) == (kind is bool):
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"is not {_KIND_NAMES[kind]}")
+
+
+# --- Rules: each returns the normalized value or raises ValueError(reason) ---------------------
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _at_least(low: float) -> Callable[[Any], Any]:
+    def rule(value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("is not a finite number")
+        if value < low:
+            raise ValueError(f"must be >= {low:g}")
+        return value
+
+    return rule
+
+
+def _between(low: int, high: int) -> Callable[[Any], Any]:
+    def rule(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return rule
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], Any]:
+    # Case-insensitive, stored in the spelling of the choices (upper for log levels).
+    by_key = {choice.casefold(): choice for choice in choices}
+
+    def rule(value: str) -> str:
+        try:
+            return by_key[value.casefold()]
+        except KeyError:
+            raise ValueError(f"must be one of {', '.join(choices)}") from None
+
+    return rule
+
+
+def _http_url(value: str) -> str:
+    url = value.rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if "?" in url or "#" in url:
+        # Request paths are appended to this URL; a query or fragment would swallow them.
+        raise ValueError("must not have a query or a fragment")
+    return url
+
+
+# --- The table ---------------------------------------------------------------------------------
+
+
+def _kind(hint: object) -> type:
+    # A Literal of strings (StreamUsage) is parsed as text and narrowed by its rule.
+    if get_origin(hint) is Literal:
+        return type(get_args(hint)[0])
+    if not isinstance(hint, type):
+        raise TypeError(f"unsupported setting type {hint!r}")
+    return hint
+
+
+_FIELDS = {field.name: field for field in dataclasses.fields(Config)}
+_KINDS = {name: _kind(hint) for name, hint in get_type_hints(Config).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting: its Config field, how the CLI and environment spell it, and its rule.
+
+    Its type and default are read from the Config field of the same name: one place for each.
+    """
+
+    name: str
+    metavar: str | None
+    help: str
+    rule: Callable[[Any], Any] = _identity
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def kind(self) -> type:
+        """The value's type: str, int, float or bool."""
+        return _KINDS[self.name]
+
+    @property
+    def required(self) -> bool:
+        return _FIELDS[self.name].default is dataclasses.MISSING
+
+    @property
+    def default(self) -> object:
+        """The default value; ``dataclasses.MISSING`` when the setting is required."""
+        return _FIELDS[self.name].default
+
+    def coerce(self, raw: object) -> object:
+        """Parse ``raw`` (text, or an already typed value) and apply the rule, or raise."""
+        try:
+            value = _PARSERS[self.kind](raw) if isinstance(raw, str) else raw
+            return self.rule(_check_type(self.kind, value))
+        except ValueError as exc:
+            raise ConfigError(
+                f"invalid value for {self.flag} ({self.env}): {raw!r} {exc}", setting=self.name
+            ) from None
+
+
+_TIMEOUT = _at_least(0)
+_NO_LIMIT = "; 0 = no limit"
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "upstream_url",
+        "URL",
+        "base URL of the upstream, e.g. http://127.0.0.1:8001; a path prefix is kept",
+        _http_url,
+    ),
+    Setting("model_name", "NAME", "model name for the metrics' model_name label", _not_blank),
+    Setting("host", "HOST", "interface to listen on", _not_blank),
+    Setting("port", "PORT", "port to listen on; 0 picks a free one", _between(0, 65535)),
+    Setting("engine_label", "LABEL", "value of the metrics' engine label", _not_blank),
+    Setting("max_concurrency", "N", "most requests upstream at once" + _NO_LIMIT, _at_least(0)),
+    Setting(
+        "max_model_len",
+        "TOKENS",
+        "the upstream's context length in tokens; sizes the token histograms",
+        _at_least(1),
+    ),
+    Setting("connect_timeout", "SECONDS", "time to connect to the upstream" + _NO_LIMIT, _TIMEOUT),
+    Setting(
+        "read_timeout",
+        "SECONDS",
+        "longest silence allowed between upstream bytes" + _NO_LIMIT,
+        _TIMEOUT,
+    ),
+    Setting("write_timeout", "SECONDS", "time to send a request upstream" + _NO_LIMIT, _TIMEOUT),
+    Setting(
+        "request_timeout",
+        "SECONDS",
+        "time for a whole exchange, streaming included" + _NO_LIMIT,
+        _TIMEOUT,
+    ),
+    Setting(
+        "disable_metrics_endpoint",
+        None,
+        "do not serve /metrics; the environment variable takes true/false, 1/0, yes/no, on/off",
+    ),
+    Setting(
+        "log_level", "LEVEL", "log level, any case: " + ", ".join(_LOG_LEVELS), _one_of(_LOG_LEVELS)
+    ),
+    Setting(
+        "stream_usage",
+        "{" + ",".join(_STREAM_USAGES) + "}",
+        "what a streaming upstream is asked for so token counts are exact: nothing (none), "
+        "one usage chunk at the end (include) or usage in every chunk (continuous)",
+        _one_of(_STREAM_USAGES),
+    ),
+    Setting(
+        "max_body_size", "BYTES", "largest request body in bytes; larger ones get 413", _at_least(1)
+    ),
+)
