@@ -1,0 +1,268 @@
+"""Sans-I/O Server-Sent-Events decoder and the OpenAI stream-chunk facts the proxy meters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "ChunkFacts",
+    "Event",
+    "SSEDecoder",
+    "Usage",
+    "chunk_facts",
+]
+
+_LF = 0x0A
+_COLON = 0x3A
+_SPACE = 0x20
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One dispatched event: its data field and the stream offset just past its blank line."""
+
+    data: bytes
+    end: int
+
+
+class SSEDecoder:
+    """Incremental WHATWG event-stream parser: feed it the bytes as they arrive, get events.
+
+    `end` offsets count every byte fed since creation, so `stream[prev.end:event.end]` is the
+    exact slice of the forwarded stream that carried `event`.
+    """
+
+    __slots__ = ("_data", "_fed", "_held", "_in_event", "_partial", "_skip_lf")
+
+    def __init__(self) -> None:
+        self._fed = 0
+        # Pieces of a line whose ending has not arrived yet, joined once it does, so that a
+        # long line arriving in many chunks is not copied again on every chunk.
+        self._partial: list[bytes] = []
+        self._data: list[bytes] = []
+        self._in_event = False  # a field line of the current event was seen
+        self._skip_lf = False  # the last byte fed was a CR, so a LF next belongs to it
+        # An event whose blank line ended with a CR as the very last byte fed: its `end`
+        # depends on whether the next byte is the LF of a CRLF, so it waits for that byte.
+        self._held: bytes | None = None
+
+    @property
+    def pending(self) -> bool:
+        """True when part of an unfinished line or event is buffered (a truncated stream)."""
+        return bool(self._partial) or self._in_event
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        """Consume `chunk` and return the events it completed, in stream order."""
+        base = self._fed
+        self._fed = base + len(chunk)
+        if not chunk:
+            return []
+        events: list[Event] = []
+        start = 0
+        if self._skip_lf:
+            self._skip_lf = False
+            if chunk[0] == _LF:
+                start = 1
+            if self._held is not None:
+                events.append(Event(self._held, base + start))
+                self._held = None
+        if not self._partial and not self._in_event and b"\r" not in chunk:
+            start = _whole_data_events(chunk, start, base, events)
+            if start == len(chunk):
+                return events
+        self._parse(chunk, start, base, events)
+        return events
+
+    def flush(self) -> list[Event]:
+        """End of stream: return what is left that has data (even unterminated) and reset.
+
+        Call it even when not `pending`: an event whose blank line ended with a lone CR is
+        complete but waits for the next byte, or for this, to learn its `end`.
+        """
+        events: list[Event] = []
+        if self._held is not None:
+            events.append(Event(self._held, self._fed))
+        if self._partial:
+            line = b"".join(self._partial)
+            self._field(line, 0, len(line))
+        if self._data:
+            events.append(Event(b"\n".join(self._data), self._fed))
+        self._partial = []
+        self._data = []
+        self._in_event = self._skip_lf = False
+        self._held = None
+        return events
+
+    def _parse(self, chunk: bytes, start: int, base: int, events: list[Event]) -> None:
+        """The general path: any line endings, comments, fields, lines split across chunks."""
+        if self._partial:
+            self._partial.append(chunk[start:] if start else chunk)
+            if chunk.find(b"\n", start) < 0 and chunk.find(b"\r", start) < 0:
+                return
+            text = b"".join(self._partial)
+            self._partial.clear()
+            origin, i = self._fed - len(text), 0  # origin: the stream offset of text[0]
+        else:
+            text, origin, i = chunk, base, start
+        if origin + i == 0 and text.startswith(_BOM):
+            i = 3
+        size = len(text)
+        # Both terminators are searched once each and only re-searched once passed, so a
+        # buffer of many LF lines is not rescanned for a CR that is not there.
+        cr = text.find(b"\r", i)
+        lf = text.find(b"\n", i)
+        data = self._data
+        while cr >= 0 or lf >= 0:
+            if lf < 0 or 0 <= cr < lf:
+                eol, nxt = cr, cr + 1
+                if nxt == size:
+                    self._skip_lf = True
+                elif text[nxt] == _LF:
+                    nxt += 1
+            else:
+                eol, nxt = lf, lf + 1
+            if eol > i:
+                self._field(text, i, eol)
+            else:
+                if data:
+                    payload = data[0] if len(data) == 1 else b"\n".join(data)
+                    data.clear()
+                    if self._skip_lf:
+                        self._held = payload
+                    else:
+                        events.append(Event(payload, origin + nxt))
+                self._in_event = False
+            i = nxt
+            if 0 <= cr < i:
+                cr = text.find(b"\r", i)
+            if 0 <= lf < i:
+                lf = text.find(b"\n", i)
+        if i < size:
+            self._partial.append(text[i:])
+
+    def _field(self, text: bytes, i: int, eol: int) -> None:
+        """Apply the non-blank line text[i:eol]; only `data` matters, other fields are ignored."""
+        if text[i] == _COLON:
+            return  # a comment, e.g. a keep-alive ping
+        self._in_event = True
+        if text.startswith(b"data", i) and (eol == i + 4 or text[i + 4] == _COLON):
+            value = i + 5
+            if value < eol and text[value] == _SPACE:
+                value += 1
+            self._data.append(text[value:eol])
+
+
+def _whole_data_events(chunk: bytes, pos: int, base: int, events: list[Event]) -> int:
+    """The fast path: append the leading `data: ...\\n\\n` events of chunk; return where it stopped.
+
+    Only valid when the decoder holds nothing and chunk has no CR, which is how vLLM writes
+    every token: one find per event and one copy, of the payload itself.
+    """
+    find = chunk.find
+    startswith = chunk.startswith
+    size = len(chunk)
+    while pos < size and startswith(b"data:", pos):
+        value = pos + 5
+        lf = find(b"\n", value)
+        if lf < 0 or not startswith(b"\n", lf + 1):
+            break  # a multi-line event or an unfinished one: the general path takes over
+        if chunk[value] == _SPACE:
+            value += 1
+        pos = lf + 2
+        events.append(Event(chunk[value:lf], base + pos))
+    return pos
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts reported by the upstream."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @staticmethod
+    def from_json(value: object) -> Usage | None:
+        """The Usage in a decoded `usage` member, or None when it is absent or malformed."""
+        if type(value) is not dict:
+            return None
+        prompt = value.get("prompt_tokens")
+        completion = value.get("completion_tokens")
+        if completion is None:
+            completion = 0  # vLLM declares it optional
+        # Negative counts are refused: they would feed counters that must never go down.
+        if type(prompt) is int and type(completion) is int and prompt >= 0 and completion >= 0:
+            return Usage(prompt, completion)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkFacts:
+    """What one streamed chunk tells the meters."""
+
+    done: bool  # the `[DONE]` sentinel
+    outputs: tuple[int, ...]  # `index` of each choice carrying generated output
+    finish_reason: str | None  # the last non-null choices[*].finish_reason
+    usage: Usage | None
+    usage_only: bool  # `choices: []` with usage: vLLM's final include_usage chunk
+    error: bool  # a top-level "error" member: the upstream failed mid-stream
+
+
+# Shared answers for the shapes nearly every chunk has: building a frozen dataclass costs
+# more than the orjson.loads before it.
+_DONE = ChunkFacts(True, (), None, None, False, False)
+_NOTHING = ChunkFacts(False, (), None, None, False, False)
+_OUTPUT_0 = ChunkFacts(False, (0,), None, None, False, False)
+
+
+def chunk_facts(payload: bytes) -> ChunkFacts | None:
+    """Facts of one event's data; None when it is neither a JSON object nor `[DONE]`."""
+    if payload == b"[DONE]":
+        return _DONE
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return _DONE if payload.strip() == b"[DONE]" else None
+    if type(obj) is not dict:
+        return None
+    choices = obj.get("choices")
+    outputs: tuple[int, ...] = ()
+    finish_reason = None
+    if type(choices) is list:
+        for choice in choices:
+            if type(choice) is not dict:
+                continue
+            reason = choice.get("finish_reason")
+            if type(reason) is str:
+                finish_reason = reason
+            if _carries_output(choice):
+                index = choice.get("index", 0)
+                outputs += (index if type(index) is int else 0,)
+    usage_value = obj.get("usage")
+    usage = None if usage_value is None else Usage.from_json(usage_value)
+    error = "error" in obj
+    if usage is None and finish_reason is None and not error:
+        if not outputs:
+            return _NOTHING
+        if outputs == (0,):
+            return _OUTPUT_0
+    usage_only = usage is not None and choices == []
+    return ChunkFacts(False, outputs, finish_reason, usage, usage_only, error)
+
+
+def _carries_output(choice: dict[str, Any]) -> bool:
+    """Whether a choice holds generated text, reasoning or tool calls (chat or completions)."""
+    delta = choice.get("delta")
+    if type(delta) is dict:
+        for key in ("content", "reasoning_content", "reasoning"):
+            value = delta.get(key)
+            if value and type(value) is str:
+                return True
+        tool_calls = delta.get("tool_calls")
+        if tool_calls and type(tool_calls) is list:
+            return True
+    text = choice.get("text")
+    return bool(text) and type(text) is str
