@@ -80,9 +80,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # Imported late so a settings mistake exits before the server stack loads. The ignore covers
-    # the window before app.py lands; "unused-ignore" keeps mypy --strict quiet after it does.
-    from metrics_proxy.app import run_app  # type: ignore[import-not-found, unused-ignore]
+    # Imported late so a settings mistake exits before the server stack loads.
+    from metrics_proxy.app import run_app
 
     run_app(config)
 

@@ -473,6 +473,19 @@ class RequestTracker:
                 by_choice = self._chunks_by_choice = {0: self.output_chunks - 1}
             by_choice[index] = by_choice.get(index, 0) + 1
 
+    def discard(self) -> bool:
+        """Settle the gauges of a request the upstream refused (a 4xx answer): vLLM's
+        engine never ran it, so it counts in no vLLM request series. Idempotent."""
+        state = self._state
+        if state == _DONE:
+            return False
+        self._state = _DONE
+        if state == _WAITING:
+            self._recorder.decrement_waiting()
+        else:
+            self._recorder.decrement_running()
+        return True
+
     def finish(
         self,
         reason: str | None,

@@ -1,0 +1,49 @@
+"""Which headers cross the proxy: everything end-to-end, nothing hop-by-hop (RFC 9110 §7.6.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Recomputed by aiohttp for the hop it sends: the upstream's host, the body actually sent.
+_REQUEST_RECOMPUTED = frozenset({"host", "content-length"})
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    # Headers named in Connection are hop-by-hop for this message too.
+    return frozenset(
+        token.strip().lower()
+        for value in headers.getall("Connection", ())
+        for token in value.split(",")
+    )
+
+
+def _end_to_end(headers: CIMultiDictProxy[str], also_drop: Iterable[str] = ()) -> CIMultiDict[str]:
+    drop = HOP_BY_HOP | _connection_tokens(headers) | frozenset(also_drop)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def request_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The client's headers as the upstream should get them (Authorization included)."""
+    return _end_to_end(headers, _REQUEST_RECOMPUTED)
+
+
+def response_headers(headers: CIMultiDictProxy[str], *, body_rewritten: bool) -> CIMultiDict[str]:
+    """The upstream's headers as the client should get them. When the proxy removes bytes it
+    added (the usage chunk it asked for), the upstream's Content-Length no longer holds."""
+    return _end_to_end(headers, ("content-length",) if body_rewritten else ())

@@ -1,0 +1,130 @@
+"""The proxy's own routes, and every other path forwarded untouched."""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+import pytest
+from conftest import Stack, StackFactory
+
+from metrics_proxy.exposition import CONTENT_TYPE_TEXT
+
+
+async def test_healthz(stack: Stack) -> None:
+    response = await stack.client.get("/internal/healthz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ok"}
+    assert not stack.state.requests
+
+
+async def test_metrics_text_and_json(stack: Stack) -> None:
+    text = await stack.client.get("/metrics")
+    assert text.headers["Content-Type"] == CONTENT_TYPE_TEXT
+    body = await text.text()
+    assert "# TYPE vllm:request_success_total counter" in body
+    assert 'vllm:num_requests_running{engine="proxy",model_name="m"} 0.0' in body
+    snapshot = await stack.snapshot()
+    assert snapshot["vllm:time_to_first_token_seconds"]["type"] == "histogram"
+    assert not stack.state.requests  # none of this went upstream
+
+
+async def test_metrics_endpoint_can_be_disabled(make_stack: StackFactory) -> None:
+    stack = await make_stack(disable_metrics_endpoint=True)
+    response = await stack.client.get("/metrics")
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == 404
+    assert (await stack.client.get("/internal/metrics")).status == 200
+    assert not stack.state.requests
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("POST", "/metrics", "GET"),
+        ("DELETE", "/internal/metrics", "GET"),
+        ("POST", "/internal/healthz", "GET"),
+        ("GET", "/v1/chat/completions", "POST"),
+        ("PUT", "/v1/completions", "POST"),
+    ],
+)
+async def test_wrong_method_on_owned_route_is_405(
+    stack: Stack, method: str, path: str, allowed: str
+) -> None:
+    response = await stack.client.request(method, path)
+    assert response.status == 405
+    assert response.headers["Allow"] == allowed
+    error = (await response.json())["error"]
+    assert set(error) == {"message", "type", "code"}
+    assert not stack.state.requests
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/v1/models", b""),
+        ("GET", "/health", b""),
+        ("POST", "/v1/embeddings", b'{"input": "x", "model": "m"}'),
+        ("POST", "/tokenize", b'{"prompt": "abc"}'),
+    ],
+)
+async def test_other_paths_are_forwarded_untouched(
+    stack: Stack, method: str, path: str, body: bytes
+) -> None:
+    response = await stack.client.request(method, path + "?x=1&y=%20", data=body or None)
+    assert response.status == 200
+    (seen,) = stack.state.requests
+    assert (seen.method, seen.path, seen.body) == (method, path + "?x=1&y=%20", body)
+    assert await stack.value("vllm:request_success_total", finished_reason="stop") == 0
+
+
+async def test_forwarded_body_is_streamed(stack: Stack) -> None:
+    response = await stack.client.get("/slow-body?pieces=3&delay=0.01")
+    assert response.status == 200
+    pieces = [chunk async for chunk in response.content.iter_any()]
+    assert len(pieces) >= 2  # arrived as the upstream sent them, not in one buffered piece
+
+
+async def test_request_headers_reach_the_upstream(stack: Stack) -> None:
+    headers = {
+        "Authorization": "Bearer sk-secret",
+        "X-Request-Id": "req-42",
+        "X-Custom": "a, b",
+        "Connection": "keep-alive, X-Hop",
+        "X-Hop": "dropped",
+        "Proxy-Authorization": "Basic dropped",
+    }
+    await stack.client.post("/v1/chat/completions", data=b'{"messages": []}', headers=headers)
+    (seen,) = stack.state.requests
+    assert seen.headers["Authorization"] == "Bearer sk-secret"
+    assert seen.headers["X-Request-Id"] == "req-42"
+    assert seen.headers["X-Custom"] == "a, b"
+    assert "X-Hop" not in seen.headers
+    assert "Proxy-Authorization" not in seen.headers
+    assert seen.headers["Host"] == f"127.0.0.1:{stack.upstream.port}"
+
+
+async def test_response_headers_come_from_the_upstream(stack: Stack) -> None:
+    response = await stack.client.get("/echo-headers", headers={"X-Probe": "1"})
+    echoed = orjson.loads(await response.read())
+    assert echoed["X-Probe"] == "1"
+    async with aiohttp.ClientSession() as session:
+        url = stack.upstream.make_url("/echo-headers")
+        async with session.get(url, headers={"X-Probe": "1"}) as direct:
+            await direct.read()
+    expected = {k: v for k, v in direct.headers.items() if k not in ("Date", "Content-Length")}
+    got = {k: v for k, v in response.headers.items() if k not in ("Date", "Content-Length")}
+    assert got == expected  # Server and Content-Type are the upstream's own
+
+
+async def test_http_series_count_requests_by_handler_and_status(stack: Stack) -> None:
+    await stack.client.post("/v1/chat/completions", data=b'{"messages": []}')
+    await stack.client.get("/v1/models")
+    await stack.client.get("/health")
+    await stack.client.get("/some/unknown/path")
+    samples = (await stack.snapshot())["http_requests_total"]["samples"]
+    counted = {(s["labels"]["handler"], s["labels"]["status"]): s["value"] for s in samples}
+    assert counted == {
+        ("/v1/chat/completions", "2xx"): 1.0,
+        ("/v1/models", "2xx"): 1.0,
+        ("other", "4xx"): 1.0,
+    }
