@@ -1,0 +1,90 @@
+"""Metrics-core speed: render the full family set, and one histogram observation.
+
+Run: python benchmarks/bench_metrics.py   (or make bench-metrics)
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+from metrics_proxy import ProxyMetricsRecorder
+from metrics_proxy.exposition import render_json, render_text
+
+
+def _loaded_recorder() -> ProxyMetricsRecorder:
+    """A recorder after mixed traffic, so every family has samples to render."""
+    recorder = ProxyMetricsRecorder("bench-model", engine="0", max_model_len=131072)
+    for i in range(1000):
+        request = recorder.start_request()
+        request.max_tokens = 256
+        request.slot_acquired()
+        for _ in range(5):
+            request.output()
+        reason = ("stop", "length", "abort", "error")[i % 4]
+        request.finish(reason, prompt_tokens=100 + i, generation_tokens=5)
+        recorder.observe_http("/v1/chat/completions", "POST", 200, 0.01 * (i % 50))
+    recorder.observe_http("/v1/models", "GET", 200, 0.001)
+    return recorder
+
+
+def _per_call(fn: Callable[[], object], calls: int, repeats: int) -> float:
+    """Median seconds per call over ``repeats`` timed batches of ``calls`` calls."""
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - start) / calls)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    recorder = _loaded_recorder()
+    families = recorder.collect()
+    series = sum(len(f.samples) for f in families)
+    text_size = len(render_text(families))
+    rows = [
+        (
+            "collect + render /metrics text",
+            _per_call(lambda: render_text(recorder.collect()), 200, args.repeats),
+        ),
+        (
+            "collect + render /internal/metrics JSON",
+            _per_call(lambda: render_json(recorder.collect()), 200, args.repeats),
+        ),
+        (
+            "one histogram observation",
+            _per_call(lambda: recorder.observe_time_to_first_token(0.123), 200_000, args.repeats),
+        ),
+        (
+            "one request's full accounting",
+            _per_call(lambda: _one_request(recorder), 20_000, args.repeats),
+        ),
+    ]
+    print(
+        f"# {platform.python_implementation()} {platform.python_version()}, "
+        f"{len(families)} families, {series} series, {text_size} bytes of text"
+    )
+    print("| measurement | per call |")
+    print("| --- | --- |")
+    for name, seconds in rows:
+        print(f"| {name} | {seconds * 1e6:.2f} µs |")
+
+
+def _one_request(recorder: ProxyMetricsRecorder) -> None:
+    request = recorder.start_request()
+    request.slot_acquired()
+    request.output()
+    request.output()
+    request.finish("stop", prompt_tokens=10, generation_tokens=2)
+
+
+if __name__ == "__main__":
+    main()
