@@ -1,0 +1,83 @@
+"""The real command: `python -m metrics_proxy.proxy_server` serving in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from fake_upstream import make_fake_upstream
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_until_serving(url: str, process: asyncio.subprocess.Process) -> None:
+    """Poll the liveness route until it answers (bounded): a bound port has no event to await."""
+    async with asyncio.timeout(20), aiohttp.ClientSession() as session:
+        while True:
+            assert process.returncode is None, "the proxy exited during start-up"
+            try:
+                async with session.get(url + "/internal/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> str:
+    server = await aiohttp_server(make_fake_upstream())
+    return str(server.make_url("")).rstrip("/")
+
+
+async def test_the_command_serves_configured_by_environment(upstream: str) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+    env |= {
+        "PROXY_UPSTREAM_URL": upstream,
+        "PROXY_MODEL_NAME": "env-model",
+        "PROXY_HOST": "127.0.0.1",
+        "PROXY_PORT": str(port),
+        "PROXY_ENGINE_LABEL": "e7",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "metrics_proxy.proxy_server",
+        "--log-level",
+        "warning",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await wait_until_serving(url, process)
+        async with aiohttp.ClientSession() as session:
+            body = b'{"messages": [], "stream": true}'
+            async with session.post(url + "/v1/chat/completions", data=body) as response:
+                assert response.status == 200
+                assert (await response.read()).endswith(b"data: [DONE]\n\n")
+            async with session.get(url + "/metrics") as response:
+                text = await response.text()
+        assert 'vllm:generation_tokens_total{engine="e7",model_name="env-model"} 5.0' in text
+    finally:
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(20):
+            _, stderr = await process.communicate()
+    assert b"Traceback" not in stderr
