@@ -6,18 +6,29 @@ import asyncio
 from collections import deque
 
 
+class QueueFull(RuntimeError):
+    """The queue already holds its maximum number of waiting requests."""
+
+
+class QueueTimeout(TimeoutError):
+    """A request waited in the queue longer than allowed."""
+
+
 class AdmissionQueue:
     """A FIFO concurrency limit; ``limit`` 0 means no limit.
 
     A released slot is handed straight to the oldest waiter, so nobody can overtake the
-    queue. A waiter that is cancelled (its client left) leaves its place at once; if the
-    slot had already been handed to it, the slot moves on to the next waiter.
+    queue. A waiter that is cancelled (its client left) or times out leaves its place at
+    once; if the slot had already been handed to it, the slot moves on to the next waiter.
+    ``max_waiting`` bounds the queue's length and ``max_wait`` each wait (0: unbounded).
     """
 
-    def __init__(self, limit: int) -> None:
-        if limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
+    def __init__(self, limit: int, *, max_waiting: int = 0, max_wait: float = 0.0) -> None:
+        if limit < 0 or max_waiting < 0 or max_wait < 0:
+            raise ValueError("limit, max_waiting and max_wait must be >= 0")
         self.limit = limit
+        self.max_waiting = max_waiting
+        self.max_wait = max_wait or None
         self.in_use = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
@@ -33,8 +44,18 @@ class AdmissionQueue:
         return False
 
     async def acquire(self) -> None:
+        """Wait for a slot; raises QueueFull or QueueTimeout when a bound is hit."""
         if self.try_acquire():
             return
+        if self.max_waiting and len(self._waiters) >= self.max_waiting:
+            raise QueueFull(f"{len(self._waiters)} requests are already waiting")
+        try:
+            async with asyncio.timeout(self.max_wait):
+                await self._wait_for_slot()
+        except TimeoutError:
+            raise QueueTimeout(f"no slot within {self.max_wait:g} s") from None
+
+    async def _wait_for_slot(self) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:

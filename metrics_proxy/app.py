@@ -1,8 +1,12 @@
-"""The aiohttp application: routes, the upstream session's lifetime, and running it."""
+"""The aiohttp application: routes, the upstream session's lifetime, and serving it."""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
+import signal
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -10,15 +14,19 @@ import orjson
 from aiohttp import web
 
 from metrics_proxy.admission import AdmissionQueue
-from metrics_proxy.config import Config
+from metrics_proxy.config import Config, ConfigError
 from metrics_proxy.exposition import CONTENT_TYPE_TEXT, render_json, render_text
+from metrics_proxy.lifecycle import Lifecycle
 from metrics_proxy.proxy import Proxy, json_error
+from metrics_proxy.readiness import UpstreamProbe
 from metrics_proxy.recorder import ProxyMetricsRecorder
 
 CONFIG = web.AppKey("config", Config)
 RECORDER = web.AppKey("recorder", ProxyMetricsRecorder)
 QUEUE = web.AppKey("queue", AdmissionQueue)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 PROXY = web.AppKey("proxy", Proxy)
+PROBE = web.AppKey("probe", UpstreamProbe)
 
 METERED_PATHS = ("/v1/chat/completions", "/v1/completions")
 _HEALTHY = orjson.dumps({"status": "ok"})
@@ -28,11 +36,27 @@ log = logging.getLogger("metrics_proxy")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def upstream_ssl(config: Config) -> ssl.SSLContext | bool:
+    """How to verify an https upstream: a CA bundle, the system's CAs, or (loudly) not at all."""
+    if config.upstream_insecure:
+        return False
+    if not config.upstream_ca_bundle:
+        return True
+    try:
+        return ssl.create_default_context(cafile=config.upstream_ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"invalid value for --upstream-ca-bundle (PROXY_UPSTREAM_CA_BUNDLE): "
+            f"{config.upstream_ca_bundle!r} cannot be loaded: {exc}",
+            setting="upstream_ca_bundle",
+        ) from None
+
+
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     """One ClientSession for the app's lifetime, with no pool cap (the queue is the cap), no
     cookie jar (clients must not share cookies), and no header or decoding of its own."""
     config = app[CONFIG]
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=upstream_ssl(config))
     async with aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -40,7 +64,9 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         timeout=aiohttp.ClientTimeout(total=None),
     ) as session:
-        app[PROXY] = Proxy(config, app[RECORDER], session, app[QUEUE])
+        recorder = app[RECORDER]
+        app[PROXY] = Proxy(config, recorder, session, app[QUEUE], app[LIFECYCLE])
+        app[PROBE] = UpstreamProbe(session, config.upstream_url, clock=recorder.clock)
         yield
 
 
@@ -56,6 +82,22 @@ def _method_guard(allowed: str, handler: Handler) -> Handler:
         return await handler(request)
 
     return guarded
+
+
+def _admin(handler: Handler) -> Handler:
+    """With --admin-token, the metrics routes need it as a bearer token (probes stay open)."""
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        token = request.app[CONFIG].admin_token
+        if token:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                response = json_error(401, "A valid admin bearer token is required", "auth_error")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        return await handler(request)
+
+    return checked
 
 
 async def _metrics_text(request: web.Request) -> web.Response:
@@ -75,12 +117,33 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(body=_HEALTHY, content_type="application/json")
 
 
-async def _metered(request: web.Request) -> web.StreamResponse:
-    return await request.app[PROXY].metered(request)
+async def _readyz(request: web.Request) -> web.Response:
+    """Ready when not draining and the upstream answers (checked cheaply, cached)."""
+    if request.app[LIFECYCLE].draining:
+        status, body = 503, {"status": "draining"}
+    elif await request.app[PROBE].upstream_ok():
+        status, body = 200, {"status": "ready", "upstream": "ok"}
+    else:
+        status, body = 503, {"status": "upstream_unavailable"}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-async def _forward(request: web.Request) -> web.StreamResponse:
-    return await request.app[PROXY].forward(request)
+def _in_flight(handler: Callable[[Proxy, web.Request], Awaitable[web.StreamResponse]]) -> Handler:
+    """Counts the request for a graceful shutdown; refuses new work once draining."""
+
+    async def tracked(request: web.Request) -> web.StreamResponse:
+        lifecycle = request.app[LIFECYCLE]
+        if lifecycle.draining:
+            response = json_error(503, "The proxy is shutting down", "overloaded_error")
+            response.force_close()
+            return response
+        lifecycle.enter()
+        try:
+            return await handler(request.app[PROXY], request)
+        finally:
+            lifecycle.leave()
+
+    return tracked
 
 
 def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) -> web.Application:
@@ -90,33 +153,72 @@ def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) 
     app[RECORDER] = recorder or ProxyMetricsRecorder(
         config.model_name, engine=config.engine_label, max_model_len=config.max_model_len
     )
-    app[QUEUE] = AdmissionQueue(config.max_concurrency)
+    app[QUEUE] = AdmissionQueue(
+        config.max_concurrency,
+        max_waiting=config.max_queue_length,
+        max_wait=config.max_queue_wait,
+    )
+    app[LIFECYCLE] = Lifecycle()
     app.cleanup_ctx.append(_upstream_session)
     router = app.router
-    router.add_route("*", "/metrics", _method_guard("GET", _metrics_text))
-    router.add_route("*", "/internal/metrics", _method_guard("GET", _metrics_json))
+    router.add_route("*", "/metrics", _method_guard("GET", _admin(_metrics_text)))
+    router.add_route("*", "/internal/metrics", _method_guard("GET", _admin(_metrics_json)))
     router.add_route("*", "/internal/healthz", _method_guard("GET", _healthz))
+    router.add_route("*", "/internal/readyz", _method_guard("GET", _readyz))
+    metered = _method_guard("POST", _in_flight(Proxy.metered))
     for path in METERED_PATHS:
-        router.add_route("*", path, _method_guard("POST", _metered))
-    router.add_route("*", "/{tail:.*}", _forward)
+        router.add_route("*", path, metered)
+    router.add_route("*", "/{tail:.*}", _in_flight(Proxy.forward))
     return app
 
 
-def run_app(config: Config) -> None:
-    """Serve until interrupted. A client that disconnects cancels its handler, so a request
+async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop``), then shut down gracefully: refuse new work
+    and report not-ready, give in-flight requests the grace period, end what remains (each
+    counted as an abort), and return.
+
+    A client that disconnects cancels its handler (handler_cancellation), so a request
     waiting in the queue or for upstream headers gives up its place at once."""
-    log.info(
-        "metrics_proxy listening on %s:%s, upstream %s, model %s",
-        config.host,
-        config.port,
-        config.upstream_url,
-        config.model_name,
-    )
-    web.run_app(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        access_log=None,
-        handler_cancellation=True,
-        print=None,
-    )
+    if config.upstream_insecure:
+        log.warning(
+            "TLS verification of the upstream is OFF (--upstream-insecure): anyone on the path "
+            "to %s can read and change the traffic",
+            config.upstream_url,
+        )
+    upstream_ssl(config)  # a bad CA bundle stops us here, before listening
+    app = create_app(config)
+    # Handlers still running after our own grace period are cancelled almost at once.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        log.info(
+            "metrics_proxy listening on %s, upstream %s, model %s",
+            ", ".join(map(str, runner.addresses)),
+            config.upstream_url,
+            config.model_name,
+        )
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        lifecycle = app[LIFECYCLE]
+        lifecycle.draining = True
+        log.info("shutting down: %d requests in flight", lifecycle.in_flight)
+        try:
+            async with asyncio.timeout(config.shutdown_grace_period):
+                await lifecycle.wait_idle()
+        except TimeoutError:
+            log.warning(
+                "grace period over: ending %d requests still in flight", lifecycle.in_flight
+            )
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+
+
+def run_app(config: Config) -> None:
+    """Serve until a signal ends a graceful shutdown (the ``aiohttp-proxy`` command)."""
+    asyncio.run(serve(config))

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit
+
+from metrics_proxy.casting import (
+    PARSERS,
+    at_least,
+    between,
+    check_type,
+    http_url,
+    identity,
+    not_blank,
+    one_of,
+)
 
 __all__ = [
     "ENV_PREFIX",
@@ -25,8 +34,6 @@ StreamUsage = Literal["none", "include", "continuous"]
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _STREAM_USAGES = ("none", "include", "continuous")
-_TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
-_FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 
 
 class ConfigError(ValueError):
@@ -65,6 +72,15 @@ class Config:
     log_level: str = "INFO"
     stream_usage: StreamUsage = "include"
     max_body_size: int = 32 * 1024 * 1024
+    max_queue_length: int = 0
+    max_queue_wait: float = 0.0
+    client_timeout: float = 60.0
+    shutdown_grace_period: float = 30.0
+    upstream_ca_bundle: str = ""
+    upstream_insecure: bool = False
+    # Secrets: never in a repr, so never in a log line or a test failure message.
+    upstream_api_key: str = field(default="", repr=False)
+    admin_token: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         # Direct construction gets the same checks as the CLI, so no invalid Config exists.
@@ -105,115 +121,6 @@ def seconds_or_none(seconds: float) -> float | None:
     return None if seconds == 0 else seconds
 
 
-# --- Parsing text from the environment or the command line -------------------------------------
-
-
-def _parse_int(raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError("is not an integer") from None
-
-
-def _parse_float(raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError("is not a number") from None
-
-
-def _parse_bool(raw: str) -> bool:
-    word = raw.strip().lower()
-    if word in _TRUE_WORDS:
-        return True
-    if word in _FALSE_WORDS:
-        return False
-    raise ValueError("is not a boolean (use true/false, 1/0, yes/no or on/off)")
-
-
-_PARSERS: dict[type, Callable[[str], object]] = {
-    str: str,
-    int: _parse_int,
-    float: _parse_float,
-    bool: _parse_bool,
-}
-
-
-_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
-
-
-def _check_type(kind: type, value: object) -> object:
-    # bool is an int subclass: True must not pass as a port, nor 1 as a flag.
-    if isinstance(value, kind) and isinstance(value, bool) == (kind is bool):
-        return value
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    raise ValueError(f"is not {_KIND_NAMES[kind]}")
-
-
-# --- Rules: each returns the normalized value or raises ValueError(reason) ---------------------
-
-
-def _identity(value: Any) -> Any:
-    return value
-
-
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value
-
-
-def _at_least(low: float) -> Callable[[Any], Any]:
-    def rule(value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("is not a finite number")
-        if value < low:
-            raise ValueError(f"must be >= {low:g}")
-        return value
-
-    return rule
-
-
-def _between(low: int, high: int) -> Callable[[Any], Any]:
-    def rule(value: int) -> int:
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}")
-        return value
-
-    return rule
-
-
-def _one_of(choices: tuple[str, ...]) -> Callable[[Any], Any]:
-    # Case-insensitive, stored in the spelling of the choices (upper for log levels).
-    by_key = {choice.casefold(): choice for choice in choices}
-
-    def rule(value: str) -> str:
-        try:
-            return by_key[value.casefold()]
-        except KeyError:
-            raise ValueError(f"must be one of {', '.join(choices)}") from None
-
-    return rule
-
-
-def _http_url(value: str) -> str:
-    url = value.rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise ValueError("must start with http:// or https://")
-    if not parts.hostname:
-        raise ValueError("has no host")
-    try:
-        parts.port  # noqa: B018 - urlsplit checks the port only when asked
-    except ValueError:
-        raise ValueError("has an invalid port") from None
-    if "?" in url or "#" in url:
-        # Request paths are appended to this URL; a query or fragment would swallow them.
-        raise ValueError("must not have a query or a fragment")
-    return url
-
-
 # --- The table ---------------------------------------------------------------------------------
 
 
@@ -240,7 +147,7 @@ class Setting:
     name: str
     metavar: str | None
     help: str
-    rule: Callable[[Any], Any] = _identity
+    rule: Callable[[Any], Any] = identity
 
     @property
     def flag(self) -> str:
@@ -267,15 +174,15 @@ class Setting:
     def coerce(self, raw: object) -> object:
         """Parse ``raw`` (text, or an already typed value) and apply the rule, or raise."""
         try:
-            value = _PARSERS[self.kind](raw) if isinstance(raw, str) else raw
-            return self.rule(_check_type(self.kind, value))
+            value = PARSERS[self.kind](raw) if isinstance(raw, str) else raw
+            return self.rule(check_type(self.kind, value))
         except ValueError as exc:
             raise ConfigError(
                 f"invalid value for {self.flag} ({self.env}): {raw!r} {exc}", setting=self.name
             ) from None
 
 
-_TIMEOUT = _at_least(0)
+_TIMEOUT = at_least(0)
 _NO_LIMIT = "; 0 = no limit"
 
 SETTINGS: tuple[Setting, ...] = (
@@ -283,18 +190,18 @@ SETTINGS: tuple[Setting, ...] = (
         "upstream_url",
         "URL",
         "base URL of the upstream, e.g. http://127.0.0.1:8001; a path prefix is kept",
-        _http_url,
+        http_url,
     ),
-    Setting("model_name", "NAME", "model name for the metrics' model_name label", _not_blank),
-    Setting("host", "HOST", "interface to listen on", _not_blank),
-    Setting("port", "PORT", "port to listen on; 0 picks a free one", _between(0, 65535)),
-    Setting("engine_label", "LABEL", "value of the metrics' engine label", _not_blank),
-    Setting("max_concurrency", "N", "most requests upstream at once" + _NO_LIMIT, _at_least(0)),
+    Setting("model_name", "NAME", "model name for the metrics' model_name label", not_blank),
+    Setting("host", "HOST", "interface to listen on", not_blank),
+    Setting("port", "PORT", "port to listen on; 0 picks a free one", between(0, 65535)),
+    Setting("engine_label", "LABEL", "value of the metrics' engine label", not_blank),
+    Setting("max_concurrency", "N", "most requests upstream at once" + _NO_LIMIT, at_least(0)),
     Setting(
         "max_model_len",
         "TOKENS",
         "the upstream's context length in tokens; sizes the token histograms",
-        _at_least(1),
+        at_least(1),
     ),
     Setting("connect_timeout", "SECONDS", "time to connect to the upstream" + _NO_LIMIT, _TIMEOUT),
     Setting(
@@ -316,16 +223,56 @@ SETTINGS: tuple[Setting, ...] = (
         "do not serve /metrics; the environment variable takes true/false, 1/0, yes/no, on/off",
     ),
     Setting(
-        "log_level", "LEVEL", "log level, any case: " + ", ".join(_LOG_LEVELS), _one_of(_LOG_LEVELS)
+        "log_level", "LEVEL", "log level, any case: " + ", ".join(_LOG_LEVELS), one_of(_LOG_LEVELS)
     ),
     Setting(
         "stream_usage",
         "{" + ",".join(_STREAM_USAGES) + "}",
         "what a streaming upstream is asked for so token counts are exact: nothing (none), "
         "one usage chunk at the end (include) or usage in every chunk (continuous)",
-        _one_of(_STREAM_USAGES),
+        one_of(_STREAM_USAGES),
     ),
     Setting(
-        "max_body_size", "BYTES", "largest request body in bytes; larger ones get 413", _at_least(1)
+        "max_body_size", "BYTES", "largest request body in bytes; larger ones get 413", at_least(1)
+    ),
+    Setting(
+        "max_queue_length",
+        "N",
+        "most requests waiting in the proxy's queue; more are refused with 429" + _NO_LIMIT,
+        at_least(0),
+    ),
+    Setting(
+        "max_queue_wait",
+        "SECONDS",
+        "longest wait in the proxy's queue; past it the request gets 503" + _NO_LIMIT,
+        _TIMEOUT,
+    ),
+    Setting(
+        "client_timeout",
+        "SECONDS",
+        "time a client gets to send its request body; slower ones get 408" + _NO_LIMIT,
+        _TIMEOUT,
+    ),
+    Setting(
+        "shutdown_grace_period",
+        "SECONDS",
+        "on SIGTERM, time in-flight requests get to finish before they are ended",
+        _TIMEOUT,
+    ),
+    Setting("upstream_ca_bundle", "FILE", "PEM file of CAs to trust for an https upstream"),
+    Setting(
+        "upstream_insecure",
+        None,
+        "do not verify the upstream's TLS certificate (a warning is logged at start)",
+    ),
+    Setting(
+        "upstream_api_key",
+        "KEY",
+        "sent to the upstream as 'Authorization: Bearer KEY' (vLLM's --api-key); never logged",
+    ),
+    Setting(
+        "admin_token",
+        "TOKEN",
+        "when set, /metrics and /internal/metrics need 'Authorization: Bearer TOKEN'",
     ),
 )

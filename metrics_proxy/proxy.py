@@ -12,10 +12,11 @@ import aiohttp
 from aiohttp import StreamReader, web
 from yarl import URL
 
-from metrics_proxy.admission import AdmissionQueue
+from metrics_proxy.admission import AdmissionQueue, QueueFull, QueueTimeout
 from metrics_proxy.config import Config, seconds_or_none
 from metrics_proxy.errors import error_body, error_event
 from metrics_proxy.headers import request_headers, response_headers
+from metrics_proxy.lifecycle import Lifecycle
 from metrics_proxy.payloads import (
     BadRequestBody,
     Injection,
@@ -75,15 +76,20 @@ class Proxy:
         recorder: ProxyMetricsRecorder,
         session: aiohttp.ClientSession,
         queue: AdmissionQueue,
+        lifecycle: Lifecycle,
     ) -> None:
         self._base = config.upstream_url
         self._recorder = recorder
         self._session = session
         self._queue = queue
+        self._lifecycle = lifecycle
         self._timeout = client_timeout(config)
         self._write_timeout = seconds_or_none(config.write_timeout)
+        self._client_timeout = seconds_or_none(config.client_timeout)
         self._usage_mode = UsageMode(config.stream_usage)
         self._max_body = config.max_body_size
+        # vLLM started with --api-key wants this on every request; it replaces the client's.
+        self._authorization = f"Bearer {config.upstream_api_key}" if config.upstream_api_key else ""
 
     def _url(self, request: web.Request) -> URL:
         return URL(self._base + request.raw_path, encoded=True)
@@ -96,6 +102,8 @@ class Proxy:
         write timeout, which aiohttp lacks: the body goes out through a generator that arms
         a deadline before each write and disarms it once aiohttp asks for more."""
         headers = request_headers(request.headers)
+        if self._authorization:
+            headers["Authorization"] = self._authorization
         async with asyncio.timeout(None) as deadline:
             data: object = body
             if body is not None:
@@ -167,8 +175,15 @@ class Proxy:
         recorder = self._recorder
         arrival = recorder.clock()
         try:
-            body = await request.read()
+            async with asyncio.timeout(self._client_timeout):
+                body = await request.read()
             obj = parse_request(body)
+        except TimeoutError:
+            recorder.count_error("client_timeout")
+            response = json_error(
+                408, "The request body did not arrive in time", "invalid_request_error"
+            )
+            response.force_close()  # the rest of the body may still come: drop the connection
         except web.HTTPRequestEntityTooLarge:
             recorder.count_error("body_too_large")
             response = json_error(
@@ -257,13 +272,13 @@ class _Exchange:
 
     async def run(self, upstream_body: bytes) -> web.StreamResponse:
         proxy = self._proxy
-        recorder = proxy._recorder
         tracker = self._tracker
         try:
             await proxy._queue.acquire()
+        except (QueueFull, QueueTimeout) as exc:
+            return self._refuse(exc)
         except asyncio.CancelledError:
-            self.finished_reason = "abort"
-            recorder.count_disconnect("waiting")
+            self._aborted()
             self._settle()
             raise
         try:
@@ -271,8 +286,7 @@ class _Exchange:
             self.stage = "before_headers"
             return await self._exchange(upstream_body)
         except (ClientGone, asyncio.CancelledError) as exc:
-            self.finished_reason = "abort"
-            recorder.count_disconnect(self.stage)
+            self._aborted()
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return web.Response()  # nobody is listening any more
@@ -285,6 +299,28 @@ class _Exchange:
         finally:
             proxy._queue.release()
             self._settle()
+
+    def _aborted(self) -> None:
+        """The handler was cancelled or its client went away: an abort. During a shutdown
+        the server itself ended it, which is no client disconnect."""
+        self.finished_reason = "abort"
+        if not self._proxy._lifecycle.draining:
+            self._proxy._recorder.count_disconnect(self.stage)
+
+    def _refuse(self, exc: QueueFull | QueueTimeout) -> web.Response:
+        """A queue bound was hit: the request never ran (429 full, 503 waited too long)."""
+        self.rejected = True
+        full = isinstance(exc, QueueFull)
+        reason = "max_num_queued_reqs" if full else "max_queue_wait"
+        self._proxy._recorder.count_admission_rejection(reason)
+        self.status = 429 if full else 503
+        message = "The proxy's queue is full" if full else "Waited too long in the proxy's queue"
+        response = json_error(
+            self.status, f"{message}: {exc}", "rate_limit_error" if full else "overloaded_error"
+        )
+        response.headers["Retry-After"] = "1"
+        self._settle()
+        return response
 
     def _fail(self, kind: str, status: int, message: str) -> web.Response:
         self.error_kind = kind

@@ -83,7 +83,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Imported late so a settings mistake exits before the server stack loads.
     from metrics_proxy.app import run_app
 
-    run_app(config)
+    try:
+        run_app(config)
+    except ConfigError as exc:  # found only when used, e.g. an unreadable CA bundle
+        build_parser().error(str(exc))
 
 
 if __name__ == "__main__":

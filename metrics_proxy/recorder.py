@@ -26,9 +26,11 @@ ERROR_KINDS = (
     "timeout",  # an upstream timeout fired, answered 504 or the stream was cut
     "upstream_status",  # the upstream answered 4xx/5xx, passed through
     "upstream_disconnect",  # the upstream connection failed mid-response
+    "client_timeout",  # the client did not send its body within --client-timeout, 408
 )
 DISCONNECT_STAGES = ("waiting", "before_headers", "streaming")
-ADMISSION_REJECTION_REASONS = ("max_num_queued_reqs", "max_num_queued_tokens")
+# vLLM's two reasons, and the proxy's own: a request that waited past --max-queue-wait.
+ADMISSION_REJECTION_REASONS = ("max_num_queued_reqs", "max_num_queued_tokens", "max_queue_wait")
 
 _MODEL_ENGINE = ("model_name", "engine")
 

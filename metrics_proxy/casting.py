@@ -1,0 +1,120 @@
+"""Casting settings from text and checking them: small pure helpers for config.py."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+_TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+_FALSE_WORDS = frozenset({"false", "0", "no", "off"})
+
+
+# --- Parsing text from the environment or the command line -------------------------------------
+
+
+def parse_int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("is not an integer") from None
+
+
+def parse_float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("is not a number") from None
+
+
+def parse_bool(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise ValueError("is not a boolean (use true/false, 1/0, yes/no or on/off)")
+
+
+PARSERS: dict[type, Callable[[str], object]] = {
+    str: str,
+    int: parse_int,
+    float: parse_float,
+    bool: parse_bool,
+}
+
+
+KIND_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean"}
+
+
+def check_type(kind: type, value: object) -> object:
+    # bool is an int subclass: True must not pass as a port, nor 1 as a flag.
+    if isinstance(value, kind) and isinstance(value, bool) == (kind is bool):
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"is not {KIND_NAMES[kind]}")
+
+
+# --- Rules: each returns the normalized value or raises ValueError(reason) ---------------------
+
+
+def identity(value: Any) -> Any:
+    return value
+
+
+def not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def at_least(low: float) -> Callable[[Any], Any]:
+    def rule(value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("is not a finite number")
+        if value < low:
+            raise ValueError(f"must be >= {low:g}")
+        return value
+
+    return rule
+
+
+def between(low: int, high: int) -> Callable[[Any], Any]:
+    def rule(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return rule
+
+
+def one_of(choices: tuple[str, ...]) -> Callable[[Any], Any]:
+    # Case-insensitive, stored in the spelling of the choices (upper for log levels).
+    by_key = {choice.casefold(): choice for choice in choices}
+
+    def rule(value: str) -> str:
+        try:
+            return by_key[value.casefold()]
+        except KeyError:
+            raise ValueError(f"must be one of {', '.join(choices)}") from None
+
+    return rule
+
+
+def http_url(value: str) -> str:
+    url = value.rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if "?" in url or "#" in url:
+        # Request paths are appended to this URL; a query or fragment would swallow them.
+        raise ValueError("must not have a query or a fragment")
+    return url
