@@ -200,7 +200,7 @@ class Proxy:
             tracker = recorder.start_request(arrival)
             tracker.n = facts.n
             tracker.max_tokens = facts.max_tokens
-            exchange = _Exchange(self, request, tracker, injection)
+            exchange = _Exchange(self, request, tracker, injection, facts.stream)
             return await exchange.run(upstream_body)
         recorder.observe_http(
             request.path, request.method, response.status, recorder.clock() - arrival
@@ -245,6 +245,7 @@ class _Exchange:
         "_injection",
         "_proxy",
         "_request",
+        "_stream",
         "_tracker",
         "error_kind",
         "finished_reason",
@@ -256,12 +257,18 @@ class _Exchange:
     )
 
     def __init__(
-        self, proxy: Proxy, request: web.Request, tracker: RequestTracker, injection: Injection
+        self,
+        proxy: Proxy,
+        request: web.Request,
+        tracker: RequestTracker,
+        injection: Injection,
+        stream: bool,
     ) -> None:
         self._proxy = proxy
         self._request = request
         self._tracker = tracker
         self._injection = injection
+        self._stream = stream
         self.stage = "waiting"
         self.status = 502
         self.finished_reason: str | None = "error"
@@ -335,12 +342,15 @@ class _Exchange:
         request = self._request
         async with self._proxy._open(request, upstream_body) as upstream:
             self.status = upstream.status
-            event_stream = upstream.content_type == "text/event-stream"
+            declared = upstream.content_type == "text/event-stream"
+            # A streaming request answered under another type (a misconfigured upstream) is
+            # still an event stream, or the usage the proxy asked for would reach the client.
+            event_stream = declared or (self._stream and upstream.content_type != _JSON)
             rewrites = event_stream and (
                 self._injection.strip_final_usage or self._injection.strip_chunk_usage
             )
             headers = response_headers(upstream.headers, body_rewritten=rewrites)
-            if event_stream:
+            if declared:
                 headers["Cache-Control"] = "no-cache"
                 headers["X-Accel-Buffering"] = "no"
             response = web.StreamResponse(

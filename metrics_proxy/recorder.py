@@ -518,7 +518,14 @@ class RequestTracker:
         label = finished_reason_label(reason)
         if completed is None:
             completed = label not in ("abort", "error")
-        estimated = generation_tokens is None and state == _RUNNING
+        # Without usage the chunks were counted: an estimate once output was seen, or when the
+        # upstream finished without reporting usage. A request that failed before any
+        # output counts 0, as it showed none.
+        estimated = (
+            generation_tokens is None
+            and state == _RUNNING
+            and (self.output_chunks > 0 or completed)
+        )
         if generation_tokens is None:
             generation_tokens = self.output_chunks
         by_choice = self._chunks_by_choice

@@ -1,0 +1,88 @@
+"""Odd upstreams: counts stay exact where the upstream gave usage, and clients see its bytes."""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+import pytest
+from conftest import Stack
+from fake_upstream import BEHAVIOR_HEADER
+
+CHAT = "/v1/chat/completions"
+STREAM = orjson.dumps({"model": "m", "messages": [], "stream": True})
+PLAIN = orjson.dumps({"model": "m", "messages": []})
+
+
+async def both(stack: Stack, body: bytes, behavior: str) -> tuple[bytes, bytes]:
+    """(through the proxy, straight from the upstream) for the same request."""
+    headers = {BEHAVIOR_HEADER: behavior}
+    through = await stack.client.post(CHAT, data=body, headers=headers)
+    proxied = await through.read()
+    async with aiohttp.ClientSession() as session:
+        url = stack.upstream.make_url(CHAT)
+        async with session.post(url, data=body, headers=headers) as direct:
+            return proxied, await direct.read()
+
+
+async def test_non_json_body(stack: Stack) -> None:
+    proxied, direct = await both(stack, PLAIN, '{"raw_body": "<html>oops</html>"}')
+    assert proxied == direct == b"<html>oops</html>"
+    assert await stack.value("vllm:request_success_total", finished_reason="stop") == 1
+    assert await stack.value("proxy_estimated_token_counts_total") == 1  # no usage to read
+
+
+async def test_event_stream_with_the_wrong_content_type_passes_as_a_body(stack: Stack) -> None:
+    proxied, direct = await both(stack, STREAM, '{"content_type": "text/plain"}')
+    assert proxied == direct
+    assert proxied.endswith(b"data: [DONE]\n\n")
+    assert await stack.gauges() == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "behavior",
+    [
+        '{"done": false}',
+        '{"split": 1, "crlf": true}',
+        '{"keepalive": true, "split": 2}',
+    ],
+)
+async def test_streams_without_done_split_everywhere_crlf_or_pinged_count_exactly(
+    stack: Stack, behavior: str
+) -> None:
+    proxied, direct = await both(stack, STREAM, behavior)
+    assert proxied == direct
+    assert await stack.value("vllm:generation_tokens_total") == 5
+    assert await stack.value("vllm:prompt_tokens_total") == 7
+    assert await stack.value("proxy_estimated_token_counts_total") == 0
+    assert await stack.value("vllm:request_success_total", finished_reason="stop") == 1
+
+
+async def test_an_upstream_that_always_sends_usage_counts_exactly(stack: Stack) -> None:
+    # The proxy cannot tell this usage chunk from the one it asked for: either way it goes.
+    proxied, direct = await both(stack, STREAM, '{"usage": "always", "split": 5}')
+    assert proxied == direct.replace(direct.split(b"\n\n")[-3] + b"\n\n", b"")
+    assert await stack.value("vllm:generation_tokens_total") == 5
+    assert await stack.value("proxy_estimated_token_counts_total") == 0
+
+
+async def test_usage_on_every_chunk_is_exact(stack: Stack) -> None:
+    body = orjson.dumps(
+        {
+            "messages": [],
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        }
+    )
+    proxied, direct = await both(stack, body, '{"completion_tokens": 9}')
+    assert proxied == direct
+    assert proxied.count(b'"usage":{') == 11  # role chunk, 9 tokens, the final usage chunk
+    assert await stack.value("vllm:generation_tokens_total") == 9
+
+
+async def test_stream_that_ends_without_finish_or_done_is_an_error(stack: Stack) -> None:
+    behavior = '{"done": false, "finish_reason": null, "usage": "never"}'
+    proxied, direct = await both(stack, STREAM, behavior)
+    assert proxied == direct
+    assert b'"finish_reason":"' not in direct
+    assert await stack.value("vllm:request_success_total", finished_reason="error") == 1
+    assert await stack.value("proxy_errors_total", kind="upstream_disconnect") == 1
