@@ -1,4 +1,4 @@
-.PHONY: install test lint typecheck unit bench bench-metrics run clean
+.PHONY: install test lint typecheck unit storm bench bench-metrics run clean demo
 
 PYTHON ?= python3
 UPSTREAM ?= http://127.0.0.1:8001
@@ -7,15 +7,23 @@ MODEL ?= my-model
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
 
+# The product at work with no vLLM: the fake upstream, the proxy, mixed traffic, its metrics.
+demo:
+	$(PYTHON) scripts/demo.py
+
 lint:
-	ruff check metrics_proxy tests benchmarks
-	ruff format --check metrics_proxy tests benchmarks
+	ruff check metrics_proxy tests benchmarks scripts
+	ruff format --check metrics_proxy tests benchmarks scripts
 
 typecheck:
 	mypy
 
 unit:
 	$(PYTHON) -m pytest -q
+
+# The fault storm of the suite, larger: every number must still equal the ground truth.
+storm:
+	STORM_REQUESTS=5000 $(PYTHON) -m pytest -q tests/test_fault_storm.py
 
 # The README's test command: static checks first, the test suite last.
 test: lint typecheck unit

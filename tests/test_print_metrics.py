@@ -1,0 +1,231 @@
+"""print_metrics: the text view of a real recorder's snapshot, and the command over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from metrics_proxy import ProxyMetricsRecorder
+from metrics_proxy.app import create_app
+from metrics_proxy.config import Config
+from metrics_proxy.print_metrics import CLEAR, format_snapshot, histogram_bar, main
+
+Client = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+def snapshot() -> dict[str, Any]:
+    recorder = ProxyMetricsRecorder("m", max_model_len=8192)
+    request = recorder.start_request()
+    request.slot_acquired()
+    request.output()
+    request.finish("stop", prompt_tokens=3, generation_tokens=1)
+    return recorder.snapshot()
+
+
+def _row(text: str, key: str) -> str:
+    """The value printed on the row whose key is exactly ``key``."""
+    match = re.search(rf"^  {re.escape(key)} +(\S+)$", text, re.MULTILINE)
+    assert match, f"no row {key!r} in:\n{text}"
+    return match.group(1)
+
+
+def _histogram(text: str, key: str) -> list[str]:
+    """The fields of the line under a histogram's name: count, sum, mean, p50, p90, p99, bar…"""
+    lines = text.splitlines()
+    return lines[lines.index(f"  {key}") + 1].split()
+
+
+def test_gauges_and_counters_print_one_row_per_label_set(snapshot: dict[str, Any]) -> None:
+    text = format_snapshot(snapshot)
+    assert text.splitlines()[0] == "all series: model_name=m engine=proxy"
+    assert _row(text, "vllm:num_requests_running") == "0"
+    assert _row(text, "vllm:num_requests_waiting_by_reason{reason=capacity}") == "0"
+    assert _row(text, "vllm:prompt_tokens_total") == "3"
+    assert _row(text, "vllm:request_success_total{finished_reason=stop}") == "1"
+    assert _row(text, "vllm:request_success_total{finished_reason=length}") == "0"
+    assert _row(text, "proxy_errors_total{kind=bad_request}") == "0"
+    # The shared labels are in the header only.
+    assert "model_name" not in text.split("\n", 1)[1]
+    assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_a_histogram_line_has_count_sum_mean_quantiles_and_a_bar(
+    snapshot: dict[str, Any],
+) -> None:
+    text = format_snapshot(snapshot)
+    # One prompt of 3 tokens: in the bucket (2, 5], so PromQL's p50 is 3.5.
+    assert _histogram(text, "vllm:request_prompt_tokens") == [
+        *("1", "3", "3", "3.5", "4.7", "4.97"),
+        *("█", "(2,", "5]"),
+    ]
+    assert _histogram(text, "vllm:request_params_max_tokens") == ["0", "0", *["-"] * 4]
+    # Seconds in ms or µs: a TTFT under a millisecond lands in the first bucket (0, 1ms].
+    ttft = _histogram(text, "vllm:time_to_first_token_seconds")
+    assert ttft[0] == "1"
+    assert ttft[3:] == ["500µs", "900µs", "990µs", "█", "(0,", "1ms]"]
+
+
+def test_the_bar_shows_per_bucket_counts_between_the_first_and_last_used_bounds() -> None:
+    # Per bucket: 0, 2, 0, 5, then 1 beyond the last finite bound.
+    buckets = [[0.01, 0], [0.025, 2], [0.05, 2], [0.1, 7]]
+    assert histogram_bar(buckets, 8, seconds=True) == "▄·█▂ (10ms, +Inf)"
+    assert histogram_bar([[1.0, 0], [2.0, 3], [5.0, 3]], 3) == "█ (1, 2]"
+    assert histogram_bar([[1.0, 0]], 0) == ""
+
+
+def test_the_filter_keeps_families_whose_name_contains_any_substring(
+    snapshot: dict[str, Any],
+) -> None:
+    text = format_snapshot(snapshot, ["success", "prompt_tokens"])
+    names = {line.split()[0].split("{")[0] for line in text.splitlines() if line[:3] == "  v"}
+    assert names == {
+        "vllm:request_success_total",
+        "vllm:prompt_tokens_total",
+        "vllm:request_prompt_tokens",
+    }
+    assert "GAUGES" not in text
+    assert "no metric family" in format_snapshot(snapshot, ["nothing-like-this"])
+
+
+# --- the command, against the proxy app served on 127.0.0.1 -----------------------------------
+
+
+@pytest.fixture
+async def client(aiohttp_client: Callable[..., Awaitable[Client]]) -> Client:
+    return await aiohttp_client(
+        create_app(Config(upstream_url="http://127.0.0.1:9", model_name="m"))
+    )
+
+
+async def _run(*argv: str) -> int:
+    # main() blocks on urllib, so it runs in a thread while the loop serves the app.
+    return await asyncio.to_thread(main, list(argv))
+
+
+async def test_the_command_prints_the_proxys_metrics(
+    client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with client.post("/v1/chat/completions", data=b"{") as response:
+        assert response.status == 400
+    assert await _run("--url", str(client.make_url("/internal/metrics"))) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert _row(out, "proxy_errors_total{kind=bad_request}") == "1"
+    assert _row(out, "vllm:request_success_total{finished_reason=stop}") == "0"
+
+
+async def test_json_prints_the_raw_snapshot_indented_and_filtered(
+    client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = str(client.make_url("/internal/metrics"))
+    assert await _run("--url", url, "--json", "--filter", "request_success") == 0
+    out = capsys.readouterr().out
+    assert out.startswith('{\n  "families": [\n')
+    families = orjson.loads(out)["families"]
+    assert [f["name"] for f in families] == ["vllm:request_success_total"]
+
+
+@pytest.fixture
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) but never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        yield int(sock.getsockname()[1])
+
+
+def _one_error_line(err: str, expected: str) -> None:
+    assert "Traceback" not in err
+    assert err.count("\n") == 1, err
+    assert err.startswith("print_metrics: ")
+    assert expected in err
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/metrics", "did not answer JSON"),
+        ("/internal/healthz", "not a metrics snapshot"),
+        # Forwarded to the proxy's dead upstream: a 502, as good as any HTTP error status.
+        ("/internal/metrics/nope", "answered HTTP 502"),
+    ],
+)
+async def test_an_answer_that_is_not_a_snapshot_exits_1(
+    client: Client, capsys: pytest.CaptureFixture[str], path: str, expected: str
+) -> None:
+    assert await _run("--url", str(client.make_url(path))) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    _one_error_line(err, expected)
+
+
+async def test_an_unreachable_or_silent_url_exits_1(
+    closed_port: int, silent_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{closed_port}/internal/metrics"
+    assert await _run("--url", url) == 1
+    _one_error_line(capsys.readouterr().err, f"cannot reach {url}: Connection refused")
+    url = f"http://127.0.0.1:{silent_port}/internal/metrics"
+    assert await _run("--url", url, "--timeout", "0.2") == 1
+    _one_error_line(capsys.readouterr().err, f"no answer from {url} within 0.2 s")
+
+
+@pytest.mark.parametrize(
+    "argv", [["--watch", "0"], ["--timeout", "-1"], ["--url", "ftp://127.0.0.1/x"]]
+)
+def test_bad_arguments_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(argv)
+    assert raised.value.code == 2
+
+
+def test_the_module_run_as_a_command_exits_1_without_a_traceback(closed_port: int) -> None:
+    url = f"http://127.0.0.1:{closed_port}/internal/metrics"
+    command = [sys.executable, "-m", "metrics_proxy.print_metrics", "--url", url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    _one_error_line(done.stderr, "Connection refused")
+
+
+async def test_watch_redraws_until_ctrl_c_which_exits_0_quietly(client: Client) -> None:
+    url = str(client.make_url("/internal/metrics"))
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "metrics_proxy.print_metrics", "--url", url, "--watch", "0.05"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    seen = b""
+    try:
+        async with asyncio.timeout(20):
+            while seen.count(CLEAR.encode()) < 2:
+                chunk = await process.stdout.read(65536)
+                assert chunk, "print_metrics --watch exited early"
+                seen += chunk
+    finally:
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(20):
+            rest, err = await process.communicate()
+    assert process.returncode == 0
+    assert err == b""
+    assert b"vllm:request_success_total{finished_reason=stop}" in seen + rest
