@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
@@ -26,8 +27,9 @@ from metrics_proxy.payloads import (
     request_facts,
     response_facts,
 )
-from metrics_proxy.recorder import ProxyMetricsRecorder, RequestTracker
+from metrics_proxy.recorder import ProxyMetricsRecorder
 from metrics_proxy.stream import StreamMeter
+from metrics_proxy.tracker import RequestTracker
 
 log = logging.getLogger("metrics_proxy")
 
@@ -47,6 +49,28 @@ _JSON = "application/json"
 
 class ClientGone(ConnectionError):
     """The client closed its connection while the proxy was answering it."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamFailure:
+    """How an upstream failure maps to an answer and an error kind, in one place."""
+
+    kind: str
+    status: int
+    message: str
+
+    @staticmethod
+    def of(exc: BaseException) -> UpstreamFailure:
+        # Order matters: aiohttp's connect timeout is both a connector error and a TimeoutError.
+        if isinstance(exc, TimeoutError):
+            return UpstreamFailure("timeout", 504, "Upstream timed out")
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return UpstreamFailure("connect", 502, f"Upstream unreachable: {exc.os_error}")
+        return UpstreamFailure("upstream_disconnect", 502, f"Upstream failed: {type(exc).__name__}")
+
+    def response(self) -> web.Response:
+        error_type = "upstream_timeout" if self.status == 504 else "upstream_error"
+        return json_error(self.status, self.message, error_type)
 
 
 def json_error(status: int, message: str, error_type: str) -> web.Response:
@@ -153,16 +177,11 @@ class Proxy:
                 return response
         except ClientGone:
             return web.Response()  # nobody is listening any more
-        except aiohttp.ClientConnectorError as exc:
-            self._recorder.count_error("connect")
-            return json_error(502, f"Upstream unreachable: {exc.os_error}", "upstream_error")
-        except TimeoutError:
-            self._recorder.count_error("timeout")
-            status = 504
-            return json_error(504, "Upstream timed out", "upstream_timeout")
-        except aiohttp.ClientError as exc:
-            self._recorder.count_error("upstream_disconnect")
-            return json_error(502, f"Upstream failed: {type(exc).__name__}", "upstream_error")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            failure = UpstreamFailure.of(exc)
+            self._recorder.count_error(failure.kind)
+            status = failure.status
+            return failure.response()
         finally:
             path = request.path
             self._recorder.observe_http(
@@ -297,12 +316,8 @@ class _Exchange:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return web.Response()  # nobody is listening any more
-        except aiohttp.ClientConnectorError as exc:
-            return self._fail("connect", 502, f"Upstream unreachable: {exc.os_error}")
-        except TimeoutError:
-            return self._fail("timeout", 504, "Upstream timed out")
-        except aiohttp.ClientError as exc:
-            return self._fail("upstream_disconnect", 502, f"Upstream failed: {type(exc).__name__}")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return self._fail(UpstreamFailure.of(exc))
         finally:
             proxy._queue.release()
             self._settle()
@@ -329,14 +344,13 @@ class _Exchange:
         self._settle()
         return response
 
-    def _fail(self, kind: str, status: int, message: str) -> web.Response:
-        self.error_kind = kind
-        self._proxy._recorder.count_error(kind)
+    def _fail(self, failure: UpstreamFailure) -> web.Response:
+        self.error_kind = failure.kind
+        self._proxy._recorder.count_error(failure.kind)
         if self.stage == "streaming":
             return web.Response()  # the response is already out; nothing more can be said
-        self.status = status
-        error_type = "upstream_timeout" if status == 504 else "upstream_error"
-        return json_error(status, message, error_type)
+        self.status = failure.status
+        return failure.response()
 
     async def _exchange(self, upstream_body: bytes) -> web.StreamResponse:
         request = self._request
@@ -444,7 +458,7 @@ class _Exchange:
         return True
 
     def _upstream_broke(self, exc: BaseException) -> None:
-        kind = "timeout" if isinstance(exc, TimeoutError) else "upstream_disconnect"
+        kind = UpstreamFailure.of(exc).kind
         self.error_kind = kind
         self.finished_reason = "error"
         self._proxy._recorder.count_error(kind)

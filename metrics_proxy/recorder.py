@@ -13,6 +13,7 @@ from metrics_proxy.metrics import Counter, Gauge, Histogram
 from metrics_proxy.process import ProcessCollector
 from metrics_proxy.registry import Registry
 from metrics_proxy.samples import MetricFamily
+from metrics_proxy.tracker import FinishedRequest, RequestTracker
 
 FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
 # The OpenAI API's names for a normal finish that vLLM's engine counts as "stop".
@@ -296,9 +297,10 @@ class ProxyMetricsRecorder:
     def finalize_request(self, result: FinishedRequest) -> None:
         """Count one finished request: its reason, tokens, and (when the upstream finished
         it, as vLLM's engine would) its per-request histograms."""
-        child = self._success_by_reason.get(result.finished_reason)
+        reason = finished_reason_label(result.finished_reason)
+        child = self._success_by_reason.get(reason)
         if child is None:
-            child = self._success.labels(self.model_name, self.engine, result.finished_reason)
+            child = self._success.labels(self.model_name, self.engine, reason)
         child.inc()
         if result.prompt_tokens is not None:
             self._prompt_tokens.inc(result.prompt_tokens)
@@ -354,201 +356,3 @@ class ProxyMetricsRecorder:
     def snapshot(self) -> dict[str, Any]:
         """Every counter, gauge, histogram and vector as a JSON-ready dict."""
         return snapshot_dict(self.collect())
-
-
-class FinishedRequest:
-    """What :meth:`ProxyMetricsRecorder.finalize_request` counts for one request."""
-
-    __slots__ = (
-        "completed",
-        "decode_seconds",
-        "e2e_seconds",
-        "estimated",
-        "finished_reason",
-        "generation_tokens",
-        "inference_seconds",
-        "max_generation_tokens",
-        "max_tokens",
-        "n",
-        "prefill_seconds",
-        "prompt_tokens",
-    )
-
-    def __init__(
-        self,
-        finished_reason: str,
-        *,
-        completed: bool,
-        prompt_tokens: int | None,
-        generation_tokens: int,
-        max_generation_tokens: int,
-        estimated: bool = False,
-        n: int = 1,
-        max_tokens: int | None = None,
-        e2e_seconds: float = 0.0,
-        inference_seconds: float | None = None,
-        prefill_seconds: float | None = None,
-        decode_seconds: float | None = None,
-    ) -> None:
-        self.finished_reason = finished_reason
-        self.completed = completed
-        self.prompt_tokens = prompt_tokens
-        self.generation_tokens = generation_tokens
-        self.max_generation_tokens = max_generation_tokens
-        self.estimated = estimated
-        self.n = n
-        self.max_tokens = max_tokens
-        self.e2e_seconds = e2e_seconds
-        self.inference_seconds = inference_seconds
-        self.prefill_seconds = prefill_seconds
-        self.decode_seconds = decode_seconds
-
-
-_WAITING, _RUNNING, _DONE = 0, 1, 2
-
-
-class RequestTracker:
-    """One request's clock and gauges. Each gauge is settled exactly once: ``finish`` is
-    idempotent and settles whichever of waiting/running the request still holds.
-
-    Timings (monotonic seconds) map vLLM's intervals onto what a proxy sees: queue =
-    arrival → slot; TTFT = arrival → first output chunk; prefill = slot → first output;
-    decode = first → last output; inference = slot → last output (or response end when
-    nothing was streamed); e2e = arrival → response complete.
-    """
-
-    __slots__ = (
-        "_chunks_by_choice",
-        "_recorder",
-        "_state",
-        "arrival",
-        "first_output_at",
-        "last_output_at",
-        "max_tokens",
-        "n",
-        "output_chunks",
-        "slot_at",
-    )
-
-    def __init__(self, recorder: ProxyMetricsRecorder, arrival: float) -> None:
-        self._recorder = recorder
-        self._state = _WAITING
-        self._chunks_by_choice: dict[int, int] | None = None
-        self.arrival = arrival
-        self.slot_at: float | None = None
-        self.first_output_at: float | None = None
-        self.last_output_at: float | None = None
-        self.output_chunks = 0
-        self.n = 1
-        self.max_tokens: int | None = None
-        recorder.increment_waiting()
-
-    @property
-    def finished(self) -> bool:
-        return self._state == _DONE
-
-    def slot_acquired(self, now: float | None = None) -> None:
-        if self._state != _WAITING:
-            return
-        now = self._recorder.clock() if now is None else now
-        self._state = _RUNNING
-        self.slot_at = now
-        recorder = self._recorder
-        recorder.decrement_waiting()
-        recorder.increment_running()
-        recorder.observe_queue_time(now - self.arrival)
-
-    def output(self, index: int = 0, now: float | None = None) -> None:
-        """A chunk that carries generated output for choice ``index`` arrived."""
-        now = self._recorder.clock() if now is None else now
-        last = self.last_output_at
-        if last is None:
-            self.first_output_at = now
-            self._recorder.observe_time_to_first_token(now - self.arrival)
-        else:
-            self._recorder.observe_inter_token_latency(now - last)
-        self.last_output_at = now
-        self.output_chunks += 1
-        if index or self._chunks_by_choice is not None:
-            by_choice = self._chunks_by_choice
-            if by_choice is None:
-                by_choice = self._chunks_by_choice = {0: self.output_chunks - 1}
-            by_choice[index] = by_choice.get(index, 0) + 1
-
-    def discard(self) -> bool:
-        """Settle the gauges of a request the upstream refused (a 4xx answer): vLLM's
-        engine never ran it, so it counts in no vLLM request series. Idempotent."""
-        state = self._state
-        if state == _DONE:
-            return False
-        self._state = _DONE
-        if state == _WAITING:
-            self._recorder.decrement_waiting()
-        else:
-            self._recorder.decrement_running()
-        return True
-
-    def finish(
-        self,
-        reason: str | None,
-        *,
-        prompt_tokens: int | None = None,
-        generation_tokens: int | None = None,
-        completed: bool | None = None,
-        now: float | None = None,
-    ) -> bool:
-        """Settle the request once; later calls return False and change nothing.
-
-        ``reason`` is the upstream's finish_reason, or ``abort``/``error``. Without
-        ``generation_tokens`` (no usage from the upstream) the count of output chunks is
-        used and counted as an estimate. ``completed`` (default: reason is neither abort
-        nor error) decides whether per-request histograms are observed, as vLLM only
-        observes them for requests its engine finished.
-        """
-        state = self._state
-        if state == _DONE:
-            return False
-        self._state = _DONE
-        recorder = self._recorder
-        now = recorder.clock() if now is None else now
-        if state == _WAITING:
-            recorder.decrement_waiting()
-        else:
-            recorder.decrement_running()
-        label = finished_reason_label(reason)
-        if completed is None:
-            completed = label not in ("abort", "error")
-        # Without usage the chunks were counted: an estimate once output was seen, or when the
-        # upstream finished without reporting usage. A request that failed before any
-        # output counts 0, as it showed none.
-        estimated = (
-            generation_tokens is None
-            and state == _RUNNING
-            and (self.output_chunks > 0 or completed)
-        )
-        if generation_tokens is None:
-            generation_tokens = self.output_chunks
-        by_choice = self._chunks_by_choice
-        # Usage is a total over the n choices: the longest choice comes from its chunk count.
-        max_generation = max(by_choice.values()) if by_choice else generation_tokens
-        slot_at = self.slot_at
-        first = self.first_output_at
-        last = self.last_output_at
-        inference = None if slot_at is None else (last if last is not None else now) - slot_at
-        recorder.finalize_request(
-            FinishedRequest(
-                label,
-                completed=completed and slot_at is not None,
-                prompt_tokens=prompt_tokens,
-                generation_tokens=generation_tokens,
-                max_generation_tokens=max_generation,
-                estimated=estimated,
-                n=self.n,
-                max_tokens=self.max_tokens,
-                e2e_seconds=now - self.arrival,
-                inference_seconds=inference,
-                prefill_seconds=None if first is None or slot_at is None else first - slot_at,
-                decode_seconds=None if first is None or last is None else last - first,
-            )
-        )
-        return True

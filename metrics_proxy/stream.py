@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from metrics_proxy.payloads import Injection, strip_usage_field
-from metrics_proxy.recorder import RequestTracker
 from metrics_proxy.sse import Event, SSEDecoder, Usage, chunk_facts
+from metrics_proxy.tracker import RequestTracker
 
 
 class StreamMeter:
