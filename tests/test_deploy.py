@@ -1,0 +1,272 @@
+"""deploy/: the Dockerfile lints clean, the manifests validate and say what the proxy needs, and
+the Grafana dashboard keeps vLLM's official queries and reads only series the proxy exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from metrics_proxy.config import SETTINGS, Config
+from metrics_proxy.recorder import ProxyMetricsRecorder
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+DOCKERFILE = DEPLOY / "Dockerfile"
+KUBERNETES = DEPLOY / "kubernetes"
+MANIFESTS = sorted(KUBERNETES.glob("*.yaml"))
+DASHBOARD = DEPLOY / "grafana" / "metrics-proxy-dashboard.json"
+OFFICIAL = json.loads((Path(__file__).parent / "data" / "vllm_dashboard_queries.json").read_text())
+OFFICIAL_UID = "b281712d-8bff-41ef-9f3f-71ad43c05e9b"
+# A schema set that kubernetes-validate bundles: explicit, so a new release cannot move it.
+KUBERNETES_VERSION = "1.33.0"
+PORT = 8000
+ENV_NAME = re.compile(r"\bPROXY_[A-Z0-9_]+")
+TOOL_TIMEOUT = 60
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, capture_output=True, text=True, cwd=ROOT, timeout=TOOL_TIMEOUT, check=False
+    )
+
+
+# --- Dockerfile ------------------------------------------------------------------------------
+
+
+def test_dockerfile_has_no_hadolint_findings(hadolint: str) -> None:
+    result = _run(hadolint, "--format", "json", str(DOCKERFILE))
+    assert (result.returncode, json.loads(result.stdout)) == (0, []), result.stdout + result.stderr
+
+
+def test_dockerfile_runs_the_proxy_unprivileged() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    assert "pip install --no-cache-dir ." in text
+    users = re.findall(r"^USER (\S+)$", text, re.M)
+    assert users, "no USER"
+    assert users[-1].split(":")[0] not in ("0", "root")
+    entrypoint = '["python", "-m", "metrics_proxy.proxy_server"]'
+    assert re.search(rf"^ENTRYPOINT {re.escape(entrypoint)}$", text, re.M)
+    assert re.search(rf"^EXPOSE {PORT}$", text, re.M)
+    assert re.search(rf"PROXY_HOST=0\.0\.0\.0\s*\\?\s*PROXY_PORT={PORT}", text)
+    healthcheck = text[text.index("HEALTHCHECK") :]
+    assert "urllib" in healthcheck
+    assert "/internal/healthz" in healthcheck
+
+
+# --- Kubernetes manifests --------------------------------------------------------------------
+
+
+def _documents(name: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all((KUBERNETES / name).read_text()) if doc]
+
+
+def _one(name: str, kind: str) -> dict[str, Any]:
+    (found,) = [doc for doc in _documents(name) if doc["kind"] == kind]
+    return found
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    """A container's plain ``value`` variables (``valueFrom`` ones come from Secrets)."""
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def _proxy_container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+    (found,) = [c for c in containers if "PROXY_UPSTREAM_URL" in _env(c)]
+    return found
+
+
+def test_the_manifests_are_the_three_described() -> None:
+    assert [m.name for m in MANIFESTS] == ["deployment.yaml", "service.yaml", "sidecar.yaml"]
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda m: m.name)
+def test_manifest_validates_strictly(kubernetes_validate: str, manifest: Path) -> None:
+    result = _run(
+        kubernetes_validate, "--strict", "--kubernetes-version", KUBERNETES_VERSION, str(manifest)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _check_proxy_pod(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The checks every pod running the proxy must pass; returns the proxy container."""
+    template = deployment["spec"]["template"]
+    assert (
+        deployment["spec"]["selector"]["matchLabels"].items()
+        <= template["metadata"]["labels"].items()
+    )
+    pod = template["spec"]
+    container = _proxy_container(deployment)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert PORT in ports.values()
+
+    def probe(kind: str) -> tuple[str, int]:
+        get = container[kind]["httpGet"]
+        return get["path"], ports.get(get["port"], get["port"])
+
+    assert probe("livenessProbe") == ("/internal/healthz", PORT)
+    assert probe("readinessProbe") == ("/internal/readyz", PORT)
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= container["resources"][kind].keys()
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] or pod["securityContext"]["runAsNonRoot"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert template["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    env = _env(container)
+    # The values parse as the proxy would parse them at start-up.
+    config = Config.from_env(env)
+    assert config.port == PORT
+    # In-flight requests get their grace period before Kubernetes kills the pod.
+    assert pod["terminationGracePeriodSeconds"] > config.shutdown_grace_period
+    return container
+
+
+def test_deployment_runs_the_proxy_as_described() -> None:
+    deployment = _one("deployment.yaml", "Deployment")
+    assert deployment["metadata"]["name"] == "metrics-proxy"
+    container = _check_proxy_pod(deployment)
+    env = _env(container)
+    for name in ("PROXY_MODEL_NAME", "PROXY_ENGINE_LABEL", "PROXY_MAX_CONCURRENCY"):
+        assert name in env
+
+
+def test_service_sends_port_80_to_the_proxy() -> None:
+    service = _one("service.yaml", "Service")
+    deployment = _one("deployment.yaml", "Deployment")
+    assert service["metadata"]["name"] == "metrics-proxy"
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(80, PORT)]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_sidecar_puts_the_proxy_beside_vllm() -> None:
+    deployment = _one("sidecar.yaml", "Deployment")
+    service = _one("sidecar.yaml", "Service")
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    proxy = _check_proxy_pod(deployment)
+    (vllm,) = [c for c in containers if c is not proxy]
+    assert vllm["image"].startswith("vllm/vllm-openai:")
+    args = vllm["args"]
+    assert "--model" in args
+    assert args[args.index("--port") + 1] == "8001"
+    env = _env(proxy)
+    assert env["PROXY_UPSTREAM_URL"] == "http://127.0.0.1:8001"
+    assert env["PROXY_MODEL_NAME"] == args[args.index("--model") + 1]
+    # vLLM labels its own series engine="0" (its data-parallel rank): the proxy must differ.
+    assert env["PROXY_ENGINE_LABEL"] not in ("", "0")
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(80, PORT)]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_every_proxy_variable_named_is_a_setting() -> None:
+    settings = {s.env for s in SETTINGS}
+    named = {
+        path.name: set(ENV_NAME.findall(path.read_text())) for path in [DOCKERFILE, *MANIFESTS]
+    }
+    assert all(named[n] for n in ("Dockerfile", "deployment.yaml", "sidecar.yaml")), named
+    unknown = {name: env - settings for name, env in named.items() if env - settings}
+    assert unknown == {}
+
+
+# --- Grafana dashboard -----------------------------------------------------------------------
+
+
+def _panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    flat = []
+    for panel in panels:
+        flat.append(panel)
+        flat.extend(_panels(panel.get("panels", [])))
+    return flat
+
+
+DASHBOARD_JSON: dict[str, Any] = json.loads(DASHBOARD.read_text())
+PANELS = _panels(DASHBOARD_JSON["panels"])
+OFFICIAL_TITLES = {q["panel"] for q in OFFICIAL["queries"]}
+PROXY_PANELS = [p for p in PANELS if p["type"] != "row" and p["title"] not in OFFICIAL_TITLES]
+
+
+def test_dashboard_is_its_own() -> None:
+    assert DASHBOARD_JSON["title"] == "metrics_proxy — vLLM metrics"
+    assert DASHBOARD_JSON["uid"] not in ("", OFFICIAL_UID)
+    ids = [p["id"] for p in PANELS]
+    assert len(ids) == len(set(ids))
+
+
+def test_dashboard_keeps_every_official_query_unchanged() -> None:
+    assert len(OFFICIAL["queries"]) == 27
+    held = {(p["title"], t["expr"]) for p in PANELS for t in p.get("targets", [])}
+    missing = [q for q in OFFICIAL["queries"] if (q["panel"], q["expr"]) not in held]
+    assert missing == []
+
+
+def test_dashboard_variables_are_all_defined() -> None:
+    defined = {v["name"] for v in DASHBOARD_JSON["templating"]["list"]} | {"__rate_interval"}
+    used = {
+        name
+        for p in PANELS
+        for t in p.get("targets", [])
+        for name in re.findall(r"\$(\w+)", t["expr"])
+    }
+    assert used <= defined
+
+
+def _exported_series() -> dict[str, set[str]]:
+    """Series name → label names, from a real recorder that has seen one HTTP exchange (the
+    http_* families have no series before)."""
+    recorder = ProxyMetricsRecorder("m")
+    recorder.observe_http("/v1/chat/completions", "POST", 200, 0.1)
+    series: dict[str, set[str]] = {}
+    for family in recorder.collect():
+        labels = {name for sample in family.samples for name, _ in sample.labels}
+        suffixes = ("_bucket", "_sum", "_count") if family.type == "histogram" else ("",)
+        for suffix in suffixes:
+            series[family.name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+    return series
+
+
+def test_proxy_panels_read_only_series_the_proxy_exports() -> None:
+    assert len(PROXY_PANELS) >= 8
+    exported = _exported_series()
+    target_labels = {"job", "instance"}  # added by Prometheus at scrape time
+    seen = set()
+    for panel in PROXY_PANELS:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            selectors = re.findall(r"([A-Za-z_:][\w:]*)\{([^}]*)\}", expr)
+            assert selectors, f"{panel['title']}: every selector has braces: {expr}"
+            for name, matchers in selectors:
+                assert name in exported, f"{panel['title']}: {name} is not exported"
+                used = set(re.findall(r"(\w+)\s*=~?", matchers))
+                used |= {
+                    label.strip()
+                    for group in re.findall(r"\bby\s*\(([^)]*)\)", expr)
+                    for label in group.split(",")
+                    if label.strip()
+                }
+                assert used - target_labels <= exported[name], f"{panel['title']}: {expr}"
+                seen.add(name)
+    described = {
+        "vllm:num_requests_waiting",
+        "vllm:request_queue_time_seconds_sum",
+        "vllm:request_queue_time_seconds_count",
+        "proxy_errors_total",
+        "proxy_client_disconnects_total",
+        "vllm:admission_rejections_total",
+        "proxy_estimated_token_counts_total",
+        "http_requests_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    }
+    assert described <= seen

@@ -1,0 +1,266 @@
+"""End to end: a real Prometheus scrapes the proxy, and vLLM's official dashboard queries (and
+our dashboard's proxy panels) answer with finite, sane values."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import socket
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from fake_upstream import BEHAVIOR_HEADER, Behavior, make_fake_upstream
+
+from metrics_proxy.app import create_app
+from metrics_proxy.config import Config
+
+pytestmark = pytest.mark.needs_prometheus
+
+ROOT = Path(__file__).resolve().parent.parent
+QUERIES: list[dict[str, str]] = json.loads(
+    (Path(__file__).parent / "data" / "vllm_dashboard_queries.json").read_text()
+)["queries"]
+DASHBOARD = ROOT / "deploy" / "grafana" / "metrics-proxy-dashboard.json"
+MODEL = "e2e-model"
+JOB = "metrics-proxy"
+WINDOW = "1m"  # stands in for $__rate_interval: wider than the whole run, so rates see it all
+# Engine-only, so not exported (README "Not observable from a proxy"): the query must be empty.
+EXCLUDED = {
+    'vllm:kv_cache_usage_perc{model_name="$model_name"}': "KV-cache usage is engine-only",
+}
+# Panels whose series may legitimately sit at zero here: gauges read after the traffic, and a
+# queue time that is microseconds without --max-concurrency.
+MAY_BE_ZERO = {"Scheduler State", "Queue Time"}
+LATENCY_CEILING = 10.0  # seconds: the fake answers in tens of milliseconds
+PROMETHEUS_START = 20.0  # seconds, like every bound below
+SCRAPE_WAIT = 30.0  # Prometheus 2.x applies new targets on a 5 s tick: the first scrape is late
+STOP = 10.0
+
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Prometheus:
+    """A running Prometheus server: where it listens, its log, its process."""
+
+    base: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def _prometheus(binary: str, workdir: Path, target: str) -> Iterator[Prometheus]:
+    """Run Prometheus scraping ``target`` every second. Stopped however the test ends:
+    terminate, a bounded wait, then kill."""
+    config = {  # JSON is YAML
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}]}],
+    }
+    config_file = workdir / "prometheus.yml"
+    config_file.write_text(json.dumps(config))
+    port = _free_port()
+    log = workdir / "prometheus.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config_file}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield Prometheus(f"http://127.0.0.1:{port}", log, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(STOP)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP)
+
+
+class PrometheusAPI:
+    """The few calls of Prometheus's HTTP API the test needs."""
+
+    def __init__(self, http: aiohttp.ClientSession, server: Prometheus) -> None:
+        self.http, self.server, self.base = http, server, server.base
+
+    async def wait_ready(self) -> None:
+        # Nothing to await but the port: poll /-/ready, bounded, and stop if the server died.
+        async with asyncio.timeout(PROMETHEUS_START):
+            while True:
+                code = self.server.process.poll()
+                assert code is None, f"prometheus exited with {code}"
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with self.http.get(f"{self.base}/-/ready") as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.05)
+
+    async def query(self, expr: str) -> list[dict[str, Any]]:
+        async with self.http.get(f"{self.base}/api/v1/query", params={"query": expr}) as response:
+            body = await response.json()
+        assert body["status"] == "success", (expr, body)
+        assert body["data"]["resultType"] == "vector", (expr, body)
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    async def wait_for_scrapes(self, n: int) -> None:
+        # Scrapes happen in another process: poll the API, bounded.
+        async with asyncio.timeout(SCRAPE_WAIT):
+            while True:
+                if await self.scrapes() >= n:
+                    return
+                await asyncio.sleep(0.1)
+
+    async def scrapes(self) -> int:
+        """Successful scrapes of the proxy so far."""
+        result = await self.query(f'sum_over_time(up{{job="{JOB}"}}[5m])')
+        return int(float(result[0]["value"][1])) if result else 0
+
+
+async def _chat(http: aiohttp.ClientSession, proxy: TestServer, **options: Any) -> int:
+    behavior = options.pop("behavior", None)
+    headers = {BEHAVIOR_HEADER: json.dumps(behavior)} if behavior else {}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **options}
+    async with http.post(
+        proxy.make_url("/v1/chat/completions"), json=body, headers=headers
+    ) as response:
+        await response.read()
+        return response.status
+
+
+async def _traffic(http: aiohttp.ClientSession, proxy: TestServer) -> None:
+    statuses = await asyncio.gather(
+        *(_chat(http, proxy, stream=True) for _ in range(4)),
+        *(_chat(http, proxy, stream=False) for _ in range(3)),
+        _chat(http, proxy, stream=True, behavior={"finish_reason": "length"}),
+        _chat(http, proxy, stream=False, behavior={"finish_reason": "length"}),
+        _chat(http, proxy, stream=False, behavior={"status": 500}),
+    )
+    assert statuses == [200] * 9 + [500]
+    async with http.post(
+        proxy.make_url("/v1/completions"), json={"model": MODEL, "prompt": "hi", "stream": True}
+    ) as response:
+        await response.read()
+        assert response.status == 200
+
+
+def _substitute(expr: str) -> str:
+    return (
+        expr.replace("$model_name", MODEL)
+        .replace("$__rate_interval", WINDOW)
+        .replace("$proxy_job", JOB)
+    )
+
+
+def _values(result: list[dict[str, Any]]) -> list[float]:
+    return [float(series["value"][1]) for series in result]
+
+
+def _proxy_panel_queries() -> list[dict[str, str]]:
+    official = {q["panel"] for q in QUERIES}
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [
+        {"panel": panel["title"], "expr": target["expr"]}
+        for panel in dashboard["panels"]
+        if panel["type"] != "row" and panel["title"] not in official
+        for target in panel["targets"]
+    ]
+
+
+async def test_dashboard_queries_answer_from_a_real_prometheus(
+    prometheus_binary: str, aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    upstream = await aiohttp_server(
+        make_fake_upstream(Behavior(ttft=0.02, itl=0.005, completion_tokens=8))
+    )
+    proxy = await aiohttp_server(
+        create_app(Config(upstream_url=str(upstream.make_url("")), model_name=MODEL))
+    )
+    timeout = aiohttp.ClientTimeout(total=10)
+    with _prometheus(prometheus_binary, tmp_path, f"127.0.0.1:{proxy.port}") as server:
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            prometheus = PrometheusAPI(http, server)
+            try:
+                await prometheus.wait_ready()
+                # A scrape before any traffic: rate() needs a sample from before the increase.
+                await prometheus.wait_for_scrapes(1)
+                await _traffic(http, proxy)
+                seen = await prometheus.scrapes()
+                # A trickle until two scrapes have followed the burst (bounded). It holds a 500
+                # too: http_requests_total{status="5xx"} is born at the burst's first 500, and
+                # rate() sees only increases after a series' first sample.
+                async with asyncio.timeout(SCRAPE_WAIT):
+                    while await prometheus.scrapes() < seen + 2:
+                        statuses = await asyncio.gather(
+                            _chat(http, proxy, stream=True),
+                            _chat(http, proxy, behavior={"status": 500}),
+                        )
+                        assert list(statuses) == [200, 500]
+                results = {
+                    q["expr"]: await prometheus.query(_substitute(q["expr"]))
+                    for q in [*QUERIES, *_proxy_panel_queries()]
+                }
+            except BaseException:
+                print(server.log.read_text()[-4000:])  # shown by pytest on failure
+                raise
+
+    problems = []
+    for q in QUERIES:
+        panel, expr = q["panel"], q["expr"]
+        values = _values(results[expr])
+        if expr in EXCLUDED:
+            if values:
+                problems.append(f"{panel}: excluded ({EXCLUDED[expr]}) but answers {values}")
+            continue
+        if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+            problems.append(f"{panel}: {expr!r} -> {values}")
+        elif panel not in MAY_BE_ZERO and max(values) <= 0:
+            problems.append(f"{panel}: {expr!r} is all zero: {values}")
+        elif "Latency" in panel and not max(values) < LATENCY_CEILING:
+            problems.append(f"{panel}: {expr!r} is no latency of this traffic: {values}")
+    assert len(QUERIES) - len(EXCLUDED) == 26
+    assert problems == []
+
+    reasons = {
+        s["metric"]["finished_reason"]: float(s["value"][1])
+        for s in results[next(q["expr"] for q in QUERIES if q["panel"] == "Finish Reason")]
+    }
+    assert all(reasons[r] > 0 for r in ("stop", "length", "error")), reasons
+
+    # The proxy's own row: every query answers, finite and non-negative.
+    for q in _proxy_panel_queries():
+        values = _values(results[q["expr"]])
+        assert values, q
+        assert all(math.isfinite(v) and v >= 0 for v in values), (q, values)
+    errors = {s["metric"]["kind"]: float(s["value"][1]) for s in results[_expr("Proxy errors")]}
+    assert errors["upstream_status"] > 0, errors
+    (ratio,) = _values(results[_expr("Proxy HTTP 5xx ratio")])
+    assert 0 < ratio < 1
+
+
+def _expr(panel_prefix: str) -> str:
+    (expr,) = [q["expr"] for q in _proxy_panel_queries() if q["panel"].startswith(panel_prefix)]
+    return expr
