@@ -17,9 +17,10 @@ from metrics_proxy.admission import AdmissionQueue
 from metrics_proxy.config import Config, ConfigError
 from metrics_proxy.exposition import CONTENT_TYPE_TEXT, render_json, render_text
 from metrics_proxy.lifecycle import Lifecycle
-from metrics_proxy.proxy import Proxy, json_error
+from metrics_proxy.proxy import Proxy
 from metrics_proxy.readiness import UpstreamProbe
 from metrics_proxy.recorder import ProxyMetricsRecorder
+from metrics_proxy.responses import json_error
 
 CONFIG = web.AppKey("config", Config)
 RECORDER = web.AppKey("recorder", ProxyMetricsRecorder)

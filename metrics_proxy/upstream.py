@@ -1,0 +1,95 @@
+"""The upstream end: one request to it, with every timeout explicit, the write one included."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+from aiohttp import StreamReader, web
+from yarl import URL
+
+from metrics_proxy.config import Config, seconds_or_none
+from metrics_proxy.headers import request_headers
+
+
+def client_timeout(config: Config) -> aiohttp.ClientTimeout:
+    """aiohttp's timeouts from ours; every limit is explicit, so aiohttp's own defaults (a
+    300 s total) never cap a request: connect covers DNS + TCP + TLS, sock_read is the
+    longest silence between upstream bytes, total is the whole exchange."""
+    return aiohttp.ClientTimeout(
+        total=seconds_or_none(config.request_timeout),
+        connect=seconds_or_none(config.connect_timeout),
+        sock_connect=seconds_or_none(config.connect_timeout),
+        sock_read=seconds_or_none(config.read_timeout),
+    )
+
+
+class Upstream:
+    """Opens requests to the upstream on the app's one ClientSession."""
+
+    def __init__(self, config: Config, session: aiohttp.ClientSession) -> None:
+        self._base = config.upstream_url
+        self._session = session
+        self._timeout = client_timeout(config)
+        self._write_timeout = seconds_or_none(config.write_timeout)
+        # vLLM started with --api-key wants this on every request; it replaces the client's.
+        self._authorization = f"Bearer {config.upstream_api_key}" if config.upstream_api_key else ""
+
+    def _url(self, request: web.Request) -> URL:
+        return URL(self._base + request.raw_path, encoded=True)
+
+    @asynccontextmanager
+    async def open(
+        self, request: web.Request, body: bytes | StreamReader | None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The upstream's response, its headers received. Sending the body is bounded by the
+        write timeout, which aiohttp lacks: the body goes out through a generator that arms
+        a deadline before each write and disarms it once aiohttp asks for more."""
+        headers = request_headers(request.headers)
+        if self._authorization:
+            headers["Authorization"] = self._authorization
+        async with asyncio.timeout(None) as deadline:
+            data: object = body
+            if body is not None:
+                # Keep the client's framing (no switch to chunked for a streamed body).
+                length = len(body) if isinstance(body, bytes) else request.content_length
+                if length is not None:
+                    headers["Content-Length"] = str(length)
+                # Always a generator: aiohttp warns about (and blocks on) large bytes bodies.
+                data = _paced(body, deadline, self._write_timeout)
+            async with self._session.request(
+                request.method,
+                self._url(request),
+                headers=headers,
+                data=data,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as upstream:
+                deadline.reschedule(None)  # answered: whatever the upstream read was enough
+                yield upstream
+
+
+async def _paced(
+    body: bytes | StreamReader, deadline: asyncio.Timeout, seconds: float | None
+) -> AsyncIterator[bytes]:
+    """Hand the body to aiohttp piece by piece; aiohttp resumes this generator only once the
+    previous piece is written and drained, so the deadline covers exactly the writing."""
+    if seconds is None:
+        if isinstance(body, bytes):
+            yield body
+        else:
+            async for piece in body.iter_any():
+                yield piece
+        return
+    loop = asyncio.get_running_loop()
+    if isinstance(body, bytes):
+        deadline.reschedule(loop.time() + seconds)
+        yield body
+        deadline.reschedule(None)
+        return
+    async for piece in body.iter_any():
+        deadline.reschedule(loop.time() + seconds)
+        yield piece
+        deadline.reschedule(None)
