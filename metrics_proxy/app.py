@@ -193,7 +193,11 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # e.g. the port is taken: one clear line, no traceback
+            log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror)
+            raise SystemExit(1) from None
         log.info(
             "metrics_proxy listening on %s, upstream %s, model %s",
             ", ".join(map(str, runner.addresses)),

@@ -81,3 +81,21 @@ async def test_the_command_serves_configured_by_environment(upstream: str) -> No
         async with asyncio.timeout(20):
             _, stderr = await process.communicate()
     assert b"Traceback" not in stderr
+
+
+async def test_a_taken_port_is_one_clear_line_and_exit_1(upstream: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "metrics_proxy.proxy_server", "--upstream-url", upstream,
+            "--model-name", "m", "--host", "127.0.0.1", "--port", str(port),
+            cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(20):
+            _, stderr = await process.communicate()
+    assert process.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}".encode() in stderr
+    assert b"Traceback" not in stderr
