@@ -29,7 +29,10 @@ storm:
 test: lint typecheck unit
 
 # Benchmarks live apart from the tests; their figures go into BENCHMARKS.md.
-bench: bench-metrics
+# bench_proxy.py starts its own fake upstream, proxies and nginx (when on PATH) on 127.0.0.1,
+# drives them with wrk (or its own Python load) and rewrites its BENCHMARKS.md section.
+bench:
+	$(PYTHON) benchmarks/bench_metrics.py && $(PYTHON) benchmarks/bench_proxy.py --write
 
 bench-metrics:
 	$(PYTHON) benchmarks/bench_metrics.py

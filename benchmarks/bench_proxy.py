@@ -1,0 +1,537 @@
+"""The proxy against direct, a bare aiohttp pass-through and nginx: side by side, one run.
+
+Run: python benchmarks/bench_proxy.py [--quick] [--only NAME] [--load auto|wrk|python]
+                                      [--no-nginx] [--no-uvloop] [--write]
+--write replaces the "Proxy vs direct vs nginx" section of BENCHMARKS.md with the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shlex
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import (
+    BENCH,
+    Child,
+    LineReader,
+    Loader,
+    cpu_seconds,
+    free_port,
+    nginx_child,
+    rss_bytes,
+    split_cores,
+)
+from report import Figure, Proportion, Report
+
+NONSTREAM = b'{"model":"bench","messages":[{"role":"user","content":"Hi"}],"max_tokens":16}'
+STREAM = b'{"model":"bench","messages":[{"role":"user","content":"Hi"}],"stream":true}'
+STREAM_USAGE = STREAM[:-1] + b',"stream_options":{"include_usage":true}}'
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much load each figure gets; every load run is also bounded by ``seconds``."""
+
+    rounds: int  # interleaved repetitions; a figure is the median over rounds
+    requests: int  # non-streaming requests per lane per round, concurrency 16
+    latency_c1: int  # requests per lane per round at concurrency 1
+    streams: int  # streams per lane per round, concurrency 16, chunks as fast as they go
+    chunks: int
+    paced_streams: int  # streams per lane per round, concurrency 64, one chunk every 5 ms
+    ttft_streams: int
+    ttft_rounds: int  # per load process; the first opens connections and is not counted
+    ttft_delay_ms: int
+    ttft_spread: float  # the spread variant opens its streams evenly over this many seconds
+    hold_streams: int
+    render_samples: int
+    soak_total: int
+    soak_warmup: int
+    seconds: float
+    warm_up: bool = True  # a warm-up load on every lane before anything is measured
+    settle: float = 1.0  # seconds for RSS to settle before it is read
+
+
+FULL = Plan(3, 8_000, 1_500, 300, 200, 192, 500, 3, 300, 1.0, 2_000, 300, 100_000, 10_000, 120.0)
+QUICK = Plan(1, 150, 30, 6, 40, 6, 20, 2, 20, 0.1, 40, 10, 400, 150, 20.0, False, 0.1)
+PACED_CONCURRENCY = 64
+PACED_INTERVAL_MS = 5
+FIGURES = ("requests", "streams", "ttft", "hold", "render", "soak")
+
+
+class Bench:
+    """Starts the lanes each figure needs and runs the load against them."""
+
+    def __init__(self, args: argparse.Namespace, directory: Path) -> None:
+        self.plan = QUICK if args.quick else FULL
+        self.dir = directory
+        self.measured, self.load_cpus, self.pinning = split_cores()
+        tool = args.load
+        if tool == "auto":
+            tool = "wrk" if shutil.which("wrk") else "python"
+        self.loader = Loader(tool, directory, self.load_cpus)
+        self.optional = {
+            "nginx": args.nginx and shutil.which("nginx") is not None,
+            "proxy_uvloop": args.uvloop and importlib.util.find_spec("uvloop") is not None,
+        }
+        self.report = Report()
+        self._children = 0
+
+    def lanes(self, wanted: Sequence[str]) -> list[str]:
+        return [lane for lane in wanted if self.optional.get(lane, True)]
+
+    @contextmanager
+    def stack(self, lanes: Sequence[str]) -> Iterator[dict[str, Child]]:
+        """The fast upstream (on the load cores) and each lane's server (on the measured core);
+        "direct" is the upstream itself. All are stopped on the way out."""
+        with ExitStack() as stack:
+            upstream = self._child("upstream", "")
+            stack.callback(upstream.stop)
+            upstream.start()
+            servers = {}
+            for lane in lanes:
+                child = upstream if lane == "direct" else self._child(lane, upstream.url)
+                if child is not upstream:
+                    stack.callback(child.stop)
+                    child.start()
+                servers[lane] = child
+            yield servers
+
+    def _child(self, lane: str, upstream: str) -> Child:
+        self._children += 1
+        port = free_port()
+        log = self.dir / f"{lane}-{self._children}.log"
+        py = sys.executable
+        if lane == "upstream":
+            argv = [py, str(BENCH / "fast_upstream.py"), "--port", str(port)]
+            return Child(lane, argv, port, self.load_cpus, log)
+        if lane == "nginx":
+            directory = self.dir / f"nginx-{self._children}"
+            return nginx_child(directory, int(upstream.rpartition(":")[2]), self.measured)
+        if lane == "baseline":
+            argv = [py, str(BENCH / "baseline_proxy.py"), upstream, "--port", str(port)]
+            return Child(lane, argv, port, self.measured, log)
+        flags = ["--upstream-url", upstream, "--model-name", "bench", "--host", "127.0.0.1"]
+        flags += ["--port", str(port), "--log-level", "info" if lane == "proxy_info" else "warning"]
+        if lane == "proxy_continuous":
+            flags += ["--stream-usage", "continuous"]
+        argv = [py, "-m", "metrics_proxy.proxy_server", *flags]
+        if lane == "proxy_uvloop":
+            argv = [py, str(BENCH / "proxy_wrapper.py"), "--uvloop", "--", *flags]
+        return Child(lane, argv, port, self.measured, log)
+
+    def load(
+        self,
+        child: Child,
+        body: bytes,
+        count: int,
+        concurrency: int,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, float, float, float]:
+        """Requests done, CPU seconds of ``child`` per request, latency p50 and p99."""
+        result = self.loader.requests(
+            child.url,
+            body,
+            headers or {},
+            count,
+            concurrency,
+            self.plan.seconds,
+            probe=lambda: cpu_seconds(child.pid),
+        )
+        if result.errors or not result.requests:
+            self.report.note(f"{child.name}: {result.errors} errors, {result.requests} done")
+        per_request = result.probed / max(1, result.window)
+        return result.requests, per_request, result.p50, result.p99
+
+
+def stream_headers(chunks: int, interval_ms: float = 0, delay_ms: float = 0) -> dict[str, str]:
+    """The fast upstream's knobs for one stream (see benchmarks/fast_upstream.py)."""
+    return {
+        "x-bench-chunks": str(chunks),
+        "x-bench-interval-ms": str(interval_ms),
+        "x-bench-delay-ms": str(delay_ms),
+    }
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def run_requests(bench: Bench) -> None:
+    plan = bench.plan
+    lanes = bench.lanes(["direct", "proxy", "baseline", "nginx", "proxy_info", "proxy_uvloop"])
+    compared = [lane for lane in lanes if lane in ("direct", "proxy", "baseline", "nginx")]
+    at_c1 = [*compared, *(lane for lane in lanes if lane == "proxy_uvloop")]
+    cpu: dict[str, list[float]] = defaultdict(list)
+    # "<lane> <concurrency> <p50|p99>": the lane minus direct in the same round; for
+    # "direct ...", direct's own latency.
+    added: dict[str, list[float]] = defaultdict(list)
+    with bench.stack(lanes) as servers:
+        for lane in lanes if plan.warm_up else ():  # connections, caches, code paths
+            bench.load(servers[lane], NONSTREAM, min(300, plan.requests), 16)
+        for _ in range(plan.rounds):
+            for concurrency, count, round_lanes in (
+                (16, plan.requests, lanes),
+                (1, plan.latency_c1, at_c1),
+            ):
+                latency = {}
+                for lane in round_lanes:
+                    _, per_request, p50, p99 = bench.load(
+                        servers[lane], NONSTREAM, count, concurrency
+                    )
+                    if concurrency == 16 and lane != "direct":
+                        cpu[lane].append(per_request)
+                    latency[lane] = (p50, p99)
+                for lane in round_lanes:
+                    for index, name in enumerate(("p50", "p99")):
+                        base = 0.0 if lane == "direct" else latency["direct"][index]
+                        added[f"{lane} {concurrency} {name}"].append(latency[lane][index] - base)
+    report = bench.report
+    report.add(
+        Figure(
+            "cpu_request",
+            "CPU per non-streaming request, c16",
+            "µs",
+            {k: _median(v) * 1e6 for k, v in cpu.items()},
+        )
+    )
+    for concurrency in (1, 16):
+        for name in ("p50", "p99"):
+            values = {
+                lane: _median(added[f"{lane} {concurrency} {name}"]) * 1e3 for lane in compared
+            }
+            direct = values.pop("direct")
+            report.add(
+                Figure(
+                    f"added_{name}_c{concurrency}",
+                    f"added {name} latency, c{concurrency}",
+                    "ms",
+                    values,
+                    direct=direct,
+                )
+            )
+    proxy = _median(cpu["proxy"]) * 1e6
+    if "proxy_info" in cpu:
+        report.alone(
+            Proportion(
+                "CPU per request with the INFO log line",
+                _median(cpu["proxy_info"]) * 1e6,
+                "µs",
+                "--log-level warning",
+                proxy,
+            )
+        )
+    if "proxy_uvloop" in cpu:
+        report.alone(
+            Proportion(
+                "CPU per request on uvloop",
+                _median(cpu["proxy_uvloop"]) * 1e6,
+                "µs",
+                "asyncio loop",
+                proxy,
+            )
+        )
+        report.alone(
+            Proportion(
+                "added p50 latency, c1, on uvloop",
+                _median(added["proxy_uvloop 1 p50"]) * 1e3,
+                "ms",
+                "asyncio loop",
+                _median(added["proxy 1 p50"]) * 1e3,
+            )
+        )
+
+
+def run_streams(bench: Bench) -> None:
+    plan = bench.plan
+    lanes = bench.lanes(["proxy", "proxy_continuous", "baseline", "nginx", "proxy_uvloop"])
+    burst = stream_headers(plan.chunks)
+    paced = stream_headers(plan.chunks, interval_ms=PACED_INTERVAL_MS)
+    # (name, server lane, client body, upstream knobs, streams, concurrency); the client asks
+    # for no usage unless it says so, so the proxy strips the usage chunk it asked for.
+    runs = [(lane, lane, STREAM, burst, plan.streams, 16) for lane in lanes]
+    runs.insert(1, ("proxy_client_usage", "proxy", STREAM_USAGE, burst, plan.streams, 16))
+    for lane in ("proxy", "baseline", "nginx", "proxy_uvloop"):
+        if lane in lanes:
+            runs.append(
+                (f"{lane} paced", lane, STREAM, paced, plan.paced_streams, PACED_CONCURRENCY)
+            )
+    cpu: dict[str, list[float]] = defaultdict(list)
+    with bench.stack(lanes) as servers:
+        for _, lane, body, headers, _, concurrency in runs if plan.warm_up else ():
+            bench.load(servers[lane], body, concurrency, concurrency, headers)
+        for _ in range(plan.rounds):
+            for name, lane, body, headers, count, concurrency in runs:
+                _, per_stream, _, _ = bench.load(servers[lane], body, count, concurrency, headers)
+                cpu[name].append(per_stream / plan.chunks)
+    per_chunk = {name: _median(values) * 1e6 for name, values in cpu.items()}
+    main = ("proxy", "baseline", "nginx")
+    bench.report.add(
+        Figure(
+            "cpu_chunk",
+            f"CPU per streamed chunk ({plan.chunks}-chunk streams as fast as they go, c16)",
+            "µs",
+            {k: per_chunk[k] for k in main if k in per_chunk},
+        )
+    )
+    bench.report.add(
+        Figure(
+            "cpu_chunk_paced",
+            f"CPU per streamed chunk (one chunk per stream every {PACED_INTERVAL_MS} ms, "
+            f"c{PACED_CONCURRENCY})",
+            "µs",
+            {k: per_chunk[f"{k} paced"] for k in main if f"{k} paced" in per_chunk},
+        )
+    )
+    proxy = per_chunk["proxy"]
+    bench.report.alone(
+        Proportion(
+            "CPU per chunk, `--stream-usage continuous` (usage cut from every chunk)",
+            per_chunk["proxy_continuous"],
+            "µs",
+            "`include` (default)",
+            proxy,
+        )
+    )
+    bench.report.alone(
+        Proportion(
+            "CPU per chunk when the client asked for usage (nothing to strip)",
+            per_chunk["proxy_client_usage"],
+            "µs",
+            "client asked none (usage chunk stripped)",
+            proxy,
+        )
+    )
+    if "proxy_uvloop" in per_chunk:
+        bench.report.alone(
+            Proportion(
+                "CPU per chunk on uvloop", per_chunk["proxy_uvloop"], "µs", "asyncio loop", proxy
+            )
+        )
+        bench.report.alone(
+            Proportion(
+                "CPU per chunk on uvloop, paced",
+                per_chunk["proxy_uvloop paced"],
+                "µs",
+                "asyncio loop",
+                per_chunk["proxy paced"],
+            )
+        )
+
+
+def run_ttft(bench: Bench) -> None:
+    plan = bench.plan
+    lanes = bench.lanes(["direct", "proxy", "baseline", "nginx"])
+    # At once: every request arrives together and every first token comes back together.
+    # Spread: arrivals even over ttft_spread seconds, first tokens after as long again, and
+    # the streams go on (10 chunks, 50 ms apart), so all of them are open at the peak.
+    variants = {
+        "burst": (stream_headers(20, delay_ms=plan.ttft_delay_ms), 0.0),
+        "spread": (
+            stream_headers(10, interval_ms=plan.ttft_spread * 50, delay_ms=plan.ttft_spread * 1000),
+            plan.ttft_spread,
+        ),
+    }
+    samples: dict[str, list[float]] = defaultdict(list)
+    with bench.stack(lanes) as servers:
+        for _ in range(max(1, plan.rounds - 1)):
+            for variant, (headers, spread) in variants.items():
+                measured = {}
+                for lane in lanes:
+                    measured[lane] = bench.loader.python(
+                        "ttft",
+                        servers[lane].url + "/v1/chat/completions",
+                        body=STREAM,
+                        headers=headers,
+                        concurrency=plan.ttft_streams,
+                        rounds=plan.ttft_rounds,
+                        spread=spread,
+                        seconds=plan.seconds,
+                    )
+                    if measured[lane]["errors"]:
+                        bench.report.note(f"ttft {lane}: {measured[lane]['errors']} errors")
+                for lane in lanes:
+                    for name in ("p50", "p99"):
+                        base = 0 if lane == "direct" else measured["direct"][name]
+                        samples[f"{variant} {lane} {name}"].append(measured[lane][name] - base)
+    for variant, how in (
+        ("burst", "opened at once"),
+        ("spread", f"opened over {plan.ttft_spread:g} s"),
+    ):
+        for name in ("p50", "p99"):
+            values = {lane: _median(samples[f"{variant} {lane} {name}"]) * 1e3 for lane in lanes}
+            direct = values.pop("direct")
+            key = f"added_ttft_{name}" + ("" if variant == "burst" else "_spread")
+            label = f"added TTFT {name}, {plan.ttft_streams} streams {how}"
+            bench.report.add(Figure(key, label, "ms", values, direct=direct))
+
+
+def run_hold(bench: Bench) -> None:
+    plan = bench.plan
+    lanes = bench.lanes(["proxy", "baseline", "nginx"])
+    per_stream: dict[str, float] = {}
+    with bench.stack(lanes) as servers:
+        for lane in lanes:
+            child = servers[lane]
+            if plan.warm_up:
+                bench.load(child, NONSTREAM, 300, 16)
+                bench.load(child, STREAM, 64, 16, stream_headers(20))
+            time.sleep(plan.settle / 2)
+            before = rss_bytes(child.pid)
+            argv = bench.loader.python_argv(
+                "hold",
+                child.url + "/v1/chat/completions",
+                body=STREAM,
+                headers={"x-bench-hold-s": str(plan.seconds)},
+                concurrency=plan.hold_streams,
+                seconds=plan.seconds,
+            )
+            process = bench.loader.popen(argv)
+            try:
+                line = LineReader(process).wait_for("HELD", plan.seconds + 10)
+                _, held, errors = line.split()
+                time.sleep(plan.settle)
+                during = rss_bytes(child.pid)
+                process.communicate("release\n", timeout=60)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(10)
+            if int(errors):
+                bench.report.note(f"hold {lane}: {errors} streams failed")
+            per_stream[lane] = (during - before) / max(1, int(held)) / 1024
+    bench.report.add(
+        Figure("rss_stream", f"RSS per held stream, {plan.hold_streams} streams", "KB", per_stream)
+    )
+
+
+def run_render(bench: Bench) -> None:
+    plan = bench.plan
+    with bench.stack(["proxy"]) as servers:
+        child = servers["proxy"]
+        bench.load(child, NONSTREAM, min(2_000, plan.requests), 16)
+        bench.load(child, STREAM, min(100, plan.streams), 16, stream_headers(20))
+        paths = ["/metrics", "/internal/metrics", "/internal/healthz"]
+        p50 = bench.loader.python(
+            "get", child.url, paths=paths, count=plan.render_samples, seconds=plan.seconds
+        )
+        with urllib.request.urlopen(child.url + "/metrics", timeout=10) as response:
+            size = len(response.read())
+    floor = p50["/internal/healthz"] * 1e3
+    bench.report.alone(
+        Proportion(
+            f"GET /metrics p50, idle after traffic ({size // 1024} KB)",
+            p50["/metrics"] * 1e3,
+            "ms",
+            "GET /internal/healthz",
+            floor,
+        )
+    )
+    bench.report.alone(
+        Proportion(
+            "GET /internal/metrics p50, idle after traffic",
+            p50["/internal/metrics"] * 1e3,
+            "ms",
+            "GET /internal/healthz",
+            floor,
+        )
+    )
+
+
+def run_soak(bench: Bench) -> None:
+    plan = bench.plan
+    with bench.stack(["proxy"]) as servers:
+        child = servers["proxy"]
+        first, _, _, _ = bench.load(child, NONSTREAM, plan.soak_warmup, 16)
+        warm = rss_bytes(child.pid) / 2**20
+        rest, per_request, _, _ = bench.load(child, NONSTREAM, plan.soak_total - first, 16)
+        end = rss_bytes(child.pid) / 2**20
+    total = first + rest
+    bench.report.alone(
+        Proportion(
+            f"soak: RSS after {total:,} requests (c16)",
+            end,
+            "MB",
+            f"RSS after the first {first:,}",
+            warm,
+        )
+    )
+    bench.report.alone(
+        Proportion(
+            f"soak: CPU per request over the last {rest:,}", per_request * 1e6, "µs", "", None
+        )
+    )
+
+
+RUNNERS: dict[str, Callable[[Bench], None]] = {
+    "requests": run_requests,
+    "streams": run_streams,
+    "ttft": run_ttft,
+    "hold": run_hold,
+    "render": run_render,
+    "soak": run_soak,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a seconds-long smoke run: tiny counts"
+    )
+    parser.add_argument(
+        "--only", choices=FIGURES, action="append", help="run only this figure (repeatable)"
+    )
+    parser.add_argument(
+        "--load",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator: Debian's wrk when on PATH (auto), or load_client.py",
+    )
+    parser.add_argument(
+        "--no-nginx", dest="nginx", action="store_false", help="skip the nginx lane"
+    )
+    parser.add_argument(
+        "--no-uvloop", dest="uvloop", action="store_false", help="skip the uvloop lane"
+    )
+    parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    # A plain SIGTERM would skip the clean-up that stops every child: make it an exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-proxy-") as directory:
+        bench = Bench(args, Path(directory))
+        for name in args.only or FIGURES:
+            print(f"# {name} ...", file=sys.stderr, flush=True)
+            RUNNERS[name](bench)
+    command = shlex.join(
+        ["python", "benchmarks/bench_proxy.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    text = bench.report.render(
+        command=command,
+        seconds=time.monotonic() - started,
+        load=bench.loader.tool,
+        pinning=bench.pinning,
+        nginx=bench.optional["nginx"],
+        quick=args.quick,
+    )
+    print(text)
+    if args.write:
+        bench.report.write(BENCH.parent / "BENCHMARKS.md", text)
+
+
+if __name__ == "__main__":
+    main()
