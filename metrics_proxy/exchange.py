@@ -195,12 +195,15 @@ class MeteredExchange:
         try:
             async for chunk in upstream.content.iter_any():
                 parts.append(chunk)
-                await write_guard(response.write(chunk))
+                try:
+                    await response.write(chunk)
+                except ConnectionResetError:
+                    raise ClientGone from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             self._upstream_broke(exc)
             abort_connection(self._request)  # a truncated JSON body must not look complete
             return False
-        facts = response_facts(b"".join(parts))
+        facts = response_facts(parts[0] if len(parts) == 1 else b"".join(parts))
         self.finished_reason = facts.finish_reason or "stop"
         if facts.usage is not None:
             self.prompt_tokens = facts.usage.prompt_tokens

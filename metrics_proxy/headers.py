@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from multidict import CIMultiDict, CIMultiDictProxy
 
 HOP_BY_HOP = frozenset(
@@ -24,26 +22,27 @@ HOP_BY_HOP = frozenset(
 _REQUEST_RECOMPUTED = frozenset({"host", "content-length"})
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    # Headers named in Connection are hop-by-hop for this message too.
-    return frozenset(
-        token.strip().lower()
-        for value in headers.getall("Connection", ())
-        for token in value.split(",")
-    )
+_DROP_REQUEST = HOP_BY_HOP | _REQUEST_RECOMPUTED
+_DROP_RESPONSE = HOP_BY_HOP
+_DROP_REWRITTEN_RESPONSE = HOP_BY_HOP | {"content-length"}
 
 
-def _end_to_end(headers: CIMultiDictProxy[str], also_drop: Iterable[str] = ()) -> CIMultiDict[str]:
-    drop = HOP_BY_HOP | _connection_tokens(headers) | frozenset(also_drop)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+def _end_to_end(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[str]:
+    connection = headers.getall("Connection", ())
+    if connection:
+        # Headers named in Connection are hop-by-hop for this message too.
+        drop = drop.union(
+            token.strip().lower() for value in connection for token in value.split(",")
+        )
+    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in drop])
 
 
 def request_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The client's headers as the upstream should get them (Authorization included)."""
-    return _end_to_end(headers, _REQUEST_RECOMPUTED)
+    return _end_to_end(headers, _DROP_REQUEST)
 
 
 def response_headers(headers: CIMultiDictProxy[str], *, body_rewritten: bool) -> CIMultiDict[str]:
     """The upstream's headers as the client should get them. When the proxy removes bytes it
     added (the usage chunk it asked for), the upstream's Content-Length no longer holds."""
-    return _end_to_end(headers, ("content-length",) if body_rewritten else ())
+    return _end_to_end(headers, _DROP_REWRITTEN_RESPONSE if body_rewritten else _DROP_RESPONSE)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from metrics_proxy import buckets
 from metrics_proxy.exposition import snapshot_dict
-from metrics_proxy.metrics import Counter, Gauge, Histogram
+from metrics_proxy.metrics import Counter, CounterChild, Gauge, Histogram, HistogramChild
 from metrics_proxy.process import ProcessCollector
 from metrics_proxy.registry import Registry
 from metrics_proxy.samples import MetricFamily
@@ -241,6 +241,8 @@ class ProxyMetricsRecorder:
             )
         )
 
+        self._http_children: dict[tuple[str, str, int], tuple[CounterChild, HistogramChild]] = {}
+
         # --- the proxy's own series: what the engine cannot see ---
         errors = self._register(
             Counter(
@@ -340,8 +342,16 @@ class ProxyMetricsRecorder:
         """One HTTP exchange, as vLLM's instrumentator counts it (status as ``2xx`` etc.)."""
         if handler in HTTP_EXCLUDED_HANDLERS:
             return
-        self._http_requests.labels(method, _status_class(status), handler).inc()
-        self._http_duration.labels(method, handler).observe(seconds)
+        key = (handler, method, status // 100)
+        children = self._http_children.get(key)
+        if children is None:
+            # Label validation and child lookup once per (handler, method, status class).
+            children = self._http_children[key] = (
+                self._http_requests.labels(method, _status_class(status), handler),
+                self._http_duration.labels(method, handler),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
         self._http_duration_highr.observe(seconds)
 
     def start_request(self, now: float | None = None) -> RequestTracker:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import aiohttp
 from aiohttp import StreamReader, web
+from multidict import CIMultiDict
 from yarl import URL
 
 from metrics_proxy.config import Config, seconds_or_none
@@ -26,6 +27,10 @@ def client_timeout(config: Config) -> aiohttp.ClientTimeout:
     )
 
 
+# aiohttp's StreamWriter waits for the socket to drain only past 64 KiB of buffered output.
+_UNDRAINED_WRITE = 0x10000
+
+
 class Upstream:
     """Opens requests to the upstream on the app's one ClientSession."""
 
@@ -40,25 +45,42 @@ class Upstream:
     def _url(self, request: web.Request) -> URL:
         return URL(self._base + request.raw_path, encoded=True)
 
-    @asynccontextmanager
-    async def open(
+    def open(
         self, request: web.Request, body: bytes | StreamReader | None
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """The upstream's response, its headers received. Sending the body is bounded by the
-        write timeout, which aiohttp lacks: the body goes out through a generator that arms
-        a deadline before each write and disarms it once aiohttp asks for more."""
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """The upstream's response, its headers received.
+
+        Sending the body is bounded by the write timeout, which aiohttp lacks. A body of at
+        most 64 KiB (nearly every completion request) is handed to aiohttp as is: aiohttp
+        writes that much without waiting for the socket, so there is no write to time. A
+        larger or streamed body goes out through a generator that arms a deadline before
+        each write and disarms it once aiohttp asks for more.
+        """
         headers = request_headers(request.headers)
         if self._authorization:
             headers["Authorization"] = self._authorization
+        if body is None or (isinstance(body, bytes) and len(body) <= _UNDRAINED_WRITE):
+            return self._session.request(
+                request.method,
+                self._url(request),
+                headers=headers,
+                data=body,
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        # Keep the client's framing (no switch to chunked for a streamed body).
+        length = len(body) if isinstance(body, bytes) else request.content_length
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        return self._open_paced(request, headers, body)
+
+    @asynccontextmanager
+    async def _open_paced(
+        self, request: web.Request, headers: CIMultiDict[str], body: bytes | StreamReader
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         async with asyncio.timeout(None) as deadline:
-            data: object = body
-            if body is not None:
-                # Keep the client's framing (no switch to chunked for a streamed body).
-                length = len(body) if isinstance(body, bytes) else request.content_length
-                if length is not None:
-                    headers["Content-Length"] = str(length)
-                # Always a generator: aiohttp warns about (and blocks on) large bytes bodies.
-                data = _paced(body, deadline, self._write_timeout)
+            # A generator for large bytes too: aiohttp warns about (and blocks on) those.
+            data = _paced(body, deadline, self._write_timeout)
             async with self._session.request(
                 request.method,
                 self._url(request),
