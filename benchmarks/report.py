@@ -130,6 +130,11 @@ class Report:
                 continue
             if target.versus is None:
                 measured, shown = value, number(value, figure.unit if figure else "")
+                if measured < 0:
+                    # "Added" below zero: direct's own spread in that round exceeded what the
+                    # lane adds, so the round says nothing either way.
+                    lines.append(f"- NOISE {target.text}: {shown} (direct varied more)")
+                    continue
             elif reference is None or math.isnan(reference) or reference <= 0:
                 lines.append(f"- n/a  {target.text} ({target.versus}: not measured or 0)")
                 continue
