@@ -42,8 +42,17 @@ class Upstream:
         # vLLM started with --api-key wants this on every request; it replaces the client's.
         self._authorization = f"Bearer {config.upstream_api_key}" if config.upstream_api_key else ""
 
-    def _url(self, request: web.Request) -> URL:
-        return URL(self._base + request.raw_path, encoded=True)
+    def _request(
+        self, request: web.Request, headers: CIMultiDict[str], data: object
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        return self._session.request(
+            request.method,
+            URL(self._base + request.raw_path, encoded=True),
+            headers=headers,
+            data=data,
+            timeout=self._timeout,
+            allow_redirects=False,  # redirects are the client's to follow, as without a proxy
+        )
 
     def open(
         self, request: web.Request, body: bytes | StreamReader | None
@@ -60,14 +69,7 @@ class Upstream:
         if self._authorization:
             headers["Authorization"] = self._authorization
         if body is None or (isinstance(body, bytes) and len(body) <= _UNDRAINED_WRITE):
-            return self._session.request(
-                request.method,
-                self._url(request),
-                headers=headers,
-                data=body,
-                timeout=self._timeout,
-                allow_redirects=False,
-            )
+            return self._request(request, headers, body)
         # Keep the client's framing (no switch to chunked for a streamed body).
         length = len(body) if isinstance(body, bytes) else request.content_length
         if length is not None:
@@ -80,15 +82,8 @@ class Upstream:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         async with asyncio.timeout(None) as deadline:
             # A generator for large bytes too: aiohttp warns about (and blocks on) those.
-            data = _paced(body, deadline, self._write_timeout)
-            async with self._session.request(
-                request.method,
-                self._url(request),
-                headers=headers,
-                data=data,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as upstream:
+            paced = _paced(body, deadline, self._write_timeout)
+            async with self._request(request, headers, paced) as upstream:
                 deadline.reschedule(None)  # answered: whatever the upstream read was enough
                 yield upstream
 
