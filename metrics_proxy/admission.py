@@ -63,7 +63,8 @@ class AdmissionQueue:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a slot in the same tick it was cancelled: pass it on
-            else:
+            elif waiter in self._waiters:
+                # (A release in the same tick may already have popped and skipped it.)
                 self._waiters.remove(waiter)
             raise
 

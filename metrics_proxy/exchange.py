@@ -98,6 +98,9 @@ class MeteredExchange:
             self._aborted()
             self._settle()
             raise
+        except BaseException:
+            self._settle()  # whatever went wrong, the waiting gauge is settled
+            raise
         try:
             tracker.slot_acquired()
             self.stage = "before_headers"

@@ -6,6 +6,7 @@ import asyncio
 
 import aiohttp
 import orjson
+import pytest
 from conftest import StackFactory
 from fake_upstream import Behavior
 
@@ -108,3 +109,48 @@ async def test_unlimited_queue_never_waits() -> None:
     for _ in range(1000):
         await queue.acquire()
     assert (queue.in_use, queue.waiting) == (1000, 0)
+
+
+async def test_a_waiter_cancelled_in_the_tick_a_slot_frees_leaves_cleanly() -> None:
+    queue = AdmissionQueue(1)
+    await queue.acquire()
+    waiter = asyncio.ensure_future(queue.acquire())
+    await asyncio.sleep(0)  # queued
+    waiter.cancel()  # its client leaves...
+    queue.release()  # ...in the same tick the holder finishes: the slot goes back, not to it
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert (queue.in_use, queue.waiting) == (0, 0)
+
+
+async def test_holder_and_waiter_leaving_together_settle_both_gauges(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(Behavior(stall_after=1), max_concurrency=1)
+
+    async def raw_stream() -> asyncio.StreamWriter:
+        _, writer = await asyncio.open_connection("127.0.0.1", stack.client.port)
+        request = body("x")
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: "
+            + str(len(request)).encode()
+            + b"\r\n\r\n"
+            + request
+        )
+        await writer.drain()
+        return writer
+
+    holder = await raw_stream()
+    await stack.wait_for("vllm:num_requests_running", 1)
+    waiter = await raw_stream()
+    await stack.wait_for("vllm:num_requests_waiting", 1)
+    holder.transport.abort()  # one client process dies with both its connections
+    waiter.transport.abort()
+    await stack.wait_for("vllm:num_requests_waiting", 0)
+    await stack.wait_for("vllm:num_requests_running", 0)
+    disconnects = await stack.snapshot()
+    stages = {
+        s["labels"]["stage"]: s["value"]
+        for s in disconnects["proxy_client_disconnects_total"]["samples"]
+    }
+    assert stages == {"waiting": 1, "before_headers": 0, "streaming": 1}
