@@ -160,7 +160,12 @@ def _in_flight(
 
 def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) -> web.Application:
     """The proxy application; everything it needs is built here, nothing at import."""
-    app = web.Application(client_max_size=config.max_body_size, handler_args={"access_log": None})
+    app = web.Application(
+        client_max_size=config.max_body_size,
+        # Bodies pass as the client sent them: aiohttp would otherwise inflate a compressed
+        # body while its Content-Encoding header still says otherwise.
+        handler_args={"access_log": None, "auto_decompress": False},
+    )
     app[CONFIG] = config
     app[RECORDER] = recorder or ProxyMetricsRecorder(
         config.model_name, engine=config.engine_label, max_model_len=config.max_model_len

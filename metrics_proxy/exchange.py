@@ -148,7 +148,7 @@ class MeteredExchange:
 
     async def _exchange(self, upstream_body: bytes) -> web.StreamResponse:
         request = self._request
-        async with self._context.upstream.open(request, upstream_body) as upstream:
+        async with self._context.upstream.open(request, upstream_body, metered=True) as upstream:
             self.status = upstream.status
             declared = upstream.content_type == "text/event-stream"
             # A streaming request answered under another type (a misconfigured upstream) is

@@ -42,6 +42,10 @@ KNOWN_PATHS: Final = frozenset(
 )  # fmt: skip
 
 
+class UnsupportedEncoding(ValueError):
+    """A metered request arrived with a compressed body."""
+
+
 class Proxy:
     """Forwards requests to the upstream; meters completions exactly once per outcome."""
 
@@ -86,7 +90,10 @@ class Proxy:
                     self._recorder.count_error(UpstreamFailure.of(exc).kind)
                     abort_connection(request)
                 return response
-        except ClientGone:
+        except (ClientGone, asyncio.CancelledError) as exc:
+            status = 499  # the client left: counted as 4xx, as for metered requests
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             return web.Response()  # nobody is listening any more
         except (TimeoutError, aiohttp.ClientError) as exc:
             failure = UpstreamFailure.of(exc)
@@ -105,9 +112,21 @@ class Proxy:
         recorder = self._recorder
         arrival = recorder.clock()
         try:
+            if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+                # vLLM takes no compressed request bodies; the proxy could not read one either.
+                raise UnsupportedEncoding(request.headers["Content-Encoding"])
             async with asyncio.timeout(self._client_timeout):
                 body = await request.read()
             obj = parse_request(body)
+        except UnsupportedEncoding as exc:
+            recorder.count_error("bad_request")
+            response = json_error(
+                415, f"Compressed request bodies are not supported: {exc}", "invalid_request_error"
+            )
+        except web.RequestPayloadError:
+            recorder.count_error("bad_request")  # a malformed chunked body, say
+            response = json_error(400, "The request body is malformed", "invalid_request_error")
+            response.force_close()
         except TimeoutError:
             recorder.count_error("client_timeout")
             response = json_error(

@@ -47,7 +47,9 @@ class Upstream:
     ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         return self._session.request(
             request.method,
-            URL(self._base + request.raw_path, encoded=True),
+            # rel_url: an absolute-form target (a client taking us for a forward proxy) keeps
+            # only its path and query; the upstream is always ours.
+            URL(self._base + request.rel_url.raw_path_qs, encoded=True),
             headers=headers,
             data=data,
             timeout=self._timeout,
@@ -55,7 +57,7 @@ class Upstream:
         )
 
     def open(
-        self, request: web.Request, body: bytes | StreamReader | None
+        self, request: web.Request, body: bytes | StreamReader | None, *, metered: bool = False
     ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         """The upstream's response, its headers received.
 
@@ -66,6 +68,9 @@ class Upstream:
         each write and disarms it once aiohttp asks for more.
         """
         headers = request_headers(request.headers)
+        if metered:
+            # The proxy reads these responses to meter them: they must come uncompressed.
+            headers["Accept-Encoding"] = "identity"
         if self._authorization:
             headers["Authorization"] = self._authorization
         if body is None or (isinstance(body, bytes) and len(body) <= _UNDRAINED_WRITE):

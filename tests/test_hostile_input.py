@@ -161,3 +161,53 @@ async def test_integers_beyond_64_bits_are_forwarded_byte_for_byte(stack: Stack)
     (seen,) = stack.state.requests
     assert seen.body == b'{"stream_options":{"include_usage":true},' + body[1:]
     await assert_sound(stack)
+
+
+async def test_compressed_body_on_a_metered_route_is_415(stack: Stack) -> None:
+    import gzip
+
+    response = await stack.client.post(
+        CHAT, data=gzip.compress(b'{"messages": []}'), headers={"Content-Encoding": "gzip"}
+    )
+    assert response.status == 415
+    assert (await response.json())["error"]["code"] == 415
+    assert not stack.state.requests
+    await assert_sound(stack)
+
+
+async def test_compressed_body_on_a_forwarded_route_passes_untouched(stack: Stack) -> None:
+    import gzip
+
+    plain = b'{"input": "x" }' * 20
+    response = await stack.client.post(
+        "/tokenize", data=gzip.compress(plain), headers={"Content-Encoding": "gzip"}
+    )
+    assert response.status == 200
+    (seen,) = stack.state.requests
+    # The fake (an aiohttp server) inflates what it receives: the gzip bytes arrived intact
+    # and still labelled, or it could not have.
+    assert seen.body == plain
+    assert seen.headers["Content-Encoding"] == "gzip"
+
+
+async def test_malformed_chunked_body_is_400(stack: Stack) -> None:
+    request = (
+        b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\n{}\r\n0\r\n\r\n"
+    )
+    answer = await raw_exchange(stack, request)
+    assert status_of(answer) == 400
+    assert not stack.state.requests
+    await assert_sound(stack)
+
+
+async def test_absolute_form_target_goes_to_our_upstream(stack: Stack) -> None:
+    body = b'{"messages": [], "stream": true}'
+    request = (
+        b"POST http://elsewhere.invalid/v1/chat/completions?x=1 HTTP/1.1\r\nHost: x\r\n"
+        b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    answer = await raw_exchange(stack, request)
+    assert status_of(answer) == 200
+    (seen,) = stack.state.requests
+    assert seen.path == "/v1/chat/completions?x=1"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import orjson
 import pytest
 from conftest import Stack, StackFactory
+from fake_upstream import Behavior
 
 from metrics_proxy.exposition import CONTENT_TYPE_TEXT
 
@@ -128,3 +131,23 @@ async def test_http_series_count_requests_by_handler_and_status(stack: Stack) ->
         ("/v1/models", "2xx"): 1.0,
         ("other", "4xx"): 1.0,
     }
+
+
+async def test_metered_responses_are_asked_uncompressed(stack: Stack) -> None:
+    headers = {"Accept-Encoding": "gzip, br"}
+    await stack.client.post("/v1/chat/completions", data=b'{"messages": []}', headers=headers)
+    await stack.client.get("/v1/models", headers=headers)
+    metered, forwarded = stack.state.requests
+    assert metered.headers["Accept-Encoding"] == "identity"  # the proxy must read it
+    assert forwarded.headers["Accept-Encoding"] == "gzip, br"  # untouched elsewhere
+
+
+async def test_a_client_leaving_a_forwarded_request_counts_as_4xx(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(Behavior(stall_before_headers=True))
+    task = asyncio.ensure_future(stack.client.get("/slow-body?pieces=2&delay=30"))
+    await stack.state.wait_for_requests(1)
+    task.cancel()
+    await stack.state.wait_for_closed(1)
+    await stack.wait_for("http_requests_total", 1, handler="other", status="4xx")
