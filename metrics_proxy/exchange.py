@@ -55,6 +55,7 @@ class MeteredExchange:
         "_context",
         "_injection",
         "_request",
+        "_response",
         "_stream",
         "_tracker",
         "error_kind",
@@ -86,6 +87,7 @@ class MeteredExchange:
         self.prompt_tokens: int | None = None
         self.generation_tokens: int | None = None
         self.rejected = False
+        self._response: web.StreamResponse | None = None
 
     async def run(self, upstream_body: bytes) -> web.StreamResponse:
         context = self._context
@@ -138,11 +140,13 @@ class MeteredExchange:
         self._settle()
         return response
 
-    def _fail(self, failure: UpstreamFailure) -> web.Response:
+    def _fail(self, failure: UpstreamFailure) -> web.StreamResponse:
         self.error_kind = failure.kind
         self._context.recorder.count_error(failure.kind)
-        if self.stage == "streaming":
-            return web.Response()  # the response is already out; nothing more can be said
+        if self._response is not None:
+            # Headers are out: nothing more can be said, and a cut connection is the honest end.
+            abort_connection(self._request)
+            return self._response
         self.status = failure.status
         return failure.response()
 
@@ -165,6 +169,7 @@ class MeteredExchange:
                 status=upstream.status, reason=upstream.reason, headers=headers
             )
             await write_guard(response.prepare(request))
+            self._response = response
             self.stage = "streaming"
             if upstream.status >= 400:
                 self._context.recorder.count_error("upstream_status")
@@ -244,6 +249,7 @@ class MeteredExchange:
             return True
         if meter.upstream_error:
             self.finished_reason = "error"
+            self._context.recorder.count_error("upstream_stream_error")
         elif meter.finish_reason is not None:
             self.finished_reason = meter.finish_reason
         elif meter.done:

@@ -28,6 +28,7 @@ ERROR_KINDS = (
     "upstream_status",  # the upstream answered 4xx/5xx, passed through
     "upstream_disconnect",  # the upstream connection failed mid-response
     "client_timeout",  # the client did not send its body within --client-timeout, 408
+    "upstream_stream_error",  # the upstream reported an error in an event of its stream
 )
 DISCONNECT_STAGES = ("waiting", "before_headers", "streaming")
 # vLLM's two reasons, and the proxy's own: a request that waited past --max-queue-wait.

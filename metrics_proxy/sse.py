@@ -33,13 +33,16 @@ class SSEDecoder:
     """Incremental WHATWG event-stream parser: feed it the bytes as they arrive, get events.
 
     `end` offsets count every byte fed since creation, so `stream[prev.end:event.end]` is the
-    exact slice of the forwarded stream that carried `event`.
+    exact slice of the forwarded stream that carried `event`. `boundary` is the offset up to
+    which the stream holds only whole events and whole comments: what a proxy can forward
+    without ever leaving a client with half an event.
     """
 
-    __slots__ = ("_data", "_fed", "_held", "_in_event", "_partial", "_skip_lf")
+    __slots__ = ("_data", "_fed", "_held", "_in_event", "_partial", "_skip_lf", "boundary")
 
     def __init__(self) -> None:
         self._fed = 0
+        self.boundary = 0
         # Pieces of a line whose ending has not arrived yet, joined once it does, so that a
         # long line arriving in many chunks is not copied again on every chunk.
         self._partial: list[bytes] = []
@@ -49,6 +52,11 @@ class SSEDecoder:
         # An event whose blank line ended with a CR as the very last byte fed: its `end`
         # depends on whether the next byte is the LF of a CRLF, so it waits for that byte.
         self._held: bytes | None = None
+
+    @property
+    def fed(self) -> int:
+        """How many bytes were fed since creation."""
+        return self._fed
 
     @property
     def pending(self) -> bool:
@@ -70,8 +78,10 @@ class SSEDecoder:
             if self._held is not None:
                 events.append(Event(self._held, base + start))
                 self._held = None
+                self.boundary = base + start
         if not self._partial and not self._in_event and b"\r" not in chunk:
             start = _whole_data_events(chunk, start, base, events)
+            self.boundary = max(self.boundary, base + start)
             if start == len(chunk):
                 return events
         self._parse(chunk, start, base, events)
@@ -95,6 +105,7 @@ class SSEDecoder:
         self._data = []
         self._in_event = self._skip_lf = False
         self._held = None
+        self.boundary = self._fed
         return events
 
     def _parse(self, chunk: bytes, start: int, base: int, events: list[Event]) -> None:
@@ -127,6 +138,8 @@ class SSEDecoder:
                 eol, nxt = lf, lf + 1
             if eol > i:
                 self._field(text, i, eol)
+                if not self._in_event and not self._skip_lf:
+                    self.boundary = origin + nxt  # a whole comment outside any event
             else:
                 if data:
                     payload = data[0] if len(data) == 1 else b"\n".join(data)
@@ -135,6 +148,8 @@ class SSEDecoder:
                         self._held = payload
                     else:
                         events.append(Event(payload, origin + nxt))
+                if not self._skip_lf:
+                    self.boundary = origin + nxt
                 self._in_event = False
             i = nxt
             if 0 <= cr < i:
@@ -209,6 +224,9 @@ class ChunkFacts:
     usage: Usage | None
     usage_only: bool  # `choices: []` with usage: vLLM's final include_usage chunk
     error: bool  # a top-level "error" member: the upstream failed mid-stream
+    # A top-level "usage" member, even null: OpenAI-style servers put "usage": null on every
+    # chunk once include_usage is on, and a client that did not ask must not see it.
+    usage_key: bool = False
 
 
 # Shared answers for the shapes nearly every chunk has: building a frozen dataclass costs
@@ -241,16 +259,16 @@ def chunk_facts(payload: bytes) -> ChunkFacts | None:
             if _carries_output(choice):
                 index = choice.get("index", 0)
                 outputs += (index if type(index) is int else 0,)
-    usage_value = obj.get("usage")
-    usage = None if usage_value is None else Usage.from_json(usage_value)
+    usage_key = "usage" in obj
+    usage = Usage.from_json(obj["usage"]) if usage_key else None
     error = "error" in obj
-    if usage is None and finish_reason is None and not error:
+    if not usage_key and finish_reason is None and not error:
         if not outputs:
             return _NOTHING
         if outputs == (0,):
             return _OUTPUT_0
     usage_only = usage is not None and choices == []
-    return ChunkFacts(False, outputs, finish_reason, usage, usage_only, error)
+    return ChunkFacts(False, outputs, finish_reason, usage, usage_only, error, usage_key)
 
 
 def _carries_output(choice: dict[str, Any]) -> bool:

@@ -13,16 +13,16 @@ class StreamMeter:
     itself asked the upstream for (the usage chunk, or per-chunk usage) so the client gets
     the bytes it would have got without the proxy.
 
-    Without anything to remove, every chunk is forwarded as it came, at once. With
-    something to remove, bytes are forwarded up to the last complete event and the tail of
-    an unfinished event waits for its end (an SSE client cannot use half an event anyway).
+    Bytes are forwarded as they arrive up to the decoder's boundary (whole events and
+    comments); the tail of an unfinished event waits for its end. An SSE client cannot use
+    half an event, and this way an upstream that dies mid-event never leaves the client with
+    one glued to the error event that ends its stream.
     """
 
     __slots__ = (
         "_decoder",
         "_emitted",
         "_held",
-        "_strip",
         "_strip_chunk_usage",
         "_strip_final_usage",
         "_tracker",
@@ -37,9 +37,8 @@ class StreamMeter:
         self._decoder = SSEDecoder()
         self._strip_final_usage = injection.strip_final_usage
         self._strip_chunk_usage = injection.strip_chunk_usage
-        self._strip = injection.strip_final_usage or injection.strip_chunk_usage
-        self._held = b""  # strip mode: bytes of an unfinished event, not forwarded yet
-        self._emitted = 0  # strip mode: stream offset up to which bytes were settled
+        self._held = b""  # bytes of an unfinished event, not forwarded yet
+        self._emitted = 0  # stream offset up to which bytes were forwarded (or dropped)
         self.done = False
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
@@ -47,29 +46,25 @@ class StreamMeter:
 
     def feed(self, chunk: bytes, now: float) -> bytes:
         """Meter one network chunk; returns the bytes to forward now (often ``chunk`` itself)."""
-        events = self._decoder.feed(chunk)
-        if not self._strip:
-            if events:
-                self._meter(events, now)
+        decoder = self._decoder
+        events = decoder.feed(chunk)
+        changes = self._meter(events, now) if events else None
+        boundary = decoder.boundary
+        if changes is None and not self._held and boundary == decoder.fed:
+            self._emitted = boundary  # the common case: whole events, nothing to change
             return chunk
         held = self._held + chunk if self._held else chunk
-        if not events:
-            self._held = held
-            return b""
-        return self._settle(held, events, self._meter(events, now))
+        return self._settle(held, events, changes, boundary)
 
     def close(self, now: float) -> bytes:
         """The end of the stream: meter an unterminated last event, release held bytes."""
         events = self._decoder.flush()
-        held, self._held = self._held, b""
-        if not events:
-            return held
-        removals = self._meter(events, now)
-        return self._settle(held, events, removals) if self._strip else b""
+        changes = self._meter(events, now) if events else None
+        return self._settle(self._held, events, changes, self._decoder.boundary)
 
     def _meter(self, events: list[Event], now: float) -> dict[int, bool] | None:
-        """Count each event. In strip mode, return the events whose bytes change, by position:
-        True to drop the event (the usage chunk), False to cut ``usage`` out of it."""
+        """Count each event. Return the events whose bytes change, by position: True to drop
+        the event (the usage chunk), False to cut ``usage`` out of it."""
         tracker = self._tracker
         changes: dict[int, bool] | None = None
         for position, event in enumerate(events):
@@ -87,30 +82,40 @@ class StreamMeter:
                 self.upstream_error = True
             if facts.usage is not None:
                 self.usage = facts.usage
-                # The usage-only chunk is dropped or kept whole; other chunks lose `usage`.
-                if self._strip_final_usage if facts.usage_only else self._strip_chunk_usage:
-                    if changes is None:
-                        changes = {}
-                    changes[position] = facts.usage_only
+            # The usage-only chunk is dropped or kept whole; others lose `usage`.
+            if facts.usage_key and (
+                self._strip_final_usage if facts.usage_only else self._strip_chunk_usage
+            ):
+                if changes is None:
+                    changes = {}
+                changes[position] = facts.usage_only
         return changes
 
-    def _settle(self, held: bytes, events: list[Event], changes: dict[int, bool] | None) -> bytes:
-        """Bytes up to the last complete event, with the changes applied; keep the rest."""
+    def _settle(
+        self,
+        held: bytes,
+        events: list[Event],
+        changes: dict[int, bool] | None,
+        boundary: int,
+    ) -> bytes:
+        """Bytes up to ``boundary``, with the changes applied; keep the rest."""
         base = self._emitted
-        last_end = events[-1].end
-        self._emitted = last_end
-        self._held = held[last_end - base :]
+        self._emitted = boundary
+        self._held = held[boundary - base :]
         if changes is None:
-            return held[: last_end - base]
-        kept: list[bytes] = []
-        start = 0
+            return held[: boundary - base]
+        out: list[bytes] = []
+        copied = 0  # held[:copied] is dealt with
+        span_start = 0  # an event's span runs from the previous event's end to its own
         for position, event in enumerate(events):
             end = event.end - base
-            segment = held[start:end]
-            start = end
             change = changes.get(position)
-            if change is None:
-                kept.append(segment)
-            elif not change:
-                kept.append(segment.replace(event.data, strip_usage_field(event.data), 1))
-        return b"".join(kept)
+            if change is not None:
+                out.append(held[copied:span_start])
+                if not change:
+                    segment = held[span_start:end]
+                    out.append(segment.replace(event.data, strip_usage_field(event.data), 1))
+                copied = end
+            span_start = end
+        out.append(held[copied : boundary - base])
+        return b"".join(out)

@@ -85,33 +85,49 @@ class Upstream:
     async def _open_paced(
         self, request: web.Request, headers: CIMultiDict[str], body: bytes | StreamReader
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        async with asyncio.timeout(None) as deadline:
+        async with asyncio.timeout(None) as timeout:
+            deadline = _WriteDeadline(timeout, self._write_timeout)
             # A generator for large bytes too: aiohttp warns about (and blocks on) those.
-            paced = _paced(body, deadline, self._write_timeout)
-            async with self._request(request, headers, paced) as upstream:
-                deadline.reschedule(None)  # answered: whatever the upstream read was enough
+            async with self._request(request, headers, _paced(body, deadline)) as upstream:
+                deadline.answered()  # whatever the upstream read was enough
                 yield upstream
 
 
-async def _paced(
-    body: bytes | StreamReader, deadline: asyncio.Timeout, seconds: float | None
-) -> AsyncIterator[bytes]:
+class _WriteDeadline:
+    """The write timeout of one paced body: armed before each piece, disarmed after. Once
+    the upstream has answered it stays off for good, although aiohttp's body writer may
+    still be running: it must never cut a response that is being relayed."""
+
+    __slots__ = ("_done", "_seconds", "_timeout")
+
+    def __init__(self, timeout: asyncio.Timeout, seconds: float | None) -> None:
+        self._timeout = timeout
+        self._seconds = seconds
+        self._done = seconds is None
+
+    def arm(self) -> None:
+        if not self._done:
+            assert self._seconds is not None
+            self._timeout.reschedule(asyncio.get_running_loop().time() + self._seconds)
+
+    def disarm(self) -> None:
+        if not self._done:
+            self._timeout.reschedule(None)
+
+    def answered(self) -> None:
+        self.disarm()
+        self._done = True
+
+
+async def _paced(body: bytes | StreamReader, deadline: _WriteDeadline) -> AsyncIterator[bytes]:
     """Hand the body to aiohttp piece by piece; aiohttp resumes this generator only once the
     previous piece is written and drained, so the deadline covers exactly the writing."""
-    if seconds is None:
-        if isinstance(body, bytes):
-            yield body
-        else:
-            async for piece in body.iter_any():
-                yield piece
-        return
-    loop = asyncio.get_running_loop()
     if isinstance(body, bytes):
-        deadline.reschedule(loop.time() + seconds)
+        deadline.arm()
         yield body
-        deadline.reschedule(None)
+        deadline.disarm()
         return
     async for piece in body.iter_any():
-        deadline.reschedule(loop.time() + seconds)
+        deadline.arm()
         yield piece
-        deadline.reschedule(None)
+        deadline.disarm()

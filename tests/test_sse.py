@@ -172,8 +172,10 @@ def facts(
     usage: Usage | None = None,
     usage_only: bool = False,
     error: bool = False,
+    usage_key: bool | None = None,
 ) -> ChunkFacts:
-    return ChunkFacts(False, outputs, finish_reason, usage, usage_only, error)
+    key = usage is not None if usage_key is None else usage_key
+    return ChunkFacts(False, outputs, finish_reason, usage, usage_only, error, key)
 
 
 def chat(*deltas: object, **extra: object) -> bytes:
@@ -206,9 +208,10 @@ def chat(*deltas: object, **extra: object) -> bytes:
             chat({"content": "a"}, usage={"prompt_tokens": 3, "completion_tokens": 1}),
             facts((0,), usage=Usage(3, 1)),
         ),
-        (b'{"choices":[],"usage":{"prompt_tokens":"3"}}', facts()),
-        (b'{"choices":[],"usage":{"prompt_tokens":-1}}', facts()),
-        (b'{"choices":[],"usage":null}', facts()),
+        (b'{"choices":[],"usage":{"prompt_tokens":"3"}}', facts(usage_key=True)),
+        (b'{"choices":[],"usage":{"prompt_tokens":-1}}', facts(usage_key=True)),
+        (b'{"choices":[],"usage":null}', facts(usage_key=True)),
+        (chat({"content": "a"}, usage=None), facts((0,), usage_key=True)),
         (b'{"error":{"message":"boom","code":500}}', facts(error=True)),
         (b'{"choices":{"0":{}}}', facts()),
         (b'{"choices":[1,"x",null,[]]}', facts()),

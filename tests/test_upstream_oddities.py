@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from conftest import Stack
 from fake_upstream import BEHAVIOR_HEADER
+
+from metrics_proxy.app import create_app
+from metrics_proxy.config import Config
 
 CHAT = "/v1/chat/completions"
 STREAM = orjson.dumps({"model": "m", "messages": [], "stream": True})
@@ -86,3 +93,39 @@ async def test_stream_that_ends_without_finish_or_done_is_an_error(stack: Stack)
     assert b'"finish_reason":"' not in direct
     assert await stack.value("vllm:request_success_total", finished_reason="error") == 1
     assert await stack.value("proxy_errors_total", kind="upstream_disconnect") == 1
+
+
+async def test_an_error_event_from_the_upstream_is_counted(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+) -> None:
+    events = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+        b'data: {"error":{"message":"engine died","type":"InternalServerError","code":500}}\n\n'
+    )
+
+    async def failing(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(events)
+        return response
+
+    upstream_app = web.Application()
+    upstream_app.router.add_post("/v1/chat/completions", failing)
+    upstream = await aiohttp_server(upstream_app)
+    proxy = await aiohttp_client(
+        create_app(Config(upstream_url=str(upstream.make_url("")), model_name="m"))
+    )
+    response = await proxy.post(CHAT, data=STREAM)
+    assert await response.read() == events
+    snapshot = {
+        f["name"]: f for f in (await (await proxy.get("/internal/metrics")).json())["families"]
+    }
+    errors = {s["labels"]["kind"]: s["value"] for s in snapshot["proxy_errors_total"]["samples"]}
+    assert errors["upstream_stream_error"] == 1
+    reasons = {
+        s["labels"]["finished_reason"]: s["value"]
+        for s in snapshot["vllm:request_success_total"]["samples"]
+    }
+    assert reasons["error"] == 1
