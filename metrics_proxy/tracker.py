@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from typing import Protocol
 
 
@@ -21,52 +22,23 @@ class Meters(Protocol):
     def finalize_request(self, result: FinishedRequest) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
 class FinishedRequest:
     """What :meth:`ProxyMetricsRecorder.finalize_request` counts for one request."""
 
-    __slots__ = (
-        "completed",
-        "decode_seconds",
-        "e2e_seconds",
-        "estimated",
-        "finished_reason",
-        "generation_tokens",
-        "inference_seconds",
-        "max_generation_tokens",
-        "max_tokens",
-        "n",
-        "prefill_seconds",
-        "prompt_tokens",
-    )
-
-    def __init__(
-        self,
-        finished_reason: str | None,
-        *,
-        completed: bool,
-        prompt_tokens: int | None,
-        generation_tokens: int,
-        max_generation_tokens: int,
-        estimated: bool = False,
-        n: int = 1,
-        max_tokens: int | None = None,
-        e2e_seconds: float = 0.0,
-        inference_seconds: float | None = None,
-        prefill_seconds: float | None = None,
-        decode_seconds: float | None = None,
-    ) -> None:
-        self.finished_reason = finished_reason
-        self.completed = completed
-        self.prompt_tokens = prompt_tokens
-        self.generation_tokens = generation_tokens
-        self.max_generation_tokens = max_generation_tokens
-        self.estimated = estimated
-        self.n = n
-        self.max_tokens = max_tokens
-        self.e2e_seconds = e2e_seconds
-        self.inference_seconds = inference_seconds
-        self.prefill_seconds = prefill_seconds
-        self.decode_seconds = decode_seconds
+    finished_reason: str | None
+    _: KW_ONLY
+    completed: bool
+    prompt_tokens: int | None
+    generation_tokens: int
+    max_generation_tokens: int
+    estimated: bool = False
+    n: int = 1
+    max_tokens: int | None = None
+    e2e_seconds: float = 0.0
+    inference_seconds: float | None = None
+    prefill_seconds: float | None = None
+    decode_seconds: float | None = None
 
 
 _WAITING, _RUNNING, _DONE = 0, 1, 2
