@@ -202,11 +202,10 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             "to %s can read and change the traffic",
             config.upstream_url,
         )
-    upstream_ssl(config)  # a bad CA bundle stops us here, before listening
     app = create_app(config)
     # Handlers still running after our own grace period are cancelled almost at once.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
+    await runner.setup()  # opens the upstream session: a bad CA bundle stops us here, unbound
     try:
         site = web.TCPSite(runner, config.host, config.port)
         try:

@@ -185,11 +185,22 @@ class MeteredExchange:
                 await write_guard(response.write_eof())
             return response
 
-    async def _relay(self, upstream: aiohttp.ClientResponse, response: web.StreamResponse) -> bool:
-        """Copy the body; False when the upstream broke and the client connection was cut."""
+    async def _relay(
+        self,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        parts: list[bytes] | None = None,
+    ) -> bool:
+        """Copy the body (keeping its parts when asked); False when the upstream broke and
+        the client connection was cut, since a truncated body must not look complete."""
         try:
             async for chunk in upstream.content.iter_any():
-                await write_guard(response.write(chunk))
+                if parts is not None:
+                    parts.append(chunk)
+                try:
+                    await response.write(chunk)
+                except ConnectionResetError:
+                    raise ClientGone from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             self._upstream_broke(exc)
             abort_connection(self._request)
@@ -199,17 +210,9 @@ class MeteredExchange:
     async def _relay_body(
         self, upstream: aiohttp.ClientResponse, response: web.StreamResponse
     ) -> bool:
+        """Copy a non-streamed answer, then read its finish reason and usage."""
         parts: list[bytes] = []
-        try:
-            async for chunk in upstream.content.iter_any():
-                parts.append(chunk)
-                try:
-                    await response.write(chunk)
-                except ConnectionResetError:
-                    raise ClientGone from None
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            self._upstream_broke(exc)
-            abort_connection(self._request)  # a truncated JSON body must not look complete
+        if not await self._relay(upstream, response, parts):
             return False
         facts = response_facts(parts[0] if len(parts) == 1 else b"".join(parts))
         self.finished_reason = facts.finish_reason or "stop"

@@ -80,7 +80,8 @@ class Proxy:
                     reason=upstream.reason,
                     headers=response_headers(upstream.headers, body_rewritten=False),
                 )
-                await response.prepare(request)
+                # Guarded: a client gone by now is no upstream failure.
+                await write_guard(response.prepare(request))
                 try:
                     async for chunk in upstream.content.iter_any():
                         await write_guard(response.write(chunk))
@@ -118,6 +119,10 @@ class Proxy:
             async with asyncio.timeout(self._client_timeout):
                 body = await request.read()
             obj = parse_request(body)
+        except asyncio.CancelledError:
+            # The client left while sending its body: nothing ran, but the exchange happened.
+            recorder.observe_http(request.path, request.method, 499, recorder.clock() - arrival)
+            raise
         except UnsupportedEncoding as exc:
             recorder.count_error("bad_request")
             response = json_error(

@@ -85,6 +85,10 @@ async def test_content_length_longer_than_the_body_then_gone(stack: Stack) -> No
         b'{"messages": []}'
     )
     await raw_exchange(stack, request, close_after_send=True)
+    # The client left mid-body: nothing ran, but the exchange is counted as a 4xx.
+    await stack.wait_for(
+        "http_requests_total", 1, handler="/v1/chat/completions", method="POST", status="4xx"
+    )
     await assert_sound(stack)
     assert len(stack.state.requests) == 1  # only the soundness check's own request
 
