@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 import logging
 import signal
 import ssl
@@ -15,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from metrics_proxy.admission import AdmissionQueue
+from metrics_proxy.auth import BearerTokens, split_tokens
 from metrics_proxy.config import Config, ConfigError
 from metrics_proxy.exposition import CONTENT_TYPE_TEXT, render_json, render_text
 from metrics_proxy.lifecycle import Lifecycle
@@ -22,6 +22,15 @@ from metrics_proxy.proxy import Proxy
 from metrics_proxy.readiness import UpstreamProbe
 from metrics_proxy.recorder import ProxyMetricsRecorder
 from metrics_proxy.responses import json_error
+from metrics_proxy.routes import (
+    ADMIN_PATHS,
+    METERED_PATHS,
+    handler_label,
+    is_disguised,
+    is_engine_metrics,
+    needs_api_key,
+    vllm_path,
+)
 
 CONFIG = web.AppKey("config", Config)
 RECORDER = web.AppKey("recorder", ProxyMetricsRecorder)
@@ -29,8 +38,9 @@ QUEUE = web.AppKey("queue", AdmissionQueue)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 PROXY = web.AppKey("proxy", Proxy)
 PROBE = web.AppKey("probe", UpstreamProbe)
+ADMIN_TOKENS = web.AppKey("admin_tokens", BearerTokens)
+API_KEYS = web.AppKey("api_keys", BearerTokens)
 
-METERED_PATHS = ("/v1/chat/completions", "/v1/completions")
 _HEALTHY = orjson.dumps({"status": "ok"})
 
 log = logging.getLogger("metrics_proxy")
@@ -90,20 +100,50 @@ def _method_guard(allowed: str, handler: Handler) -> Handler:
     return guarded
 
 
+def _unauthorized(tokens: BearerTokens, request: web.Request, what: str) -> web.Response | None:
+    """401 unless the request carries one of ``tokens`` (none configured: open)."""
+    if not tokens or tokens.accept(request.headers.get("Authorization")):
+        return None
+    response = json_error(401, f"A valid {what} is required", "auth_error")
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
 def _admin(handler: Handler) -> Handler:
     """With --admin-token, the metrics routes need it as a bearer token (probes stay open)."""
 
     async def checked(request: web.Request) -> web.StreamResponse:
-        token = request.app[CONFIG].admin_token
-        if token:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                response = json_error(401, "A valid admin bearer token is required", "auth_error")
-                response.headers["WWW-Authenticate"] = "Bearer"
-                return response
-        return await handler(request)
+        refused = _unauthorized(request.app[ADMIN_TOKENS], request, "admin bearer token")
+        return refused or await handler(request)
 
     return checked
+
+
+def refusal(request: web.Request, path: str) -> web.Response | None:
+    """Why a request to the upstream must not go there, decided on the path vLLM would
+    route (``path``, see routes.py), or None. Checked before the body is read."""
+    app = request.app
+    # aiohttp routed on the path with '/' and '%' still encoded: where that differs from
+    # what vLLM routes on, a path the proxy serves itself must not slip past it.
+    if path != request.rel_url.path_safe and is_disguised(path):
+        return json_error(
+            400,
+            "Percent-encoded '/' or '%' in the path of a route the proxy serves itself",
+            "invalid_request_error",
+        )
+    if is_engine_metrics(path):
+        return _unauthorized(app[ADMIN_TOKENS], request, "admin bearer token")
+    config = app[CONFIG]
+    if not config.allow_admin_routes and path in ADMIN_PATHS:
+        return json_error(
+            403,
+            "vLLM's administrative routes are not served through the proxy "
+            "(see --allow-admin-routes)",
+            "permission_error",
+        )
+    if needs_api_key(path) and request.method != "OPTIONS":
+        return _unauthorized(app[API_KEYS], request, "API key")
+    return None
 
 
 async def _metrics_text(request: web.Request) -> web.Response:
@@ -142,6 +182,14 @@ def _in_flight(
     ``allowed``, also the method check (one wrapper on the hot path, not two)."""
 
     async def tracked(request: web.Request) -> web.StreamResponse:
+        path = vllm_path(request.rel_url.raw_path)
+        refused = refusal(request, path)
+        if refused is not None:
+            # Answered before anything was read or queued; still an HTTP exchange.
+            request.app[RECORDER].observe_http(
+                handler_label(path), request.method, refused.status, 0.0
+            )
+            return refused
         if allowed is not None and (wrong := _wrong_method(request, allowed)) is not None:
             return wrong
         lifecycle = request.app[LIFECYCLE]
@@ -167,6 +215,8 @@ def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) 
         handler_args={"access_log": None, "auto_decompress": False},
     )
     app[CONFIG] = config
+    app[ADMIN_TOKENS] = BearerTokens((config.admin_token,) if config.admin_token else ())
+    app[API_KEYS] = BearerTokens(split_tokens(config.api_key))
     app[RECORDER] = recorder or ProxyMetricsRecorder(
         config.model_name, engine=config.engine_label, max_model_len=config.max_model_len
     )

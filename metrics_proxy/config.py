@@ -81,6 +81,9 @@ class Config:
     # Secrets: never in a repr, so never in a log line or a test failure message.
     upstream_api_key: str = field(default="", repr=False)
     admin_token: str = field(default="", repr=False)
+    api_key: str = field(default="", repr=False)
+    allow_unauthenticated: bool = False
+    allow_admin_routes: bool = False
 
     def __post_init__(self) -> None:
         # Direct construction gets the same checks as the CLI, so no invalid Config exists.
@@ -88,6 +91,14 @@ class Config:
             normalized = setting.coerce(getattr(self, setting.name))
             # Frozen: normalizing (e.g. stripping the URL's "/") must bypass the dataclass guard.
             object.__setattr__(self, setting.name, normalized)
+        if self.upstream_api_key and not self.api_key and not self.allow_unauthenticated:
+            # Otherwise every client that reaches the proxy borrows the upstream key's powers.
+            raise ConfigError(
+                "--upstream-api-key (PROXY_UPSTREAM_API_KEY) is set but --api-key "
+                "(PROXY_API_KEY) is not: any client could use the upstream's key; set an "
+                "--api-key for clients, or --allow-unauthenticated to accept that",
+                setting="api_key",
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Config:
@@ -112,6 +123,13 @@ class Config:
                         setting=setting.name,
                     )
                 continue
+            if setting.secret and isinstance(raw, str) and not raw.strip():
+                # An empty secret would read as "off" and open what it was meant to close.
+                raise ConfigError(
+                    f"invalid value for {setting.flag} ({setting.env}): it is empty; "
+                    "unset it to turn it off",
+                    setting=setting.name,
+                )
             values[setting.name] = setting.coerce(raw)
         return cls(**values)
 
@@ -148,6 +166,11 @@ class Setting:
     metavar: str | None
     help: str
     rule: Callable[[Any], Any] = identity
+
+    @property
+    def secret(self) -> bool:
+        """A key or token: never shown (not in a repr), and never given empty."""
+        return not _FIELDS[self.name].repr
 
     @property
     def flag(self) -> str:
@@ -273,6 +296,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "admin_token",
         "TOKEN",
-        "when set, /metrics and /internal/metrics need 'Authorization: Bearer TOKEN'",
+        "when set, /metrics, /internal/metrics and any upstream /metrics... path need "
+        "'Authorization: Bearer TOKEN'",
+    ),
+    Setting(
+        "api_key",
+        "KEYS",
+        "when set, requests under /v1, /v2, /inference and /cohere need 'Authorization: "
+        "Bearer KEY' (vLLM's --api-key); several keys separated by commas; never logged",
+    ),
+    Setting(
+        "allow_unauthenticated",
+        None,
+        "start with --upstream-api-key but no --api-key, lending the upstream key to any client",
+    ),
+    Setting(
+        "allow_admin_routes",
+        None,
+        "forward vLLM's administrative routes (LoRA loading, sleep, cache resets, profiling, "
+        "weight updates, ...), which are refused with 403 otherwise",
     ),
 )

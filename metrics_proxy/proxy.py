@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Final
 
 import aiohttp
 from aiohttp import web
@@ -28,18 +27,8 @@ from metrics_proxy.responses import (
     json_error,
     write_guard,
 )
+from metrics_proxy.routes import handler_label, vllm_path
 from metrics_proxy.upstream import Upstream
-
-# vLLM API paths used as the http_* "handler" label; any other path is "other", so a client
-# cannot grow the series without bound.
-KNOWN_PATHS: Final = frozenset(
-    {
-        "/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/embeddings",
-        "/v1/responses", "/v1/audio/transcriptions", "/v1/audio/translations", "/tokenize",
-        "/detokenize", "/pooling", "/classify", "/score", "/v1/score", "/rerank", "/v1/rerank",
-        "/v2/rerank", "/invocations", "/health", "/ping", "/version", "/load", "/server_info",
-    }
-)  # fmt: skip
 
 
 class UnsupportedEncoding(ValueError):
@@ -102,10 +91,8 @@ class Proxy:
             status = failure.status
             return failure.response()
         finally:
-            path = request.path
-            self._recorder.observe_http(
-                path if path in KNOWN_PATHS else "other", request.method, status, clock() - started
-            )
+            label = handler_label(vllm_path(request.rel_url.raw_path))
+            self._recorder.observe_http(label, request.method, status, clock() - started)
 
     # --- metered: completions -----------------------------------------------------------
 

@@ -12,6 +12,7 @@ from metrics_proxy.exposition import snapshot_dict
 from metrics_proxy.metrics import Counter, CounterChild, Gauge, Histogram, HistogramChild
 from metrics_proxy.process import ProcessCollector
 from metrics_proxy.registry import Registry
+from metrics_proxy.routes import method_label
 from metrics_proxy.samples import MetricFamily
 from metrics_proxy.tracker import FinishedRequest, RequestTracker
 
@@ -343,6 +344,7 @@ class ProxyMetricsRecorder:
         """One HTTP exchange, as vLLM's instrumentator counts it (status as ``2xx`` etc.)."""
         if handler in HTTP_EXCLUDED_HANDLERS:
             return
+        method = method_label(method)
         key = (handler, method, status // 100)
         children = self._http_children.get(key)
         if children is None:

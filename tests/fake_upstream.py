@@ -88,6 +88,7 @@ class ReceivedRequest:
     path: str  # including the query string
     headers: CIMultiDict[str]
     body: bytes
+    raw_path: str = ""  # as sent, percent-escapes and query included
 
 
 @dataclass(eq=False)
@@ -330,7 +331,9 @@ async def _record(request: web.Request, handler: Handler) -> web.StreamResponse:
     body = await request.read()  # cached by aiohttp, so handlers can read it again
     state = request.app[FAKE_STATE]
     headers = CIMultiDict(request.headers)
-    state.requests.append(ReceivedRequest(request.method, request.path_qs, headers, body))
+    state.requests.append(
+        ReceivedRequest(request.method, request.path_qs, headers, body, request.raw_path)
+    )
     state._notify()
     return await handler(request)
 

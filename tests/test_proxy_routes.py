@@ -129,7 +129,7 @@ async def test_http_series_count_requests_by_handler_and_status(stack: Stack) ->
     assert counted == {
         ("/v1/chat/completions", "2xx"): 1.0,
         ("/v1/models", "2xx"): 1.0,
-        ("other", "4xx"): 1.0,
+        ("none", "4xx"): 1.0,
     }
 
 
@@ -150,4 +150,4 @@ async def test_a_client_leaving_a_forwarded_request_counts_as_4xx(
     await stack.state.wait_for_requests(1)
     task.cancel()
     await stack.state.wait_for_closed(1)
-    await stack.wait_for("http_requests_total", 1, handler="other", status="4xx")
+    await stack.wait_for("http_requests_total", 1, handler="none", status="4xx")

@@ -83,7 +83,7 @@ async def test_upstream_api_key_replaces_the_clients_and_is_never_logged(
     make_stack: StackFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    stack = await make_stack(upstream_api_key="sk-upstream-secret")
+    stack = await make_stack(upstream_api_key="sk-upstream-secret", allow_unauthenticated=True)
     response = await stack.client.post(
         CHAT, data=STREAM, headers={"Authorization": "Bearer client-key"}
     )
