@@ -18,6 +18,7 @@ from metrics_proxy.auth import BearerTokens, split_tokens
 from metrics_proxy.config import Config, ConfigError
 from metrics_proxy.exposition import CONTENT_TYPE_TEXT, render_json, render_text
 from metrics_proxy.lifecycle import Lifecycle
+from metrics_proxy.log_safety import install_log_guard, mask_url
 from metrics_proxy.proxy import Proxy
 from metrics_proxy.readiness import UpstreamProbe
 from metrics_proxy.recorder import ProxyMetricsRecorder
@@ -246,11 +247,12 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
 
     A client that disconnects cancels its handler (handler_cancellation), so a request
     waiting in the queue or for upstream headers gives up its place at once."""
+    install_log_guard()  # before the first client: aiohttp's records about them quote requests
     if config.upstream_insecure:
         log.warning(
             "TLS verification of the upstream is OFF (--upstream-insecure): anyone on the path "
             "to %s can read and change the traffic",
-            config.upstream_url,
+            mask_url(config.upstream_url),
         )
     app = create_app(config)
     # Handlers still running after our own grace period are cancelled almost at once.
@@ -266,7 +268,7 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         log.info(
             "metrics_proxy listening on %s, upstream %s, model %s",
             ", ".join(map(str, runner.addresses)),
-            config.upstream_url,
+            mask_url(config.upstream_url),
             config.model_name,
         )
         # Everything built so far lives as long as the process: keep it out of the cyclic
