@@ -265,12 +265,6 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         except OSError as exc:  # e.g. the port is taken: one clear line, no traceback
             log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror)
             raise SystemExit(1) from None
-        log.info(
-            "metrics_proxy listening on %s, upstream %s, model %s",
-            ", ".join(map(str, runner.addresses)),
-            mask_url(config.upstream_url),
-            config.model_name,
-        )
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # collector's scans, which otherwise show up in the latency tail under load.
         gc.freeze()
@@ -278,6 +272,13 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # Logged once a signal would be handled: whoever waits for this line may send one.
+        log.info(
+            "metrics_proxy listening on %s, upstream %s, model %s",
+            ", ".join(map(str, runner.addresses)),
+            mask_url(config.upstream_url),
+            config.model_name,
+        )
         await stop.wait()
         lifecycle = app[LIFECYCLE]
         lifecycle.draining = True

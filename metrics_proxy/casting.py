@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 _TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
 _FALSE_WORDS = frozenset({"false", "0", "no", "off"})
@@ -103,6 +104,18 @@ def one_of(choices: tuple[str, ...]) -> Callable[[Any], Any]:
     return rule
 
 
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """``url`` without ``user:password@``, and the ``Authorization`` value those ask for
+    (HTTP Basic), or None when it has none."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None
+    userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    host = parts.netloc.rpartition("@")[2]
+    credentials = base64.b64encode(userinfo.encode()).decode("ascii")
+    return urlunsplit(parts._replace(netloc=host)), f"Basic {credentials}"
+
+
 def http_url(value: str) -> str:
     url = value.rstrip("/")
     parts = urlsplit(url)
@@ -118,3 +131,16 @@ def http_url(value: str) -> str:
         # Request paths are appended to this URL; a query or fragment would swallow them.
         raise ValueError("must not have a query or a fragment")
     return url
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (or a lone user name, often a token) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. a broken IPv6 literal: show nothing that might be a password
+        return "***" if "@" in url else url
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    userinfo = "***" if parts.password is None else f"{parts.username}:***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 from metrics_proxy.casting import (
     PARSERS,
@@ -14,6 +15,7 @@ from metrics_proxy.casting import (
     check_type,
     http_url,
     identity,
+    mask_url,
     not_blank,
     one_of,
 )
@@ -57,7 +59,8 @@ class Config:
     8000
     """
 
-    upstream_url: str
+    # Not in the repr: it may carry credentials (http://user:password@host).
+    upstream_url: str = field(repr=False)
     model_name: str
     host: str = "0.0.0.0"
     port: int = 8000
@@ -91,12 +94,14 @@ class Config:
             normalized = setting.coerce(getattr(self, setting.name))
             # Frozen: normalizing (e.g. stripping the URL's "/") must bypass the dataclass guard.
             object.__setattr__(self, setting.name, normalized)
-        if self.upstream_api_key and not self.api_key and not self.allow_unauthenticated:
+        lends_credentials = self.upstream_api_key or urlsplit(self.upstream_url).username
+        if lends_credentials and not self.api_key and not self.allow_unauthenticated:
             # Otherwise every client that reaches the proxy borrows the upstream key's powers.
             raise ConfigError(
-                "--upstream-api-key (PROXY_UPSTREAM_API_KEY) is set but --api-key "
-                "(PROXY_API_KEY) is not: any client could use the upstream's key; set an "
-                "--api-key for clients, or --allow-unauthenticated to accept that",
+                "--upstream-api-key (PROXY_UPSTREAM_API_KEY) or credentials in --upstream-url "
+                "are set but --api-key (PROXY_API_KEY) is not: any client could use the "
+                "upstream's key; set an --api-key for clients, or --allow-unauthenticated to "
+                "accept that",
                 setting="api_key",
             )
 
@@ -151,6 +156,7 @@ def _kind(hint: object) -> type:
     return hint
 
 
+_SECRETS = frozenset({"upstream_api_key", "admin_token", "api_key"})
 _FIELDS = {field.name: field for field in dataclasses.fields(Config)}
 _KINDS = {name: _kind(hint) for name, hint in get_type_hints(Config).items()}
 
@@ -169,8 +175,8 @@ class Setting:
 
     @property
     def secret(self) -> bool:
-        """A key or token: never shown (not in a repr), and never given empty."""
-        return not _FIELDS[self.name].repr
+        """A key or token: never shown, and never given empty."""
+        return self.name in _SECRETS
 
     @property
     def flag(self) -> str:
@@ -201,8 +207,15 @@ class Setting:
             return self.rule(check_type(self.kind, value))
         except ValueError as exc:
             raise ConfigError(
-                f"invalid value for {self.flag} ({self.env}): {raw!r} {exc}", setting=self.name
+                f"invalid value for {self.flag} ({self.env}): {self._shown(raw)} {exc}",
+                setting=self.name,
             ) from None
+
+    def _shown(self, raw: object) -> str:
+        """A bad value as an error message may quote it: never a secret, nor a password."""
+        if self.secret:
+            return "(hidden)"
+        return repr(mask_url(raw) if isinstance(raw, str) else raw)
 
 
 _TIMEOUT = at_least(0)

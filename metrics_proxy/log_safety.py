@@ -14,10 +14,11 @@ import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+
+from metrics_proxy.casting import mask_url
 
 __all__ = [
     "GUARDED_LOGGERS",
@@ -47,16 +48,6 @@ GUARDED_LOGGERS = (
 _PHRASE = re.compile(r"(?:<locals>|[^%<(\[{'\"=:\r\n])*")
 _MAX_PHRASE = 120
 _AIOHTTP_ERROR_FROM = "Error handling request from %s"
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password (or a lone user name, often a token) replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    userinfo = "***" if parts.password is None else f"{parts.username}:***"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
 
 
 class RateLimiter:

@@ -11,6 +11,7 @@ from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from metrics_proxy.casting import split_credentials
 from metrics_proxy.config import Config, seconds_or_none
 from metrics_proxy.headers import request_headers
 
@@ -35,12 +36,15 @@ class Upstream:
     """Opens requests to the upstream on the app's one ClientSession."""
 
     def __init__(self, config: Config, session: aiohttp.ClientSession) -> None:
-        self._base = config.upstream_url
+        # Credentials in the URL go as a header: aiohttp refuses them beside a client's
+        # Authorization, and a URL is logged.
+        self._base, basic = split_credentials(config.upstream_url)
         self._session = session
         self._timeout = client_timeout(config)
         self._write_timeout = seconds_or_none(config.write_timeout)
         # vLLM started with --api-key wants this on every request; it replaces the client's.
-        self._authorization = f"Bearer {config.upstream_api_key}" if config.upstream_api_key else ""
+        key = config.upstream_api_key
+        self._authorization = f"Bearer {key}" if key else basic or ""
 
     def _request(
         self, request: web.Request, headers: CIMultiDict[str], data: object

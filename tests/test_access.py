@@ -315,3 +315,30 @@ async def test_client_chosen_methods_fold_into_one_label(upstream_url: str, pars
     methods = {s["labels"]["method"] for s in families["http_requests_total"]["samples"]}
     assert methods <= {"GET", "other"}
     assert "GET" in methods
+
+
+# --- credentials in the upstream URL ------------------------------------------------------------
+
+
+async def test_credentials_in_the_upstream_url_go_as_basic_auth(make_stack: StackFactory) -> None:
+    probe = await make_stack()  # its fake upstream is the one the URL names
+    port = probe.upstream.port
+    stack = await make_stack(
+        upstream_url=f"http://us%40er:pa%3Ass@127.0.0.1:{port}", api_key="client-key"
+    )
+    response = await stack.client.post(
+        CHAT, data=BODY, headers={"Authorization": "Bearer client-key"}
+    )
+    await response.read()
+    assert response.status == 200
+    (seen,) = probe.state.requests  # the upstream the URL names
+    assert seen.headers["Authorization"] == "Basic dXNAZXI6cGE6c3M="  # us@er:pa:ss
+    assert "pa%3Ass" not in repr(stack.config)
+
+
+def test_a_bad_url_is_quoted_without_its_password() -> None:
+    with pytest.raises(ConfigError) as raised:
+        Config(upstream_url="ftp://user:SECRETPW@127.0.0.1:9", model_name="m")
+    assert "SECRETPW" not in str(raised.value)
+    with pytest.raises(ConfigError, match="--allow-unauthenticated"):
+        Config(upstream_url="http://user:pw@127.0.0.1:9", model_name="m")

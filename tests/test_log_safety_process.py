@@ -155,7 +155,10 @@ async def test_bad_requests_are_logged_as_one_line_without_their_bytes(
 
 async def test_credentials_in_the_upstream_url_are_masked_in_the_log() -> None:
     proxy = await ProxyProcess.start(
-        "--upstream-url", "http://user:SECRETPW@127.0.0.1:9", "--upstream-insecure"
+        "--upstream-url",
+        "http://user:SECRETPW@127.0.0.1:9",
+        "--upstream-insecure",
+        "--allow-unauthenticated",
     )
     try:
         _, listening = await proxy.serving()
