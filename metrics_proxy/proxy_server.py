@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
 from metrics_proxy.config import SETTINGS, Config, ConfigError, Setting
 
@@ -34,15 +35,21 @@ def _help(setting: Setting) -> str:
     return f"{setting.help} (env {env}, {default})".replace("%", "%%")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (no usage block above it): the line that says
+    what is wrong is all an operator reads, and ``--help`` has the rest."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser, one flag per setting, each help naming its env var and default.
 
     Every flag defaults to None ("not given") and values stay text: parsing, checking and the
     precedence flag > env > default all happen in :meth:`Config.from_env`, in one place.
     """
-    parser = argparse.ArgumentParser(
-        prog="aiohttp-proxy", description=_DESCRIPTION, allow_abbrev=False
-    )
+    parser = _Parser(prog="aiohttp-proxy", description=_DESCRIPTION, allow_abbrev=False)
     for setting in SETTINGS:
         if setting.kind is bool:
             parser.add_argument(
