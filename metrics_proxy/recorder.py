@@ -8,12 +8,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from metrics_proxy import buckets
-from metrics_proxy.exposition import snapshot_dict
-from metrics_proxy.metrics import Counter, CounterChild, Gauge, Histogram, HistogramChild
-from metrics_proxy.process import ProcessCollector
-from metrics_proxy.registry import Registry
+from metrics_proxy.prometheus.metrics import (
+    Counter,
+    CounterChild,
+    Gauge,
+    Histogram,
+    HistogramChild,
+)
+from metrics_proxy.prometheus.process import ProcessCollector
+from metrics_proxy.prometheus.registry import Registry
+from metrics_proxy.prometheus.samples import MetricFamily
 from metrics_proxy.routes import method_label
-from metrics_proxy.samples import MetricFamily
 from metrics_proxy.tracker import FinishedRequest, RequestTracker
 
 FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
@@ -368,4 +373,4 @@ class ProxyMetricsRecorder:
 
     def snapshot(self) -> dict[str, Any]:
         """Every counter, gauge, histogram and vector as a JSON-ready dict."""
-        return snapshot_dict(self.collect())
+        return self.registry.snapshot()
