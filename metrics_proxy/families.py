@@ -64,14 +64,22 @@ class RejectionReason(StrEnum):
 class ErrorKind(StrEnum):
     """Why a request failed or was refused (``proxy_errors_total{kind}``)."""
 
-    BAD_REQUEST = "bad_request"  # malformed body, answered 400 without contacting the upstream
-    BODY_TOO_LARGE = "body_too_large"  # request body over --max-body-size, answered 413
-    CONNECT = "connect"  # upstream unreachable, answered 502
-    TIMEOUT = "timeout"  # an upstream timeout fired, answered 504 or the stream was cut
-    UPSTREAM_STATUS = "upstream_status"  # the upstream answered 4xx/5xx, passed through
-    UPSTREAM_DISCONNECT = "upstream_disconnect"  # the upstream connection failed mid-response
-    CLIENT_TIMEOUT = "client_timeout"  # the client did not send its body within --client-timeout
-    UPSTREAM_STREAM_ERROR = "upstream_stream_error"  # an error event inside the upstream's stream
+    # a malformed body, answered 400 without contacting the upstream
+    BAD_REQUEST = "bad_request"
+    # a request body over --max-body-size, answered 413
+    BODY_TOO_LARGE = "body_too_large"
+    # the upstream unreachable, answered 502
+    CONNECT = "connect"
+    # an upstream timeout fired, answered 504 or the stream was cut
+    TIMEOUT = "timeout"
+    # the upstream answered 4xx/5xx, passed through
+    UPSTREAM_STATUS = "upstream_status"
+    # the upstream connection failed mid-response
+    UPSTREAM_DISCONNECT = "upstream_disconnect"
+    # the client did not send its body within --client-timeout, 408
+    CLIENT_TIMEOUT = "client_timeout"
+    # the upstream reported an error in an event of its stream
+    UPSTREAM_STREAM_ERROR = "upstream_stream_error"
 
 
 class DisconnectStage(StrEnum):

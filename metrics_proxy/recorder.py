@@ -51,7 +51,7 @@ def _status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-def new_metric(spec: FamilySpec, max_model_len: int) -> Counter | Gauge | Histogram:
+def _new_metric(spec: FamilySpec, max_model_len: int) -> Counter | Gauge | Histogram:
     """The metric ``spec`` declares, its token buckets (if any) sized for ``max_model_len``."""
     if spec.type == "histogram":
         return Histogram(spec.name, spec.help, spec.labels, spec.bounds(max_model_len))
@@ -66,7 +66,7 @@ class _TableMetrics:
     def __init__(self, registry: Registry, max_model_len: int) -> None:
         self._by_name: dict[str, Counter | Gauge | Histogram] = {}
         for spec in families.FAMILIES:
-            metric = self._by_name[spec.name] = new_metric(spec, max_model_len)
+            metric = self._by_name[spec.name] = _new_metric(spec, max_model_len)
             registry.register(metric)
 
     def get(self, spec: FamilySpec, kind: type[_MetricT]) -> _MetricT:
