@@ -163,7 +163,7 @@ class ProxyMetricsRecorder:
         self._decode_time = child(families.REQUEST_DECODE_TIME)
 
     def _bind_http(self, metrics: _TableMetrics) -> None:
-        # Their series appear with the first request, as the instrumentator's do.
+        # Their labelled series appear with their first request, as the instrumentator's do.
         self._http_requests = metrics.get(families.HTTP_REQUESTS, Counter)
         self._http_duration_highr = metrics.get(families.HTTP_REQUEST_DURATION_HIGHR, Histogram)
         self._http_duration = metrics.get(families.HTTP_REQUEST_DURATION, Histogram)
