@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from metrics_proxy import ProxyMetricsRecorder
-from metrics_proxy.exposition import render_json, render_text
+from metrics_proxy.prometheus import render_json, render_text
 
 
 def _loaded_recorder() -> ProxyMetricsRecorder:

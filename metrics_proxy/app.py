@@ -16,9 +16,9 @@ from aiohttp import web
 from metrics_proxy.admission import AdmissionQueue
 from metrics_proxy.auth import BearerTokens, split_tokens
 from metrics_proxy.config import Config, ConfigError
-from metrics_proxy.exposition import CONTENT_TYPE_TEXT, render_json, render_text
 from metrics_proxy.lifecycle import Lifecycle
 from metrics_proxy.log_safety import install_log_guard, mask_url
+from metrics_proxy.prometheus import CONTENT_TYPE_TEXT, render_json, render_text
 from metrics_proxy.proxy import Proxy
 from metrics_proxy.readiness import UpstreamProbe
 from metrics_proxy.recorder import ProxyMetricsRecorder

@@ -1,4 +1,4 @@
-"""ProxyMetricsRecorder: the one place that names every metric, its help, labels and buckets."""
+"""ProxyMetricsRecorder: a proxy's request events, counted into the families of families.py."""
 
 from __future__ import annotations
 
@@ -7,41 +7,33 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from metrics_proxy import buckets
-from metrics_proxy.exposition import snapshot_dict
-from metrics_proxy.metrics import Counter, CounterChild, Gauge, Histogram, HistogramChild
-from metrics_proxy.process import ProcessCollector
-from metrics_proxy.registry import Registry
+from metrics_proxy import families
+from metrics_proxy.families import (
+    HTTP_EXCLUDED_HANDLERS,
+    DisconnectStage,
+    ErrorKind,
+    FamilySpec,
+    FinishedReason,
+    RejectionReason,
+    WaitingReason,
+)
+from metrics_proxy.prometheus.metrics import (
+    Counter,
+    CounterChild,
+    Gauge,
+    Histogram,
+    HistogramChild,
+)
+from metrics_proxy.prometheus.process import ProcessCollector
+from metrics_proxy.prometheus.registry import Registry
+from metrics_proxy.prometheus.samples import MetricFamily
 from metrics_proxy.routes import method_label
-from metrics_proxy.samples import MetricFamily
 from metrics_proxy.tracker import FinishedRequest, RequestTracker
 
-FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
+_FINISHED_REASONS = frozenset(reason.value for reason in FinishedReason)
 # The OpenAI API's names for a normal finish that vLLM's engine counts as "stop".
 _STOP_ALIASES = frozenset({"tool_calls", "function_call", "eos", "stop_sequence", "end_turn"})
 _REASON_LABEL = re.compile(r"^[a-z_]{1,32}$")
-
-ERROR_KINDS = (
-    "bad_request",  # malformed body, answered 400 without contacting the upstream
-    "body_too_large",  # request body over --max-body-size, answered 413
-    "connect",  # upstream unreachable, answered 502
-    "timeout",  # an upstream timeout fired, answered 504 or the stream was cut
-    "upstream_status",  # the upstream answered 4xx/5xx, passed through
-    "upstream_disconnect",  # the upstream connection failed mid-response
-    "client_timeout",  # the client did not send its body within --client-timeout, 408
-    "upstream_stream_error",  # the upstream reported an error in an event of its stream
-)
-DISCONNECT_STAGES = ("waiting", "before_headers", "streaming")
-# vLLM's two reasons, and the proxy's own: a request that waited past --max-queue-wait.
-ADMISSION_REJECTION_REASONS = ("max_num_queued_reqs", "max_num_queued_tokens", "max_queue_wait")
-
-_MODEL_ENGINE = ("model_name", "engine")
-
-# Requests the instrumentator behind vLLM's API server leaves out of http_* series.
-HTTP_EXCLUDED_HANDLERS = frozenset(
-    {"/metrics", "/health", "/load", "/ping", "/version", "/server_info"}
-)
-
 
 _MetricT = TypeVar("_MetricT", Counter, Gauge, Histogram)
 
@@ -49,14 +41,39 @@ _MetricT = TypeVar("_MetricT", Counter, Gauge, Histogram)
 def finished_reason_label(reason: str | None) -> str:
     """Map an upstream finish_reason onto vLLM's label values (unknown tidy ones pass)."""
     if reason is None or reason in _STOP_ALIASES:
-        return "stop"
-    if reason in FINISHED_REASONS or _REASON_LABEL.match(reason):
+        return FinishedReason.STOP.value
+    if reason in _FINISHED_REASONS or _REASON_LABEL.match(reason):
         return reason
-    return "stop"
+    return FinishedReason.STOP.value
 
 
 def _status_class(status: int) -> str:
     return f"{status // 100}xx"
+
+
+def _new_metric(spec: FamilySpec, max_model_len: int) -> Counter | Gauge | Histogram:
+    """The metric ``spec`` declares, its token buckets (if any) sized for ``max_model_len``."""
+    if spec.type == "histogram":
+        return Histogram(spec.name, spec.help, spec.labels, spec.bounds(max_model_len))
+    if spec.type == "counter":
+        return Counter(spec.name, spec.help, spec.labels)
+    return Gauge(spec.name, spec.help, spec.labels)
+
+
+class _TableMetrics:
+    """Every family of the table, built and registered in the table's order."""
+
+    def __init__(self, registry: Registry, max_model_len: int) -> None:
+        self._by_name: dict[str, Counter | Gauge | Histogram] = {}
+        for spec in families.FAMILIES:
+            metric = self._by_name[spec.name] = _new_metric(spec, max_model_len)
+            registry.register(metric)
+
+    def get(self, spec: FamilySpec, kind: type[_MetricT]) -> _MetricT:
+        metric = self._by_name[spec.name]
+        if not isinstance(metric, kind):
+            raise TypeError(f"{spec.name} is a {spec.type}, not a {kind.__name__}")
+        return metric
 
 
 class ProxyMetricsRecorder:
@@ -73,7 +90,7 @@ class ProxyMetricsRecorder:
         request.slot_acquired()
         request.output()            # each chunk that carries generated tokens
         request.finish("stop", prompt_tokens=12, generation_tokens=40)
-        recorder.render_text()      # Prometheus text
+        render_text(recorder.registry)  # Prometheus text (metrics_proxy.prometheus)
     """
 
     def __init__(
@@ -95,183 +112,71 @@ class ProxyMetricsRecorder:
         self.registry = registry if registry is not None else Registry()
         if process_metrics:
             self.registry.register(ProcessCollector())
-        labels = (model_name, engine)
-        token_buckets = buckets.build_1_2_5_buckets(max_model_len)
+        metrics = _TableMetrics(self.registry, max_model_len)
+        self._bind_request_gauges(metrics)
+        self._bind_request_counters(metrics)
+        self._bind_request_histograms(metrics)
+        self._bind_http(metrics)
+        self._bind_proxy_series(metrics)
 
-        def gauge(name: str, help_text: str) -> Gauge:
-            return self._register(Gauge(name, help_text, _MODEL_ENGINE))
+    # --- the children each event moves, looked up once ---------------------------------------
 
-        def counter(name: str, help_text: str) -> Counter:
-            return self._register(Counter(name, help_text, _MODEL_ENGINE))
+    def _bind_request_gauges(self, metrics: _TableMetrics) -> None:
+        labels = (self.model_name, self.engine)
+        self._running = metrics.get(families.NUM_REQUESTS_RUNNING, Gauge).labels(*labels)
+        self._waiting = metrics.get(families.NUM_REQUESTS_WAITING, Gauge).labels(*labels)
+        by_reason = metrics.get(families.NUM_REQUESTS_WAITING_BY_REASON, Gauge)
+        # Every reason exists at zero, as in vLLM, though the proxy's queue only waits for
+        # capacity.
+        waiting = {r.value: by_reason.labels(*labels, r.value) for r in WaitingReason}
+        self._waiting_capacity = waiting[WaitingReason.CAPACITY.value]
 
-        def histogram(name: str, help_text: str, bounds: tuple[float, ...]) -> Histogram:
-            return self._register(Histogram(name, help_text, _MODEL_ENGINE, bounds))
-
-        # --- vLLM families (names, help, labels and buckets exactly as vLLM 0.33 exports) ---
-        self._running = gauge(
-            "vllm:num_requests_running", "Number of requests in model execution batches."
-        ).labels(*labels)
-        self._waiting = gauge(
-            "vllm:num_requests_waiting", "Number of requests waiting to be processed."
-        ).labels(*labels)
-        waiting_by_reason = self._register(
-            Gauge(
-                "vllm:num_requests_waiting_by_reason",
-                "Number of waiting requests by reason. Reason labels: 'capacity' = waiting for "
-                "scheduling capacity; 'deferred' = deferred by transient constraints (LoRA "
-                "budget, KV transfer, blocked status). Sum of all reasons equals "
-                "vllm:num_requests_waiting.",
-                (*_MODEL_ENGINE, "reason"),
-            )
-        )
-        # The proxy's queue only ever waits for capacity; "deferred" stays 0 but exists, as in vLLM.
-        self._waiting_capacity = waiting_by_reason.labels(*labels, "capacity")
-        waiting_by_reason.labels(*labels, "deferred")
-        self._prompt_tokens = counter(
-            "vllm:prompt_tokens", "Number of prefill tokens processed."
-        ).labels(*labels)
-        self._generation_tokens = counter(
-            "vllm:generation_tokens", "Number of generation tokens processed."
-        ).labels(*labels)
-        success = self._register(
-            Counter(
-                "vllm:request_success",
-                "Count of successfully processed requests.",
-                (*_MODEL_ENGINE, "finished_reason"),
-            )
-        )
-        self._success = success
-        self._success_by_reason = {r: success.labels(*labels, r) for r in FINISHED_REASONS}
-        rejections = self._register(
-            Counter(
-                "vllm:admission_rejections",
-                "Number of admission attempts rejected by a queue limit, by reason.",
-                ("model_name", "reason"),
-            )
-        )
-        self._rejections = {
-            r: rejections.labels(model_name, r) for r in ADMISSION_REJECTION_REASONS
+    def _bind_request_counters(self, metrics: _TableMetrics) -> None:
+        labels = (self.model_name, self.engine)
+        self._prompt_tokens = metrics.get(families.PROMPT_TOKENS, Counter).labels(*labels)
+        self._generation_tokens = metrics.get(families.GENERATION_TOKENS, Counter).labels(*labels)
+        self._success = metrics.get(families.REQUEST_SUCCESS, Counter)
+        self._success_by_reason = {
+            r.value: self._success.labels(*labels, r.value) for r in FinishedReason
         }
-        self._request_prompt_tokens = histogram(
-            "vllm:request_prompt_tokens", "Number of prefill tokens processed.", token_buckets
-        ).labels(*labels)
-        self._request_generation_tokens = histogram(
-            "vllm:request_generation_tokens",
-            "Number of generation tokens processed.",
-            token_buckets,
-        ).labels(*labels)
-        self._request_max_generation_tokens = histogram(
-            "vllm:request_max_num_generation_tokens",
-            "Histogram of maximum number of requested generation tokens.",
-            token_buckets,
-        ).labels(*labels)
-        self._request_params_n = histogram(
-            "vllm:request_params_n",
-            "Histogram of the n request parameter.",
-            buckets.REQUEST_PARAMS_N,
-        ).labels(*labels)
-        self._request_params_max_tokens = histogram(
-            "vllm:request_params_max_tokens",
-            "Histogram of the max_tokens request parameter.",
-            token_buckets,
-        ).labels(*labels)
-        self._ttft = histogram(
-            "vllm:time_to_first_token_seconds",
-            "Histogram of time to first token in seconds.",
-            buckets.TIME_TO_FIRST_TOKEN,
-        ).labels(*labels)
-        self._itl = histogram(
-            "vllm:inter_token_latency_seconds",
-            "Histogram of inter-token latency in seconds.",
-            buckets.INTER_TOKEN_LATENCY,
-        ).labels(*labels)
-        self._tpot = histogram(
-            "vllm:request_time_per_output_token_seconds",
-            "Histogram of time_per_output_token_seconds per request.",
-            buckets.INTER_TOKEN_LATENCY,
-        ).labels(*labels)
-        self._e2e = histogram(
-            "vllm:e2e_request_latency_seconds",
-            "Histogram of e2e request latency in seconds.",
-            buckets.REQUEST_LATENCY,
-        ).labels(*labels)
-        self._queue_time = histogram(
-            "vllm:request_queue_time_seconds",
-            "Histogram of time spent in WAITING phase for request.",
-            buckets.REQUEST_LATENCY,
-        ).labels(*labels)
-        self._inference_time = histogram(
-            "vllm:request_inference_time_seconds",
-            "Histogram of time spent in RUNNING phase for request.",
-            buckets.REQUEST_LATENCY,
-        ).labels(*labels)
-        self._prefill_time = histogram(
-            "vllm:request_prefill_time_seconds",
-            "Histogram of time spent in PREFILL phase for request.",
-            buckets.REQUEST_LATENCY,
-        ).labels(*labels)
-        self._decode_time = histogram(
-            "vllm:request_decode_time_seconds",
-            "Histogram of time spent in DECODE phase for request.",
-            buckets.REQUEST_LATENCY,
-        ).labels(*labels)
+        rejections = metrics.get(families.ADMISSION_REJECTIONS, Counter)
+        self._rejections = {
+            r.value: rejections.labels(self.model_name, r.value) for r in RejectionReason
+        }
 
-        # --- the HTTP families of vLLM's API server (prometheus-fastapi-instrumentator) ---
-        self._http_requests = self._register(
-            Counter(
-                "http_requests_total",
-                "Total number of requests by method, status and handler.",
-                ("method", "status", "handler"),
-            )
-        )
-        self._http_duration_highr = self._register(
-            Histogram(
-                "http_request_duration_highr_seconds",
-                "Latency with many buckets but no API specific labels. Made for more accurate "
-                "percentile calculations. ",
-                (),
-                buckets.HTTP_REQUEST_DURATION_HIGHR,
-            )
-        )
-        self._http_duration = self._register(
-            Histogram(
-                "http_request_duration_seconds",
-                "Latency with only few buckets by handler. Made to be only used if aggregation "
-                "by handler is important. ",
-                ("method", "handler"),
-                buckets.HTTP_REQUEST_DURATION,
-            )
-        )
+    def _bind_request_histograms(self, metrics: _TableMetrics) -> None:
+        def child(spec: FamilySpec) -> HistogramChild:
+            return metrics.get(spec, Histogram).labels(self.model_name, self.engine)
 
+        self._request_prompt_tokens = child(families.REQUEST_PROMPT_TOKENS)
+        self._request_generation_tokens = child(families.REQUEST_GENERATION_TOKENS)
+        self._request_max_generation_tokens = child(families.REQUEST_MAX_NUM_GENERATION_TOKENS)
+        self._request_params_n = child(families.REQUEST_PARAMS_N)
+        self._request_params_max_tokens = child(families.REQUEST_PARAMS_MAX_TOKENS)
+        self._ttft = child(families.TIME_TO_FIRST_TOKEN)
+        self._itl = child(families.INTER_TOKEN_LATENCY)
+        self._tpot = child(families.REQUEST_TIME_PER_OUTPUT_TOKEN)
+        self._e2e = child(families.E2E_REQUEST_LATENCY)
+        self._queue_time = child(families.REQUEST_QUEUE_TIME)
+        self._inference_time = child(families.REQUEST_INFERENCE_TIME)
+        self._prefill_time = child(families.REQUEST_PREFILL_TIME)
+        self._decode_time = child(families.REQUEST_DECODE_TIME)
+
+    def _bind_http(self, metrics: _TableMetrics) -> None:
+        # Their labelled series appear with their first request, as the instrumentator's do.
+        self._http_requests = metrics.get(families.HTTP_REQUESTS, Counter)
+        self._http_duration_highr = metrics.get(families.HTTP_REQUEST_DURATION_HIGHR, Histogram)
+        self._http_duration = metrics.get(families.HTTP_REQUEST_DURATION, Histogram)
         self._http_children: dict[tuple[str, str, int], tuple[CounterChild, HistogramChild]] = {}
 
-        # --- the proxy's own series: what the engine cannot see ---
-        errors = self._register(
-            Counter(
-                "proxy_errors",
-                "Requests that failed or were refused, by kind (see the README for the kinds).",
-                (*_MODEL_ENGINE, "kind"),
-            )
-        )
-        self._errors = {kind: errors.labels(*labels, kind) for kind in ERROR_KINDS}
-        disconnects = self._register(
-            Counter(
-                "proxy_client_disconnects",
-                "Requests whose client went away before the response was complete, by stage "
-                "(waiting in the proxy queue, before response headers, while streaming).",
-                (*_MODEL_ENGINE, "stage"),
-            )
-        )
-        self._disconnects = {s: disconnects.labels(*labels, s) for s in DISCONNECT_STAGES}
-        self._estimated = counter(
-            "proxy_estimated_token_counts",
-            "Finished requests whose generation tokens were estimated from stream chunks "
-            "because the upstream reported no usage for them.",
-        ).labels(*labels)
-
-    def _register(self, metric: _MetricT) -> _MetricT:
-        self.registry.register(metric)
-        return metric
+    def _bind_proxy_series(self, metrics: _TableMetrics) -> None:
+        labels = (self.model_name, self.engine)
+        errors = metrics.get(families.PROXY_ERRORS, Counter)
+        self._errors = {k.value: errors.labels(*labels, k.value) for k in ErrorKind}
+        disconnects = metrics.get(families.PROXY_CLIENT_DISCONNECTS, Counter)
+        self._disconnects = {s.value: disconnects.labels(*labels, s.value) for s in DisconnectStage}
+        estimated = metrics.get(families.PROXY_ESTIMATED_TOKEN_COUNTS, Counter)
+        self._estimated = estimated.labels(*labels)
 
     # --- the seed's names ---------------------------------------------------------------
 
@@ -331,6 +236,8 @@ class ProxyMetricsRecorder:
 
     # --- the proxy's own events ---------------------------------------------------------
 
+    # Each takes a member of its families.py StrEnum or, the same thing, its string value.
+
     def count_error(self, kind: str) -> None:
         self._errors[kind].inc()
 
@@ -368,4 +275,4 @@ class ProxyMetricsRecorder:
 
     def snapshot(self) -> dict[str, Any]:
         """Every counter, gauge, histogram and vector as a JSON-ready dict."""
-        return snapshot_dict(self.collect())
+        return self.registry.snapshot()

@@ -7,16 +7,19 @@ import math
 import orjson
 import pytest
 
-from metrics_proxy.exposition import (
+from metrics_proxy.prometheus import (
     CONTENT_TYPE_TEXT,
+    Counter,
+    Gauge,
+    Histogram,
+    HistogramValue,
+    Registry,
+    bucket_quantile,
     format_value,
     render_json,
     render_text,
     snapshot_dict,
 )
-from metrics_proxy.metrics import Counter, Gauge, Histogram
-from metrics_proxy.registry import Registry
-from metrics_proxy.samples import HistogramValue, bucket_quantile
 
 
 @pytest.mark.parametrize(
@@ -145,6 +148,20 @@ def test_json_snapshot_round_trip() -> None:
             },
         ]
     }
+
+
+def test_a_registry_renders_and_snapshots_itself() -> None:
+    registry = Registry()
+    c = Counter("c", "A counter.", ("model_name",))
+    h = Histogram("h_seconds", "A histogram.", ("model_name",), (1.0, 2.0))
+    registry.register(c)
+    registry.register(h)
+    c.labels("m").inc(2)
+    h.labels("m").observe(1.5)
+    families = registry.collect()
+    assert registry.snapshot() == snapshot_dict(families)
+    assert render_json(registry) == render_json(families)
+    assert render_text(registry) == render_text(families)
 
 
 def test_empty_histogram_has_no_quantiles() -> None:

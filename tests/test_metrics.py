@@ -6,9 +6,15 @@ import math
 
 import pytest
 
-from metrics_proxy.metrics import Counter, Gauge, Histogram
-from metrics_proxy.registry import Registry
-from metrics_proxy.samples import HistogramValue, MetricFamily, Sample
+from metrics_proxy.prometheus import (
+    Counter,
+    Gauge,
+    Histogram,
+    HistogramValue,
+    MetricFamily,
+    Registry,
+    Sample,
+)
 
 
 def only_family(metric: Counter | Gauge | Histogram) -> MetricFamily:

@@ -10,7 +10,7 @@ import pytest
 from conftest import Stack, StackFactory
 from fake_upstream import Behavior
 
-from metrics_proxy.exposition import CONTENT_TYPE_TEXT
+from metrics_proxy.prometheus import CONTENT_TYPE_TEXT
 
 
 async def test_healthz(stack: Stack) -> None:

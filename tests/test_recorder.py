@@ -13,8 +13,7 @@ import orjson
 import pytest
 
 from metrics_proxy import ProxyMetricsRecorder
-from metrics_proxy.exposition import render_json, render_text
-from metrics_proxy.samples import HistogramValue, MetricFamily
+from metrics_proxy.prometheus import HistogramValue, MetricFamily, render_json, render_text
 
 DATA = Path(__file__).parent / "data"
 VLLM = json.loads((DATA / "vllm_metrics.json").read_text())

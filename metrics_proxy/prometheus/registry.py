@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
-from metrics_proxy.samples import MetricFamily
+from metrics_proxy.prometheus.samples import MetricFamily
+from metrics_proxy.prometheus.snapshot import snapshot_dict
 
 
 class Collector(Protocol):
@@ -34,3 +35,7 @@ class Registry:
     def collect(self) -> tuple[MetricFamily, ...]:
         """An immutable snapshot of every family, taken in one pass."""
         return tuple(family for c in self._collectors for family in c.collect())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every family collected now, as the JSON-ready structure (schema in the README)."""
+        return snapshot_dict(self.collect())

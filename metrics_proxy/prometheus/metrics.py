@@ -21,7 +21,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import ClassVar, Generic, TypeVar
 
-from metrics_proxy.samples import HistogramValue, MetricFamily, MetricType, Sample
+from metrics_proxy.prometheus.samples import HistogramValue, MetricFamily, MetricType, Sample
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")

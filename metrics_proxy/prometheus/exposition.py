@@ -1,20 +1,19 @@
-"""Text (Prometheus 0.0.4) and JSON rendering of a snapshot: pure functions, no I/O."""
+"""Text (Prometheus 0.0.4) and JSON rendering of collected families: pure functions, no I/O."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any
 
 import orjson
 
-from metrics_proxy.samples import HistogramValue, LabelPairs, MetricFamily, bucket_quantile
+from metrics_proxy.prometheus.registry import Registry
+from metrics_proxy.prometheus.samples import HistogramValue, LabelPairs, MetricFamily
+from metrics_proxy.prometheus.snapshot import snapshot_dict
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 CONTENT_TYPE_JSON = "application/json"
-
-SNAPSHOT_QUANTILES = (0.5, 0.9, 0.99)
 
 
 def format_value(value: float) -> str:
@@ -65,8 +64,10 @@ def _bucket_label_texts(labels: LabelPairs, bounds: tuple[float, ...]) -> tuple[
     return tuple(_label_text(labels, ("le", format_value(bound))) for bound in bounds)
 
 
-def render_text(families: Iterable[MetricFamily]) -> bytes:
-    """The Prometheus text format 0.0.4, as vLLM's /metrics prints it (no ``_created``)."""
+def render_text(source: Registry | Iterable[MetricFamily]) -> bytes:
+    """The Prometheus text format 0.0.4, as vLLM's /metrics prints it (no ``_created``),
+    of a registry's families or of families already collected."""
+    families = source.collect() if isinstance(source, Registry) else source
     lines: list[str] = []
     append = lines.append
     for family in families:
@@ -88,40 +89,7 @@ def render_text(families: Iterable[MetricFamily]) -> bytes:
     return "\n".join(lines).encode()
 
 
-def _json_number(value: float) -> float | str:
-    # JSON has no infinities or NaN: those travel as the strings Prometheus uses.
-    return value if math.isfinite(value) else format_value(value)
-
-
-def snapshot_dict(families: Iterable[MetricFamily]) -> dict[str, Any]:
-    """The JSON snapshot's structure (schema in the README)."""
-    out = []
-    for family in families:
-        samples: list[dict[str, Any]] = []
-        for sample in family.samples:
-            value = sample.value
-            entry: dict[str, Any] = {"labels": dict(sample.labels)}
-            if isinstance(value, HistogramValue):
-                count = value.count
-                entry["buckets"] = [
-                    [bound, cumulative]
-                    for bound, cumulative in zip(
-                        value.upper_bounds[:-1], value.cumulative_counts[:-1], strict=True
-                    )
-                ]
-                entry["count"] = count
-                entry["sum"] = _json_number(value.sum)
-                entry["mean"] = value.sum / count if count else None
-                for q in SNAPSHOT_QUANTILES:
-                    entry[f"p{round(q * 100)}"] = bucket_quantile(q, value)
-            else:
-                entry["value"] = _json_number(value)
-            samples.append(entry)
-        out.append(
-            {"name": family.name, "type": family.type, "help": family.help, "samples": samples}
-        )
-    return {"families": out}
-
-
-def render_json(families: Iterable[MetricFamily]) -> bytes:
-    return orjson.dumps(snapshot_dict(families))
+def render_json(source: Registry | Iterable[MetricFamily]) -> bytes:
+    """The JSON snapshot (a registry's, or of families already collected) as bytes."""
+    snapshot = source.snapshot() if isinstance(source, Registry) else snapshot_dict(source)
+    return orjson.dumps(snapshot)

@@ -7,7 +7,7 @@ import platform
 import resource
 from collections.abc import Iterable
 
-from metrics_proxy.samples import MetricFamily, Sample
+from metrics_proxy.prometheus.samples import MetricFamily, Sample
 
 _PROC = "/proc/self"
 
