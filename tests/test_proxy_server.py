@@ -177,3 +177,20 @@ def test_cli_exits_2_with_one_short_message(
     assert len(lines) == 1  # the line that says what is wrong, and nothing else
     assert lines[-1].startswith("aiohttp-proxy: error: ")
     assert expected in lines[-1]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [sys.executable, "-m", "metrics_proxy"],
+        [sys.executable, "-m", "metrics_proxy.proxy_server"],
+    ],
+)
+def test_every_spelling_of_the_command_is_the_same_command(command: list[str]) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+    result = subprocess.run(
+        [*command, "--help"], cwd=ROOT, env=environ, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: aiohttp-proxy")
