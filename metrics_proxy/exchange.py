@@ -158,10 +158,9 @@ class MeteredExchange:
             # A streaming request answered under another type (a misconfigured upstream) is
             # still an event stream, or the usage the proxy asked for would reach the client.
             event_stream = declared or (self._stream and upstream.content_type != JSON)
-            rewrites = event_stream and (
-                self._injection.strip_final_usage or self._injection.strip_chunk_usage
-            )
-            headers = response_headers(upstream.headers, body_rewritten=rewrites)
+            # An event stream's length is the proxy's to change: usage it asked for comes out,
+            # and an upstream failure adds an error event. Never the upstream's Content-Length.
+            headers = response_headers(upstream.headers, body_rewritten=event_stream)
             if declared:
                 headers["Cache-Control"] = "no-cache"
                 headers["X-Accel-Buffering"] = "no"

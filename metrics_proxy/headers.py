@@ -43,6 +43,7 @@ def request_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 
 
 def response_headers(headers: CIMultiDictProxy[str], *, body_rewritten: bool) -> CIMultiDict[str]:
-    """The upstream's headers as the client should get them. When the proxy removes bytes it
-    added (the usage chunk it asked for), the upstream's Content-Length no longer holds."""
+    """The upstream's headers as the client should get them. When the proxy may change the
+    body (take out the usage it asked for, end a cut stream with an error event), the
+    upstream's Content-Length no longer holds: kept, it would desynchronize the connection."""
     return _end_to_end(headers, _DROP_REWRITTEN_RESPONSE if body_rewritten else _DROP_RESPONSE)
