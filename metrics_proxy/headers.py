@@ -20,9 +20,12 @@ HOP_BY_HOP = frozenset(
 )
 # Recomputed by aiohttp for the hop it sends: the upstream's host, the body actually sent.
 _REQUEST_RECOMPUTED = frozenset({"host", "content-length"})
+# Already answered by the proxy's own server, which sent the 100 and has the body (or streams
+# it); passed on, it would make aiohttp hold the body for a 100 the upstream may never send.
+_REQUEST_ANSWERED = frozenset({"expect"})
 
 
-_DROP_REQUEST = HOP_BY_HOP | _REQUEST_RECOMPUTED
+_DROP_REQUEST = HOP_BY_HOP | _REQUEST_RECOMPUTED | _REQUEST_ANSWERED
 _DROP_RESPONSE = HOP_BY_HOP
 _DROP_REWRITTEN_RESPONSE = HOP_BY_HOP | {"content-length"}
 

@@ -46,14 +46,16 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
     return body
 
 
-async def read_message(reader: asyncio.StreamReader) -> RawMessage:
-    """One message framed as its headers say: chunked, by Content-Length, or empty."""
+async def read_message(reader: asyncio.StreamReader, *, body: bool = True) -> RawMessage:
+    """One message framed as its headers say: chunked, by Content-Length, or empty; with
+    ``body=False`` only its head, the body left unread."""
     start_line, headers = await _read_head(reader)
+    if not body:
+        return RawMessage(start_line, headers, b"")
     if headers.get("Transfer-Encoding", "").lower() == "chunked":
-        body = await _read_chunked(reader)
-    else:
-        body = await reader.readexactly(int(headers.get("Content-Length", "0")))
-    return RawMessage(start_line, headers, body)
+        return RawMessage(start_line, headers, await _read_chunked(reader))
+    length = int(headers.get("Content-Length", "0"))
+    return RawMessage(start_line, headers, await reader.readexactly(length))
 
 
 def response_head(status: int, *headers: str) -> bytes:
@@ -61,16 +63,20 @@ def response_head(status: int, *headers: str) -> bytes:
     return "\r\n".join(lines).encode()
 
 
-Answer = Callable[[RawMessage, asyncio.StreamWriter], Awaitable[None]]
+Answer = Callable[[RawMessage, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @dataclass
 class RawUpstream:
-    """A loopback upstream that reads one whole request per connection (an ``Expect`` header
-    changes nothing: it waits for the body), lets ``answer`` write anything, then closes."""
+    """A loopback upstream that reads one request per connection, its whole body unless
+    ``read_body`` is False (an ``Expect`` header changes nothing: it waits for the body),
+    lets ``answer`` write anything, then closes. ``cut`` is set when the proxy closes a
+    connection first."""
 
     answer: Answer
+    read_body: bool = True
     requests: list[RawMessage] = field(default_factory=list)
+    cut: asyncio.Event = field(default_factory=asyncio.Event)
     _server: asyncio.Server | None = None
     _open: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -82,11 +88,11 @@ class RawUpstream:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._open.add(writer)
         try:
-            request = await read_message(reader)
+            request = await read_message(reader, body=self.read_body)
             self.requests.append(request)
-            await self.answer(request, writer)
+            await self.answer(request, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
-            pass  # the proxy went away: what the answer noted is the outcome
+            self.cut.set()
         finally:
             self._open.discard(writer)
             writer.close()

@@ -30,7 +30,9 @@ def event(delta: dict[str, str]) -> bytes:
 EVENTS = event({"role": "assistant", "content": ""}) + event({"content": "tok0 "})
 
 
-async def promise_more_than_sent(request: RawMessage, writer: asyncio.StreamWriter) -> None:
+async def promise_more_than_sent(
+    request: RawMessage, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     """A stream framed by a Content-Length it never reaches; anything else answered whole."""
     if request.target == CHAT:
         length = f"Content-Length: {len(EVENTS) + 1000}"
