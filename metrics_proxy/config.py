@@ -250,7 +250,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "client_timeout",
         "SECONDS",
-        "time a client gets to send its request body; slower ones get 408" + _NO_LIMIT,
+        "time a client gets to send a completion request body, and the longest pause in a "
+        "forwarded one; slower ones get 408" + _NO_LIMIT,
         _TIMEOUT,
     ),
     Setting(

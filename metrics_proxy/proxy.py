@@ -25,10 +25,11 @@ from metrics_proxy.responses import (
     ClientGone,
     UpstreamFailure,
     abort_connection,
+    body_too_slow,
     json_error,
     write_guard,
 )
-from metrics_proxy.upstream import Upstream
+from metrics_proxy.upstream import ClientBodyTimeout, Upstream
 
 # vLLM API paths used as the http_* "handler" label; any other path is "other", so a client
 # cannot grow the series without bound.
@@ -71,6 +72,7 @@ class Proxy:
         clock = self._recorder.clock
         started = clock()
         status = 502
+        response: web.StreamResponse | None = None
         try:
             body = request.content if request.body_exists else None
             async with self._upstream.open(request, body) as upstream:
@@ -96,6 +98,10 @@ class Proxy:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return web.Response()  # nobody is listening any more
+        except ClientBodyTimeout:
+            self._recorder.count_error("client_timeout")
+            status = 408
+            return body_too_slow(request, response)
         except (TimeoutError, aiohttp.ClientError) as exc:
             failure = UpstreamFailure.of(exc)
             self._recorder.count_error(failure.kind)

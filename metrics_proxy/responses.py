@@ -45,6 +45,17 @@ def json_error(status: int, message: str, error_type: str) -> web.Response:
     )
 
 
+def body_too_slow(request: web.Request, response: web.StreamResponse | None) -> web.StreamResponse:
+    """The client did not send its body in time: 408 while that can still be said, a cut
+    connection once the response has begun."""
+    if response is not None and response.prepared:
+        abort_connection(request)
+        return response
+    late = json_error(408, "The request body did not arrive in time", "invalid_request_error")
+    late.force_close()  # the rest of the body may still come: drop the connection
+    return late
+
+
 async def write_guard(write: Awaitable[object]) -> None:
     """Await a write to the client, turning its failure into ClientGone."""
     try:
