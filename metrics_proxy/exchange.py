@@ -17,6 +17,8 @@ from metrics_proxy.recorder import ProxyMetricsRecorder
 from metrics_proxy.responses import (
     JSON,
     ClientGone,
+    ClientWriteLimits,
+    DeadlineResponse,
     UpstreamFailure,
     abort_connection,
     json_error,
@@ -31,9 +33,10 @@ log = logging.getLogger("metrics_proxy")
 
 class ExchangeContext:
     """What every metered exchange shares: the upstream, the recorder, the queue, the
-    server's lifecycle (a shutdown ends requests without it being the client's doing)."""
+    server's lifecycle (a shutdown ends requests without it being the client's doing), and
+    how long writes to the client may wait."""
 
-    __slots__ = ("lifecycle", "queue", "recorder", "upstream")
+    __slots__ = ("client_writes", "lifecycle", "queue", "recorder", "upstream")
 
     def __init__(
         self,
@@ -41,11 +44,13 @@ class ExchangeContext:
         recorder: ProxyMetricsRecorder,
         queue: AdmissionQueue,
         lifecycle: Lifecycle,
+        client_writes: ClientWriteLimits,
     ) -> None:
         self.upstream = upstream
         self.recorder = recorder
         self.queue = queue
         self.lifecycle = lifecycle
+        self.client_writes = client_writes
 
 
 class MeteredExchange:
@@ -152,7 +157,9 @@ class MeteredExchange:
 
     async def _exchange(self, upstream_body: bytes) -> web.StreamResponse:
         request = self._request
-        async with self._context.upstream.open(request, upstream_body, metered=True) as upstream:
+        context = self._context
+        started = asyncio.get_running_loop().time()
+        async with context.upstream.open(request, upstream_body, metered=True) as upstream:
             self.status = upstream.status
             declared = upstream.content_type == "text/event-stream"
             # A streaming request answered under another type (a misconfigured upstream) is
@@ -164,8 +171,12 @@ class MeteredExchange:
             if declared:
                 headers["Cache-Control"] = "no-cache"
                 headers["X-Accel-Buffering"] = "no"
-            response = web.StreamResponse(
-                status=upstream.status, reason=upstream.reason, headers=headers
+            response = DeadlineResponse(
+                status=upstream.status,
+                reason=upstream.reason,
+                headers=headers,
+                limits=context.client_writes,
+                started=started,
             )
             await write_guard(response.prepare(request))
             self._response = response
