@@ -71,6 +71,7 @@ class Config:
     read_timeout: float = 600.0
     write_timeout: float = 60.0
     request_timeout: float = 0.0
+    client_write_timeout: float = 60.0
     disable_metrics_endpoint: bool = False
     log_level: str = "INFO"
     stream_usage: StreamUsage = "include"
@@ -250,7 +251,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "request_timeout",
         "SECONDS",
-        "time for a whole exchange, streaming included" + _NO_LIMIT,
+        "time for a whole exchange, streaming and writes to the client included" + _NO_LIMIT,
+        _TIMEOUT,
+    ),
+    Setting(
+        "client_write_timeout",
+        "SECONDS",
+        "longest a write to a client may wait for it to read; then the connection is cut"
+        + _NO_LIMIT,
         _TIMEOUT,
     ),
     Setting(
@@ -286,7 +294,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "client_timeout",
         "SECONDS",
-        "time a client gets to send its request body; slower ones get 408" + _NO_LIMIT,
+        "time a client gets to send a completion request body, and the longest pause in a "
+        "forwarded one; slower ones get 408" + _NO_LIMIT,
         _TIMEOUT,
     ),
     Setting(

@@ -17,6 +17,8 @@ from metrics_proxy.recorder import ProxyMetricsRecorder
 from metrics_proxy.responses import (
     JSON,
     ClientGone,
+    ClientWriteLimits,
+    DeadlineResponse,
     UpstreamFailure,
     abort_connection,
     json_error,
@@ -31,9 +33,10 @@ log = logging.getLogger("metrics_proxy")
 
 class ExchangeContext:
     """What every metered exchange shares: the upstream, the recorder, the queue, the
-    server's lifecycle (a shutdown ends requests without it being the client's doing)."""
+    server's lifecycle (a shutdown ends requests without it being the client's doing), and
+    how long writes to the client may wait."""
 
-    __slots__ = ("lifecycle", "queue", "recorder", "upstream")
+    __slots__ = ("client_writes", "lifecycle", "queue", "recorder", "upstream")
 
     def __init__(
         self,
@@ -41,11 +44,13 @@ class ExchangeContext:
         recorder: ProxyMetricsRecorder,
         queue: AdmissionQueue,
         lifecycle: Lifecycle,
+        client_writes: ClientWriteLimits,
     ) -> None:
         self.upstream = upstream
         self.recorder = recorder
         self.queue = queue
         self.lifecycle = lifecycle
+        self.client_writes = client_writes
 
 
 class MeteredExchange:
@@ -152,21 +157,26 @@ class MeteredExchange:
 
     async def _exchange(self, upstream_body: bytes) -> web.StreamResponse:
         request = self._request
-        async with self._context.upstream.open(request, upstream_body, metered=True) as upstream:
+        context = self._context
+        started = asyncio.get_running_loop().time()
+        async with context.upstream.open(request, upstream_body, metered=True) as upstream:
             self.status = upstream.status
             declared = upstream.content_type == "text/event-stream"
             # A streaming request answered under another type (a misconfigured upstream) is
             # still an event stream, or the usage the proxy asked for would reach the client.
             event_stream = declared or (self._stream and upstream.content_type != JSON)
-            rewrites = event_stream and (
-                self._injection.strip_final_usage or self._injection.strip_chunk_usage
-            )
-            headers = response_headers(upstream.headers, body_rewritten=rewrites)
+            # An event stream's length is the proxy's to change: usage it asked for comes out,
+            # and an upstream failure adds an error event. Never the upstream's Content-Length.
+            headers = response_headers(upstream.headers, body_rewritten=event_stream)
             if declared:
                 headers["Cache-Control"] = "no-cache"
                 headers["X-Accel-Buffering"] = "no"
-            response = web.StreamResponse(
-                status=upstream.status, reason=upstream.reason, headers=headers
+            response = DeadlineResponse(
+                status=upstream.status,
+                reason=upstream.reason,
+                headers=headers,
+                limits=context.client_writes,
+                started=started,
             )
             await write_guard(response.prepare(request))
             self._response = response

@@ -20,9 +20,12 @@ HOP_BY_HOP = frozenset(
 )
 # Recomputed by aiohttp for the hop it sends: the upstream's host, the body actually sent.
 _REQUEST_RECOMPUTED = frozenset({"host", "content-length"})
+# Already answered by the proxy's own server, which sent the 100 and has the body (or streams
+# it); passed on, it would make aiohttp hold the body for a 100 the upstream may never send.
+_REQUEST_ANSWERED = frozenset({"expect"})
 
 
-_DROP_REQUEST = HOP_BY_HOP | _REQUEST_RECOMPUTED
+_DROP_REQUEST = HOP_BY_HOP | _REQUEST_RECOMPUTED | _REQUEST_ANSWERED
 _DROP_RESPONSE = HOP_BY_HOP
 _DROP_REWRITTEN_RESPONSE = HOP_BY_HOP | {"content-length"}
 
@@ -43,6 +46,7 @@ def request_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 
 
 def response_headers(headers: CIMultiDictProxy[str], *, body_rewritten: bool) -> CIMultiDict[str]:
-    """The upstream's headers as the client should get them. When the proxy removes bytes it
-    added (the usage chunk it asked for), the upstream's Content-Length no longer holds."""
+    """The upstream's headers as the client should get them. When the proxy may change the
+    body (take out the usage it asked for, end a cut stream with an error event), the
+    upstream's Content-Length no longer holds: kept, it would desynchronize the connection."""
     return _end_to_end(headers, _DROP_REWRITTEN_RESPONSE if body_rewritten else _DROP_RESPONSE)

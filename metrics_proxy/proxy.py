@@ -22,13 +22,16 @@ from metrics_proxy.payloads import (
 from metrics_proxy.recorder import ProxyMetricsRecorder
 from metrics_proxy.responses import (
     ClientGone,
+    ClientWriteLimits,
+    DeadlineResponse,
     UpstreamFailure,
     abort_connection,
+    body_too_slow,
     json_error,
     write_guard,
 )
 from metrics_proxy.routes import handler_label, vllm_path
-from metrics_proxy.upstream import Upstream
+from metrics_proxy.upstream import ClientBodyTimeout, Upstream
 
 
 class UnsupportedEncoding(ValueError):
@@ -48,7 +51,12 @@ class Proxy:
     ) -> None:
         self._recorder = recorder
         self._upstream = Upstream(config, session)
-        self._context = ExchangeContext(self._upstream, recorder, queue, lifecycle)
+        self._client_writes = ClientWriteLimits(
+            seconds_or_none(config.client_write_timeout), seconds_or_none(config.request_timeout)
+        )
+        self._context = ExchangeContext(
+            self._upstream, recorder, queue, lifecycle, self._client_writes
+        )
         self._client_timeout = seconds_or_none(config.client_timeout)
         self._usage_mode = UsageMode(config.stream_usage)
         self._max_body = config.max_body_size
@@ -59,15 +67,19 @@ class Proxy:
         """Stream any request and its answer through unchanged, without token metrics."""
         clock = self._recorder.clock
         started = clock()
+        loop_started = asyncio.get_running_loop().time()
         status = 502
+        response: web.StreamResponse | None = None
         try:
             body = request.content if request.body_exists else None
             async with self._upstream.open(request, body) as upstream:
                 status = upstream.status
-                response = web.StreamResponse(
+                response = DeadlineResponse(
                     status=upstream.status,
                     reason=upstream.reason,
                     headers=response_headers(upstream.headers, body_rewritten=False),
+                    limits=self._client_writes,
+                    started=loop_started,
                 )
                 # Guarded: a client gone by now is no upstream failure.
                 await write_guard(response.prepare(request))
@@ -85,6 +97,10 @@ class Proxy:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return web.Response()  # nobody is listening any more
+        except ClientBodyTimeout:
+            self._recorder.count_error("client_timeout")
+            status = 408
+            return body_too_slow(request, response)
         except (TimeoutError, aiohttp.ClientError) as exc:
             failure = UpstreamFailure.of(exc)
             self._recorder.count_error(failure.kind)

@@ -42,6 +42,7 @@ class Upstream:
         self._session = session
         self._timeout = client_timeout(config)
         self._write_timeout = seconds_or_none(config.write_timeout)
+        self._client_timeout = seconds_or_none(config.client_timeout)
         # vLLM started with --api-key wants this on every request; it replaces the client's.
         key = config.upstream_api_key
         self._authorization = f"Bearer {key}" if key else basic or ""
@@ -68,8 +69,9 @@ class Upstream:
         Sending the body is bounded by the write timeout, which aiohttp lacks. A body of at
         most 64 KiB (nearly every completion request) is handed to aiohttp as is: aiohttp
         writes that much without waiting for the socket, so there is no write to time. A
-        larger or streamed body goes out through a generator that arms a deadline before
-        each write and disarms it once aiohttp asks for more.
+        larger or streamed body goes out through a generator that re-arms one deadline at
+        each step: the write timeout while aiohttp writes a piece, the client timeout while
+        the client's next piece is awaited (ClientBodyTimeout when it does not come).
         """
         headers = request_headers(request.headers)
         if metered:
@@ -89,49 +91,78 @@ class Upstream:
     async def _open_paced(
         self, request: web.Request, headers: CIMultiDict[str], body: bytes | StreamReader
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        async with asyncio.timeout(None) as timeout:
-            deadline = _WriteDeadline(timeout, self._write_timeout)
+        timeout = asyncio.timeout(None)
+        deadline = _BodyDeadline(timeout, self._write_timeout, self._client_timeout)
+        try:
             # A generator for large bytes too: aiohttp warns about (and blocks on) those.
-            async with self._request(request, headers, _paced(body, deadline)) as upstream:
-                deadline.answered()  # whatever the upstream read was enough
+            async with timeout, self._request(request, headers, _paced(body, deadline)) as upstream:
+                deadline.answered()
                 yield upstream
+        except TimeoutError:
+            if deadline.client_late:
+                raise ClientBodyTimeout from None
+            raise
 
 
-class _WriteDeadline:
-    """The write timeout of one paced body: armed before each piece, disarmed after. Once
-    the upstream has answered it stays off for good, although aiohttp's body writer may
-    still be running: it must never cut a response that is being relayed."""
+class ClientBodyTimeout(Exception):
+    """The client sent no more of a streamed request body within the client timeout."""
 
-    __slots__ = ("_done", "_seconds", "_timeout")
 
-    def __init__(self, timeout: asyncio.Timeout, seconds: float | None) -> None:
+class _BodyDeadline:
+    """The one deadline of a paced body, re-armed at each step: the write timeout while
+    aiohttp writes a piece, the client timeout while the client's next piece is awaited,
+    none once the body is sent (aiohttp's read timeout starts then). Once the upstream has
+    answered the write timeout is off for good, although aiohttp's body writer may still be
+    running: an upstream that answers before reading everything must not see its response
+    cut. A client that stops sending its body still ends the exchange."""
+
+    __slots__ = ("_client", "_timeout", "_waiting_for_client", "_write")
+
+    def __init__(self, timeout: asyncio.Timeout, write: float | None, client: float | None) -> None:
         self._timeout = timeout
-        self._seconds = seconds
-        self._done = seconds is None
+        self._write = write
+        self._client = client
+        self._waiting_for_client = False
 
-    def arm(self) -> None:
-        if not self._done:
-            assert self._seconds is not None
-            self._timeout.reschedule(asyncio.get_running_loop().time() + self._seconds)
+    @property
+    def client_late(self) -> bool:
+        """The deadline expired while the client's next piece was awaited."""
+        return self._waiting_for_client and self._timeout.expired()
 
-    def disarm(self) -> None:
-        if not self._done:
-            self._timeout.reschedule(None)
+    def writing(self) -> None:
+        self._arm(self._write, waiting_for_client=False)
+
+    def awaiting_client(self) -> None:
+        self._arm(self._client, waiting_for_client=True)
+
+    def sent(self) -> None:
+        self._arm(None, waiting_for_client=False)
 
     def answered(self) -> None:
-        self.disarm()
-        self._done = True
+        self._write = None
+        if not self._waiting_for_client:
+            self.sent()
+
+    def _arm(self, seconds: float | None, *, waiting_for_client: bool) -> None:
+        timeout = self._timeout
+        if timeout.expired():
+            return  # the exchange is ending; client_late keeps the step it expired in
+        self._waiting_for_client = waiting_for_client
+        timeout.reschedule(None if seconds is None else asyncio.get_running_loop().time() + seconds)
 
 
-async def _paced(body: bytes | StreamReader, deadline: _WriteDeadline) -> AsyncIterator[bytes]:
+async def _paced(body: bytes | StreamReader, deadline: _BodyDeadline) -> AsyncIterator[bytes]:
     """Hand the body to aiohttp piece by piece; aiohttp resumes this generator only once the
-    previous piece is written and drained, so the deadline covers exactly the writing."""
+    previous piece is written and drained, so each step's deadline covers exactly it."""
     if isinstance(body, bytes):
-        deadline.arm()
+        deadline.writing()
         yield body
-        deadline.disarm()
-        return
-    async for piece in body.iter_any():
-        deadline.arm()
-        yield piece
-        deadline.disarm()
+    else:
+        while True:
+            deadline.awaiting_client()
+            piece = await body.readany()
+            if not piece:
+                break
+            deadline.writing()
+            yield piece
+    deadline.sent()

@@ -27,6 +27,7 @@ def test_request_keeps_end_to_end_headers_and_repeats() -> None:
                 ("Upgrade", "h2c"),
                 ("Proxy-Authorization", "Basic y"),
                 ("Transfer-Encoding", "chunked"),
+                ("Expect", "100-continue"),
             ]
         )
     )
