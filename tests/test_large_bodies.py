@@ -1,0 +1,118 @@
+"""Large answers: a huge body is metered without being kept or stalling the proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+import zlib
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from metrics_proxy.app import create_app
+from metrics_proxy.config import Config
+
+CHAT = "/v1/chat/completions"
+MIB = 1024 * 1024
+ServerFactory = Callable[..., Awaitable[TestServer]]
+ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+# A vLLM chat answer with prompt_logprobs: usage comes first, then the logprobs, ~1 GiB of
+# them for a long prompt; here 192 MiB, streamed in 1 MiB pieces.
+ANSWER_HEAD = (
+    b'{"id":"chatcmpl-1","object":"chat.completion","model":"m","choices":[{"index":0,'
+    b'"message":{"role":"assistant","content":"\\"usage\\": {\\"prompt_tokens\\": 1}"},'
+    b'"finish_reason":"length"}],"usage":{"prompt_tokens":123456,"total_tokens":123466,'
+    b'"completion_tokens":10},"prompt_logprobs":[null,'
+)
+LOGPROB = b'{"12345":{"logprob":-0.123456789,"rank":1,"decoded_token":"\\u0120the"}},'
+LOGPROBS_MIB = LOGPROB * (MIB // len(LOGPROB))
+ANSWER_MIBS = 192
+ANSWER_TAIL = b'{"1":{"logprob":-1.0,"rank":1,"decoded_token":"."}}]}'
+STALL_BOUND = 0.5  # seconds; decoding the whole answer at its end blocked for over 2
+PROBE_INTERVAL = 0.02
+
+
+async def serve(
+    aiohttp_server: ServerFactory,
+    aiohttp_client: ClientFactory,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> TestClient[web.Request, web.Application]:
+    """The proxy, in front of an upstream that answers completions with handler."""
+    upstream_app = web.Application()
+    upstream_app.router.add_post(CHAT, handler)
+    upstream = await aiohttp_server(upstream_app)
+    return await aiohttp_client(
+        create_app(Config(upstream_url=str(upstream.make_url("")), model_name="m"))
+    )
+
+
+async def metric(
+    proxy: TestClient[web.Request, web.Application], name: str, **labels: str
+) -> float:
+    families = (await (await proxy.get("/internal/metrics")).json())["families"]
+    samples = next(f for f in families if f["name"] == name)["samples"]
+    value: float = next(
+        s["value"] for s in samples if all(s["labels"].get(k) == v for k, v in labels.items())
+    )
+    return value
+
+
+async def worst_probe_delay(
+    proxy: TestClient[web.Request, web.Application], stop: asyncio.Event
+) -> float:
+    """The longest a /internal/healthz probe waited, from when it was due to its answer."""
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    while not stop.is_set():
+        due = loop.time() + PROBE_INTERVAL
+        await asyncio.sleep(PROBE_INTERVAL)  # pacing the probes: there is no event to await
+        async with proxy.get("/internal/healthz") as response:
+            assert response.status == 200
+        worst = max(worst, loop.time() - due)
+    return worst
+
+
+async def test_a_huge_answer_is_metered_exactly_without_being_kept_or_stalling_the_proxy(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(ANSWER_HEAD)
+        for _ in range(ANSWER_MIBS):
+            await response.write(LOGPROBS_MIB)
+        await response.write(ANSWER_TAIL)
+        return response
+
+    proxy = await serve(aiohttp_server, aiohttp_client, answer)
+    expected_size = len(ANSWER_HEAD) + ANSWER_MIBS * len(LOGPROBS_MIB) + len(ANSWER_TAIL)
+    expected_crc = zlib.crc32(ANSWER_HEAD)
+    for _ in range(ANSWER_MIBS):
+        expected_crc = zlib.crc32(LOGPROBS_MIB, expected_crc)
+    expected_crc = zlib.crc32(ANSWER_TAIL, expected_crc)
+    stop = asyncio.Event()
+    size = crc = 0
+    tracemalloc.start()
+    try:
+        async with asyncio.timeout(60):
+            probes = asyncio.create_task(worst_probe_delay(proxy, stop))
+            async with proxy.post(CHAT, data=b'{"messages": []}') as response:
+                assert response.status == 200
+                async for chunk in response.content.iter_any():
+                    size += len(chunk)
+                    crc = zlib.crc32(chunk, crc)
+            stop.set()
+            worst_delay = await probes
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (size, crc) == (expected_size, expected_crc)
+    assert await metric(proxy, "vllm:prompt_tokens_total") == 123456
+    assert await metric(proxy, "vllm:generation_tokens_total") == 10
+    assert await metric(proxy, "proxy_estimated_token_counts_total") == 0
+    assert await metric(proxy, "vllm:request_success_total", finished_reason="length") == 1
+    assert worst_delay < STALL_BOUND
+    assert peak < 32 * MIB  # the whole answer was held (twice, joined) before
