@@ -37,7 +37,9 @@ class StreamMeter:
         self._decoder = SSEDecoder()
         self._strip_final_usage = injection.strip_final_usage
         self._strip_chunk_usage = injection.strip_chunk_usage
-        self._held = b""  # bytes of an unfinished event, not forwarded yet
+        # Pieces of an unfinished event, not forwarded yet: joined only once there is
+        # something to forward, so a long event is not copied again on every chunk.
+        self._held: list[bytes] = []
         self._emitted = 0  # stream offset up to which bytes were forwarded (or dropped)
         self.done = False
         self.finish_reason: str | None = None
@@ -53,14 +55,30 @@ class StreamMeter:
         if changes is None and not self._held and boundary == decoder.fed:
             self._emitted = boundary  # the common case: whole events, nothing to change
             return chunk
-        held = self._held + chunk if self._held else chunk
-        return self._settle(held, events, changes, boundary)
+        if changes is None and boundary == self._emitted:
+            self._hold(chunk)  # still inside the same unfinished event
+            return b""
+        return self._settle(self._take_held(chunk), events, changes, boundary)
 
     def close(self, now: float) -> bytes:
         """The end of the stream: meter an unterminated last event, release held bytes."""
         events = self._decoder.flush()
         changes = self._meter(events, now) if events else None
-        return self._settle(self._held, events, changes, self._decoder.boundary)
+        return self._settle(self._take_held(b""), events, changes, self._decoder.boundary)
+
+    def _hold(self, piece: bytes) -> None:
+        if piece:
+            self._held.append(piece)
+
+    def _take_held(self, chunk: bytes) -> bytes:
+        """The held bytes followed by chunk, as one."""
+        held = self._held
+        if not held:
+            return chunk
+        if chunk:
+            held.append(chunk)
+        self._held = []
+        return held[0] if len(held) == 1 else b"".join(held)
 
     def _meter(self, events: list[Event], now: float) -> dict[int, bool] | None:
         """Count each event. Return the events whose bytes change, by position: True to drop
@@ -101,7 +119,7 @@ class StreamMeter:
         """Bytes up to ``boundary``, with the changes applied; keep the rest."""
         base = self._emitted
         self._emitted = boundary
-        self._held = held[boundary - base :]
+        self._hold(held[boundary - base :])
         if changes is None:
             return held[: boundary - base]
         out: list[bytes] = []

@@ -1,8 +1,10 @@
-"""Large answers: a huge body is metered without being kept or stalling the proxy."""
+"""Large answers: a huge body is metered without being kept or stalling the proxy, and a huge
+unfinished event is held in linear time."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import tracemalloc
 import zlib
 from collections.abc import Awaitable, Callable
@@ -10,8 +12,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from metrics_proxy import ProxyMetricsRecorder
 from metrics_proxy.app import create_app
 from metrics_proxy.config import Config
+from metrics_proxy.payloads import NO_INJECTION
+from metrics_proxy.stream import StreamMeter
 
 CHAT = "/v1/chat/completions"
 MIB = 1024 * 1024
@@ -116,3 +121,21 @@ async def test_a_huge_answer_is_metered_exactly_without_being_kept_or_stalling_t
     assert await metric(proxy, "vllm:request_success_total", finished_reason="length") == 1
     assert worst_delay < STALL_BOUND
     assert peak < 32 * MIB  # the whole answer was held (twice, joined) before
+
+
+def test_a_long_unfinished_event_is_held_in_linear_time() -> None:
+    recorder = ProxyMetricsRecorder("m", process_metrics=False)
+    request = recorder.start_request()
+    request.slot_acquired()
+    meter = StreamMeter(request, NO_INJECTION)
+    size = 4 * 1024
+    event = b'data: {"choices":[{"index":0,"delta":{"content":"' + b"x" * 15 * MIB + b'"}}]}\n\n'
+    chunks = [event[i : i + size] for i in range(0, len(event), size)]
+    started = time.process_time()
+    held = [meter.feed(chunk, 0.0) for chunk in chunks[:-1]]
+    elapsed = time.process_time() - started
+    assert held == [b""] * len(held)
+    assert meter.feed(chunks[-1], 0.0) + meter.close(0.0) == event
+    assert request.output_chunks == 1
+    # Copying all that was held on every 4 KiB chunk took seconds for these 15 MiB.
+    assert elapsed < 0.25
