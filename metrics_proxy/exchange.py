@@ -23,7 +23,7 @@ from metrics_proxy.responses import (
     json_error,
     write_guard,
 )
-from metrics_proxy.stream import StreamMeter
+from metrics_proxy.stream import MAX_UNFINISHED_EVENT, StreamMeter
 from metrics_proxy.tracker import RequestTracker
 from metrics_proxy.upstream import Upstream
 
@@ -239,6 +239,8 @@ class MeteredExchange:
                             await response.write(out)
                         except ConnectionResetError:
                             raise ClientGone from None
+                    if meter.event_too_large:
+                        break  # leaving the upstream's context closes its connection
             finally:
                 tail = meter.close(clock())
                 usage = meter.usage
@@ -251,6 +253,13 @@ class MeteredExchange:
             self._upstream_broke(exc)
             event = error_event(self._broken_message(), "upstream_error", 502)
             await write_guard(response.write(event))
+            return True
+        if meter.event_too_large:
+            self.error_kind = "upstream_event_too_large"
+            self.finished_reason = "error"
+            self._context.recorder.count_error(self.error_kind)
+            message = f"Upstream sent an unfinished event of over {MAX_UNFINISHED_EVENT} bytes"
+            await write_guard(response.write(error_event(message, "upstream_error", 502)))
             return True
         if meter.upstream_error:
             self.finished_reason = "error"

@@ -29,6 +29,7 @@ ERROR_KINDS = (
     "upstream_disconnect",  # the upstream connection failed mid-response
     "client_timeout",  # the client did not send its body within --client-timeout, 408
     "upstream_stream_error",  # the upstream reported an error in an event of its stream
+    "upstream_event_too_large",  # an unfinished stream event outgrew the proxy's bound
 )
 DISCONNECT_STAGES = ("waiting", "before_headers", "streaming")
 # vLLM's two reasons, and the proxy's own: a request that waited past --max-queue-wait.

@@ -1,5 +1,5 @@
 """Large answers: a huge body is metered without being kept or stalling the proxy, and a huge
-unfinished event is held in linear time."""
+unfinished event is held in linear time, up to a bound past which the stream ends."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import tracemalloc
 import zlib
 from collections.abc import Awaitable, Callable
 
+import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -16,7 +17,7 @@ from metrics_proxy import ProxyMetricsRecorder
 from metrics_proxy.app import create_app
 from metrics_proxy.config import Config
 from metrics_proxy.payloads import NO_INJECTION
-from metrics_proxy.stream import StreamMeter
+from metrics_proxy.stream import MAX_UNFINISHED_EVENT, StreamMeter
 
 CHAT = "/v1/chat/completions"
 MIB = 1024 * 1024
@@ -123,6 +124,44 @@ async def test_a_huge_answer_is_metered_exactly_without_being_kept_or_stalling_t
     assert peak < 32 * MIB  # the whole answer was held (twice, joined) before
 
 
+TOKEN_EVENT = b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+
+
+async def test_an_unfinished_event_past_the_bound_ends_the_stream_with_an_error_event(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    cut = asyncio.Event()
+
+    async def endless_event(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(TOKEN_EVENT + b'data: {"choices":[{"delta":{"content":"')
+        try:
+            for _ in range(2 * MAX_UNFINISHED_EVENT // MIB):  # and never a newline
+                await response.write(b"x" * MIB)
+        except (ConnectionResetError, asyncio.CancelledError):
+            cut.set()
+            raise
+        return response
+
+    proxy = await serve(aiohttp_server, aiohttp_client, endless_event)
+    async with asyncio.timeout(30):
+        async with proxy.post(CHAT, data=b'{"messages": [], "stream": true}') as response:
+            assert response.status == 200
+            body = await response.read()
+        await cut.wait()  # the proxy closed the upstream's connection
+    assert len(body) < MIB  # none of the unfinished event
+    assert body.startswith(TOKEN_EVENT)
+    error = orjson.loads(body[len(TOKEN_EVENT) :].removeprefix(b"data: "))["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", 502)
+    assert body.endswith(b"}\n\n")
+    assert await metric(proxy, "proxy_errors_total", kind="upstream_event_too_large") == 1
+    assert await metric(proxy, "vllm:request_success_total", finished_reason="error") == 1
+    assert await metric(proxy, "vllm:num_requests_running") == 0
+    assert await metric(proxy, "vllm:num_requests_waiting") == 0
+
+
 def test_a_long_unfinished_event_is_held_in_linear_time() -> None:
     recorder = ProxyMetricsRecorder("m", process_metrics=False)
     request = recorder.start_request()
@@ -139,3 +178,20 @@ def test_a_long_unfinished_event_is_held_in_linear_time() -> None:
     assert request.output_chunks == 1
     # Copying all that was held on every 4 KiB chunk took seconds for these 15 MiB.
     assert elapsed < 0.25
+
+
+def test_an_event_past_the_bound_is_dropped_and_ends_the_metering() -> None:
+    recorder = ProxyMetricsRecorder("m", process_metrics=False)
+    request = recorder.start_request()
+    request.slot_acquired()
+    meter = StreamMeter(request, NO_INJECTION)
+    assert meter.feed(TOKEN_EVENT + b"data: ", 0.0) == TOKEN_EVENT
+    piece = b"x" * MIB
+    for _ in range(MAX_UNFINISHED_EVENT // MIB - 1):
+        assert meter.feed(piece, 0.0) == b""
+    assert not meter.event_too_large
+    assert meter.feed(piece, 0.0) == b""
+    assert meter.event_too_large
+    assert meter.feed(b"\n\n" + TOKEN_EVENT, 0.0) == b""
+    assert meter.close(0.0) == b""
+    assert request.output_chunks == 1
