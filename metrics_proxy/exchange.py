@@ -12,8 +12,9 @@ from metrics_proxy.admission import AdmissionQueue, QueueFull, QueueTimeout
 from metrics_proxy.errors import error_event
 from metrics_proxy.headers import response_headers
 from metrics_proxy.lifecycle import Lifecycle
-from metrics_proxy.payloads import Injection, response_facts
+from metrics_proxy.payloads import Injection
 from metrics_proxy.recorder import ProxyMetricsRecorder
+from metrics_proxy.response_scan import ResponseReader
 from metrics_proxy.responses import (
     JSON,
     ClientGone,
@@ -24,7 +25,7 @@ from metrics_proxy.responses import (
     json_error,
     write_guard,
 )
-from metrics_proxy.stream import StreamMeter
+from metrics_proxy.stream import MAX_UNFINISHED_EVENT, StreamMeter
 from metrics_proxy.tracker import RequestTracker
 from metrics_proxy.upstream import Upstream
 
@@ -199,14 +200,14 @@ class MeteredExchange:
         self,
         upstream: aiohttp.ClientResponse,
         response: web.StreamResponse,
-        parts: list[bytes] | None = None,
+        reader: ResponseReader | None = None,
     ) -> bool:
-        """Copy the body (keeping its parts when asked); False when the upstream broke and
+        """Copy the body (through the reader when given); False when the upstream broke and
         the client connection was cut, since a truncated body must not look complete."""
         try:
             async for chunk in upstream.content.iter_any():
-                if parts is not None:
-                    parts.append(chunk)
+                if reader is not None:
+                    reader.feed(chunk)
                 try:
                     await response.write(chunk)
                 except ConnectionResetError:
@@ -220,11 +221,12 @@ class MeteredExchange:
     async def _relay_body(
         self, upstream: aiohttp.ClientResponse, response: web.StreamResponse
     ) -> bool:
-        """Copy a non-streamed answer, then read its finish reason and usage."""
-        parts: list[bytes] = []
-        if not await self._relay(upstream, response, parts):
+        """Copy a non-streamed answer, reading its finish reason and usage as it passes: it
+        may be hundreds of megabytes, which the proxy neither keeps nor decodes whole."""
+        reader = ResponseReader()
+        if not await self._relay(upstream, response, reader):
             return False
-        facts = response_facts(parts[0] if len(parts) == 1 else b"".join(parts))
+        facts = reader.facts()
         self.finished_reason = facts.finish_reason or "stop"
         if facts.usage is not None:
             self.prompt_tokens = facts.usage.prompt_tokens
@@ -247,6 +249,8 @@ class MeteredExchange:
                             await response.write(out)
                         except ConnectionResetError:
                             raise ClientGone from None
+                    if meter.event_too_large:
+                        break  # leaving the upstream's context closes its connection
             finally:
                 tail = meter.close(clock())
                 usage = meter.usage
@@ -259,6 +263,13 @@ class MeteredExchange:
             self._upstream_broke(exc)
             event = error_event(self._broken_message(), "upstream_error", 502)
             await write_guard(response.write(event))
+            return True
+        if meter.event_too_large:
+            self.error_kind = "upstream_event_too_large"
+            self.finished_reason = "error"
+            self._context.recorder.count_error(self.error_kind)
+            message = f"Upstream sent an unfinished event of over {MAX_UNFINISHED_EVENT} bytes"
+            await write_guard(response.write(error_event(message, "upstream_error", 502)))
             return True
         if meter.upstream_error:
             self.finished_reason = "error"

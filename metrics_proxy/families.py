@@ -80,6 +80,8 @@ class ErrorKind(StrEnum):
     CLIENT_TIMEOUT = "client_timeout"
     # the upstream reported an error in an event of its stream
     UPSTREAM_STREAM_ERROR = "upstream_stream_error"
+    # an unfinished stream event outgrew the proxy's bound
+    UPSTREAM_EVENT_TOO_LARGE = "upstream_event_too_large"
 
 
 class DisconnectStage(StrEnum):

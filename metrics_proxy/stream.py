@@ -6,6 +6,10 @@ from metrics_proxy.payloads import Injection, strip_usage_field
 from metrics_proxy.sse import Event, SSEDecoder, Usage, chunk_facts
 from metrics_proxy.tracker import RequestTracker
 
+# The most bytes of one unfinished event (or line) held back: past it the upstream is not
+# sending SSE a client could use, and holding more would let it fill the proxy's memory.
+MAX_UNFINISHED_EVENT = 16 * 1024 * 1024
+
 
 class StreamMeter:
     """Feeds an upstream event stream to the SSE decoder, tells the tracker about every chunk
@@ -16,17 +20,21 @@ class StreamMeter:
     Bytes are forwarded as they arrive up to the decoder's boundary (whole events and
     comments); the tail of an unfinished event waits for its end. An SSE client cannot use
     half an event, and this way an upstream that dies mid-event never leaves the client with
-    one glued to the error event that ends its stream.
+    one glued to the error event that ends its stream. An unfinished event that outgrows
+    MAX_UNFINISHED_EVENT sets ``event_too_large``: its bytes are dropped, and nothing more
+    is metered or forwarded.
     """
 
     __slots__ = (
         "_decoder",
         "_emitted",
         "_held",
+        "_held_size",
         "_strip_chunk_usage",
         "_strip_final_usage",
         "_tracker",
         "done",
+        "event_too_large",
         "finish_reason",
         "upstream_error",
         "usage",
@@ -37,15 +45,21 @@ class StreamMeter:
         self._decoder = SSEDecoder()
         self._strip_final_usage = injection.strip_final_usage
         self._strip_chunk_usage = injection.strip_chunk_usage
-        self._held = b""  # bytes of an unfinished event, not forwarded yet
+        # Pieces of an unfinished event, not forwarded yet: joined only once there is
+        # something to forward, so a long event is not copied again on every chunk.
+        self._held: list[bytes] = []
+        self._held_size = 0
         self._emitted = 0  # stream offset up to which bytes were forwarded (or dropped)
         self.done = False
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.upstream_error = False
+        self.event_too_large = False
 
     def feed(self, chunk: bytes, now: float) -> bytes:
         """Meter one network chunk; returns the bytes to forward now (often ``chunk`` itself)."""
+        if self.event_too_large:
+            return b""
         decoder = self._decoder
         events = decoder.feed(chunk)
         changes = self._meter(events, now) if events else None
@@ -53,14 +67,40 @@ class StreamMeter:
         if changes is None and not self._held and boundary == decoder.fed:
             self._emitted = boundary  # the common case: whole events, nothing to change
             return chunk
-        held = self._held + chunk if self._held else chunk
-        return self._settle(held, events, changes, boundary)
+        if changes is None and boundary == self._emitted:
+            self._hold(chunk)  # still inside the same unfinished event
+            return b""
+        return self._settle(self._take_held(chunk), events, changes, boundary)
 
     def close(self, now: float) -> bytes:
         """The end of the stream: meter an unterminated last event, release held bytes."""
+        if self.event_too_large:
+            return b""
         events = self._decoder.flush()
         changes = self._meter(events, now) if events else None
-        return self._settle(self._held, events, changes, self._decoder.boundary)
+        return self._settle(self._take_held(b""), events, changes, self._decoder.boundary)
+
+    def _hold(self, piece: bytes) -> None:
+        if not piece:
+            return
+        self._held.append(piece)
+        self._held_size += len(piece)
+        if self._held_size > MAX_UNFINISHED_EVENT:
+            self.event_too_large = True
+            self._held = []
+            self._held_size = 0
+            self._decoder = SSEDecoder()  # drop what it holds of the event too
+
+    def _take_held(self, chunk: bytes) -> bytes:
+        """The held bytes followed by chunk, as one."""
+        held = self._held
+        if not held:
+            return chunk
+        if chunk:
+            held.append(chunk)
+        self._held = []
+        self._held_size = 0
+        return held[0] if len(held) == 1 else b"".join(held)
 
     def _meter(self, events: list[Event], now: float) -> dict[int, bool] | None:
         """Count each event. Return the events whose bytes change, by position: True to drop
@@ -101,7 +141,7 @@ class StreamMeter:
         """Bytes up to ``boundary``, with the changes applied; keep the rest."""
         base = self._emitted
         self._emitted = boundary
-        self._held = held[boundary - base :]
+        self._hold(held[boundary - base :])
         if changes is None:
             return held[: boundary - base]
         out: list[bytes] = []
