@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from metrics_proxy.casting import (
     PARSERS,
+    above,
     at_least,
     between,
     check_type,
@@ -68,6 +69,7 @@ class Config:
     read_timeout: float = 600.0
     write_timeout: float = 60.0
     request_timeout: float = 0.0
+    upstream_keepalive_timeout: float = 4.0
     disable_metrics_endpoint: bool = False
     log_level: str = "INFO"
     stream_usage: StreamUsage = "include"
@@ -216,6 +218,13 @@ SETTINGS: tuple[Setting, ...] = (
         "SECONDS",
         "time for a whole exchange, streaming included" + _NO_LIMIT,
         _TIMEOUT,
+    ),
+    Setting(
+        "upstream_keepalive_timeout",
+        "SECONDS",
+        "how long an idle upstream connection is kept for reuse; keep it below the upstream's "
+        "own keep-alive timeout (vLLM's: 5)",
+        above(0),
     ),
     Setting(
         "disable_metrics_endpoint",
