@@ -21,6 +21,7 @@ from metrics_proxy.lifecycle import Lifecycle
 from metrics_proxy.proxy import Proxy
 from metrics_proxy.readiness import UpstreamProbe
 from metrics_proxy.recorder import ProxyMetricsRecorder
+from metrics_proxy.resend import ReuseNotingConnector
 from metrics_proxy.responses import json_error
 
 CONFIG = web.AppKey("config", Config)
@@ -60,9 +61,9 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
 
     Idle connections leave the pool before the upstream would close them (uvicorn, vLLM's
     server, does after 5 s; aiohttp keeps them 15 s), or a request sent on one as it closes
-    fails, since aiohttp does not send a POST again."""
+    fails, since aiohttp does not send a POST again; the connector lets the proxy do so."""
     config = app[CONFIG]
-    connector = aiohttp.TCPConnector(
+    connector = ReuseNotingConnector(
         limit=0,
         limit_per_host=0,
         ssl=upstream_ssl(config),

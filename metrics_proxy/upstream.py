@@ -13,6 +13,7 @@ from yarl import URL
 
 from metrics_proxy.config import Config, seconds_or_none
 from metrics_proxy.headers import request_headers
+from metrics_proxy.resend import ResendIfClosedUnanswered
 
 
 def client_timeout(config: Config) -> aiohttp.ClientTimeout:
@@ -66,7 +67,17 @@ class Upstream:
         writes that much without waiting for the socket, so there is no write to time. A
         larger or streamed body goes out through a generator that arms a deadline before
         each write and disarms it once aiohttp asks for more.
+
+        A body in hand (a metered request's bytes) goes out once more if the pooled
+        connection it was sent on closed before any answer (resend.py).
         """
+        if isinstance(body, bytes):
+            return ResendIfClosedUnanswered(lambda: self._open_once(request, body, metered))
+        return self._open_once(request, body, metered)
+
+    def _open_once(
+        self, request: web.Request, body: bytes | StreamReader | None, metered: bool
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         headers = request_headers(request.headers)
         if metered:
             # The proxy reads these responses to meter them: they must come uncompressed.
