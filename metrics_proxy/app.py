@@ -22,6 +22,7 @@ from metrics_proxy.prometheus import CONTENT_TYPE_TEXT, render_json, render_text
 from metrics_proxy.proxy import Proxy
 from metrics_proxy.readiness import UpstreamProbe
 from metrics_proxy.recorder import ProxyMetricsRecorder
+from metrics_proxy.resend import ReuseNotingConnector
 from metrics_proxy.responses import json_error
 from metrics_proxy.routes import (
     ADMIN_PATHS,
@@ -67,9 +68,18 @@ def upstream_ssl(config: Config) -> ssl.SSLContext | bool:
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     """One ClientSession for the app's lifetime, with no pool cap (the queue is the cap), no
-    cookie jar (clients must not share cookies), and no header or decoding of its own."""
+    cookie jar (clients must not share cookies), and no header or decoding of its own.
+
+    Idle connections leave the pool before the upstream would close them (uvicorn, vLLM's
+    server, does after 5 s; aiohttp keeps them 15 s), or a request sent on one as it closes
+    fails, since aiohttp does not send a POST again; the connector lets the proxy do so."""
     config = app[CONFIG]
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=upstream_ssl(config))
+    connector = ReuseNotingConnector(
+        limit=0,
+        limit_per_host=0,
+        ssl=upstream_ssl(config),
+        keepalive_timeout=config.upstream_keepalive_timeout,
+    )
     async with aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),

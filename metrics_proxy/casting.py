@@ -82,6 +82,17 @@ def at_least(low: float) -> Callable[[Any], Any]:
     return rule
 
 
+def above(low: float) -> Callable[[Any], Any]:
+    def rule(value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("is not a finite number")
+        if value <= low:
+            raise ValueError(f"must be > {low:g}")
+        return value
+
+    return rule
+
+
 def between(low: int, high: int) -> Callable[[Any], Any]:
     def rule(value: int) -> int:
         if not low <= value <= high:

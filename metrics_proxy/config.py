@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 from metrics_proxy.casting import (
     PARSERS,
+    above,
     at_least,
     between,
     check_type,
@@ -72,6 +73,7 @@ class Config:
     write_timeout: float = 60.0
     request_timeout: float = 0.0
     client_write_timeout: float = 60.0
+    upstream_keepalive_timeout: float = 4.0
     disable_metrics_endpoint: bool = False
     log_level: str = "INFO"
     stream_usage: StreamUsage = "include"
@@ -260,6 +262,13 @@ SETTINGS: tuple[Setting, ...] = (
         "longest a write to a client may wait for it to read; then the connection is cut"
         + _NO_LIMIT,
         _TIMEOUT,
+    ),
+    Setting(
+        "upstream_keepalive_timeout",
+        "SECONDS",
+        "how long an idle upstream connection is kept for reuse; keep it below the upstream's "
+        "own keep-alive timeout (vLLM's: 5)",
+        above(0),
     ),
     Setting(
         "disable_metrics_endpoint",

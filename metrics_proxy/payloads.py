@@ -19,6 +19,7 @@ __all__ = [
     "ResponseFacts",
     "UsageMode",
     "add_usage_request",
+    "lax_bool",
     "parse_request",
     "request_facts",
     "response_facts",
@@ -47,28 +48,63 @@ def parse_request(body: bytes) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class RequestFacts:
-    """What a request asks for, read defensively: a wrong type means the default."""
+    """What a request asks for: the usage flags read as vLLM reads them (lax_bool), n and
+    max_tokens defensively (a wrong type means the default)."""
 
     stream: bool
-    wants_usage: bool  # stream_options.include_usage is true
-    wants_continuous_usage: bool  # stream_options.continuous_usage_stats is true
+    wants_usage: bool  # stream_options.include_usage reads true
+    wants_continuous_usage: bool  # stream_options.continuous_usage_stats reads true
     n: int
     max_tokens: int | None  # max_completion_tokens, else max_tokens, when a positive int
+    # stream or stream_options holds a value vLLM refuses with a 400: nothing is added to it.
+    refused: bool = False
+
+
+_LAX_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_LAX_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+def lax_bool(value: object) -> bool | None:
+    """A JSON value as vLLM reads its `Optional[bool] = False` request fields (`stream`,
+    `include_usage`, `continuous_usage_stats`); None when vLLM refuses it.
+
+    pydantic v2 in lax mode takes booleans, the numbers 0 and 1 (1.0 too), and a few words
+    in any ASCII case, untrimmed; null (or no member at all) means the default, False.
+    """
+    if value is None or value is False:
+        return False
+    if value is True:
+        return True
+    if isinstance(value, int | float):  # booleans are out of the way
+        return True if value == 1 else False if value == 0 else None
+    if isinstance(value, str) and value.isascii():  # pydantic folds ASCII case only
+        word = value.lower()
+        return True if word in _LAX_TRUE else False if word in _LAX_FALSE else None
+    return None
 
 
 def request_facts(obj: dict[str, Any]) -> RequestFacts:
     """Read the facts of a decoded request; never raises."""
-    options = obj.get("stream_options")
-    if type(options) is not dict:
-        options = {}
+    stream = lax_bool(obj.get("stream"))
+    include, continuous = _usage_options(obj.get("stream_options"))
     n = obj.get("n")
     return RequestFacts(
-        stream=obj.get("stream") is True,
-        wants_usage=options.get("include_usage") is True,
-        wants_continuous_usage=options.get("continuous_usage_stats") is True,
+        stream=stream is True,
+        wants_usage=include is True,
+        wants_continuous_usage=continuous is True,
         n=n if type(n) is int and n >= 1 else 1,
         max_tokens=_positive(obj.get("max_completion_tokens")) or _positive(obj.get("max_tokens")),
+        refused=stream is None or include is None or continuous is None,
     )
+
+
+def _usage_options(options: object) -> tuple[bool | None, bool | None]:
+    """include_usage and continuous_usage_stats as vLLM reads them; None where it refuses."""
+    if options is None:
+        return False, False
+    if type(options) is not dict:
+        return None, None
+    return lax_bool(options.get("include_usage")), lax_bool(options.get("continuous_usage_stats"))
 
 
 def _positive(value: object) -> int | None:
@@ -112,9 +148,11 @@ def add_usage_request(
     kept and only the `stream_options` member is (re)written, as the object's first member:
     re-serialising would turn integers beyond 64 bits into floats and fail past orjson's
     dumps depth limit. vLLM honours continuous_usage_stats only with include_usage, so a
-    client that set the first alone gets it switched on by INCLUDE as well.
+    client that set the first alone gets it switched on by INCLUDE as well. Options the
+    proxy does not change keep the client's spelling, which vLLM reads as the client meant
+    it (`"continuous_usage_stats": 0` stays off); a request vLLM will refuse goes as it is.
     """
-    if not facts.stream or mode is UsageMode.NONE:
+    if not facts.stream or facts.refused or mode is UsageMode.NONE:
         return body, NO_INJECTION
     continuous = mode is UsageMode.CONTINUOUS or facts.wants_continuous_usage
     client_chunk_usage = facts.wants_usage and facts.wants_continuous_usage

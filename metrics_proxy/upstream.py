@@ -14,6 +14,7 @@ from yarl import URL
 from metrics_proxy.casting import split_credentials
 from metrics_proxy.config import Config, seconds_or_none
 from metrics_proxy.headers import request_headers
+from metrics_proxy.resend import ResendIfClosedUnanswered
 
 
 def client_timeout(config: Config) -> aiohttp.ClientTimeout:
@@ -72,7 +73,17 @@ class Upstream:
         larger or streamed body goes out through a generator that re-arms one deadline at
         each step: the write timeout while aiohttp writes a piece, the client timeout while
         the client's next piece is awaited (ClientBodyTimeout when it does not come).
+
+        A body in hand (a metered request's bytes) goes out once more if the pooled
+        connection it was sent on closed before any answer (resend.py).
         """
+        if isinstance(body, bytes):
+            return ResendIfClosedUnanswered(lambda: self._open_once(request, body, metered))
+        return self._open_once(request, body, metered)
+
+    def _open_once(
+        self, request: web.Request, body: bytes | StreamReader | None, metered: bool
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         headers = request_headers(request.headers)
         if metered:
             # The proxy reads these responses to meter them: they must come uncompressed.

@@ -165,6 +165,34 @@ async def _until_disconnected(request: web.Request) -> NoReturn:
     raise ConnectionResetError("client went away")
 
 
+# vLLM's `stream`, `include_usage` and `continuous_usage_stats` are Optional[bool] = False,
+# read by pydantic v2 in lax mode: booleans, 0 and 1, these words in any ASCII case, null for
+# the default; anything else is a 400.
+_BOOL_WORDS = {"0": False, "off": False, "f": False, "false": False, "n": False, "no": False}
+_BOOL_WORDS |= {"1": True, "on": True, "t": True, "true": True, "y": True, "yes": True}
+
+
+def _vllm_bool(fields: dict[str, Any], name: str) -> bool:
+    value = fields.get(name)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int | float) and value in (0, 1):
+        return value == 1
+    if isinstance(value, str) and value.isascii() and value.lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.lower()]
+    raise ValueError(f"{name}: Input should be a valid boolean")
+
+
+def _usage_options(body: dict[str, Any]) -> tuple[bool, bool]:
+    """stream_options' (include_usage, continuous_usage_stats), validated as vLLM does."""
+    options = body.get("stream_options")
+    if options is None:
+        return False, False
+    if not isinstance(options, dict):
+        raise ValueError("stream_options: Input should be a valid dictionary")
+    return _vllm_bool(options, "include_usage"), _vllm_bool(options, "continuous_usage_stats")
+
+
 def _usage(p: int, c: int) -> dict[str, int]:
     return {"prompt_tokens": p, "total_tokens": p + c, "completion_tokens": c}  # vLLM's order
 
@@ -210,12 +238,10 @@ async def _stream(
     request: web.Request, resp: web.StreamResponse, body: dict[str, Any], b: Behavior, n: int
 ) -> None:
     chat, model = request.path == "/v1/chat/completions", str(body.get("model") or "fake-model")
-    options = body.get("stream_options") or {}
+    include_usage, continuous_usage = _usage_options(body)
     # vLLM only honours continuous_usage_stats together with include_usage.
-    with_usage = b.usage == "always" or (
-        b.usage == "honor" and options.get("include_usage") is True
-    )
-    continuous = with_usage and options.get("continuous_usage_stats") is True
+    with_usage = b.usage == "always" or (b.usage == "honor" and include_usage)
+    continuous = with_usage and continuous_usage
     eol = b"\r\n" if b.crlf else b"\n"
 
     async def event(data: bytes) -> None:
@@ -270,6 +296,8 @@ async def _generate(request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         if not isinstance(body, dict):
             raise ValueError("request body must be a JSON object")
+        stream = _vllm_bool(body, "stream")
+        _usage_options(body)  # validated whether streaming or not, as pydantic does
     except (ValueError, TypeError) as exc:
         return web.Response(status=400, body=_error_body(400, str(exc)), content_type=_JSON)
     chat, model = request.path == "/v1/chat/completions", str(body.get("model") or "fake-model")
@@ -280,7 +308,7 @@ async def _generate(request: web.Request) -> web.StreamResponse:
             await _until_disconnected(request)
         if b.status != 200:
             await _send(request, resp, b.status, _error_body(b.status, "fake error"), ctype)
-        elif body.get("stream") is True:
+        elif stream:
             await _stream(request, resp, body, b, n)
         else:
             out = b.raw_body if b.raw_body is not None else _completion_body(chat, model, n, b)

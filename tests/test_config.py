@@ -30,6 +30,7 @@ def test_defaults() -> None:
     assert config.read_timeout == 600.0
     assert config.write_timeout == 60.0
     assert config.request_timeout == 0.0
+    assert config.upstream_keepalive_timeout == 4.0  # below vLLM's (uvicorn's) 5 s
     assert config.disable_metrics_endpoint is False
     assert config.log_level == "INFO"
     assert config.stream_usage == "include"
@@ -159,6 +160,9 @@ def test_error_message_names_flag_env_and_value() -> None:
         ("PROXY_REQUEST_TIMEOUT", "nan", "'nan' is not a finite number"),
         ("PROXY_READ_TIMEOUT", "inf", "'inf' is not a finite number"),
         ("PROXY_READ_TIMEOUT", "1e999", "'1e999' is not a finite number"),
+        ("PROXY_UPSTREAM_KEEPALIVE_TIMEOUT", "0", "'0' must be > 0"),
+        ("PROXY_UPSTREAM_KEEPALIVE_TIMEOUT", "-2", "'-2' must be > 0"),
+        ("PROXY_UPSTREAM_KEEPALIVE_TIMEOUT", "inf", "'inf' is not a finite number"),
         ("PROXY_HOST", "", "'' must not be empty"),
         ("PROXY_MODEL_NAME", " ", "' ' must not be empty"),
         ("PROXY_ENGINE_LABEL", "", "'' must not be empty"),

@@ -15,6 +15,7 @@ from metrics_proxy.payloads import (
     ResponseFacts,
     UsageMode,
     add_usage_request,
+    lax_bool,
     parse_request,
     request_facts,
     response_facts,
@@ -51,6 +52,36 @@ def test_parse_request_object() -> None:
     assert parse_request(b' {"model": "m", "stream": true} ') == {"model": "m", "stream": True}
 
 
+# How vLLM reads `stream`, `include_usage` and `continuous_usage_stats` (Optional[bool] = False,
+# pydantic v2, lax mode); None: vLLM answers 400.
+LAX_BOOLS: list[tuple[object, bool | None]] = [
+    (True, True), (False, False), (None, False),
+    (1, True), (0, False), (1.0, True), (0.0, False), (-0.0, False),
+    (2, None), (-1, None), (0.5, None), (10**30, None), (float("nan"), None),
+    *[(word, True) for word in ("1", "on", "t", "true", "y", "yes", "TRUE", "True", "Yes", "ON")],
+    *[(word, False) for word in ("0", "off", "f", "false", "n", "no", "FALSE", "No", "OFF", "F")],
+    ("", None), (" true", None), ("true ", None), ("1.0", None), ("00", None), ("01", None),
+    ("maybe", None), ("truee", None), ("\uff54rue", None), ("\u212a", None), ("null", None),
+    ([], None), ({}, None), ([True], None), ({"include_usage": True}, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("value", "expected"), LAX_BOOLS, ids=repr)
+def test_lax_bool(value: object, expected: bool | None) -> None:
+    assert lax_bool(value) is expected
+
+
+def test_lax_bool_reads_as_pydantic_does() -> None:
+    pydantic = pytest.importorskip("pydantic")  # the openai SDK's, a dev dependency
+    field = pydantic.TypeAdapter(bool | None)
+    for value, _ in LAX_BOOLS:
+        try:
+            read = field.validate_python(value)
+        except pydantic.ValidationError:
+            read = "refused"
+        assert lax_bool(value) is {None: False, "refused": None}.get(read, read), value
+
+
 @pytest.mark.parametrize(
     ("obj", "expected"),
     [
@@ -60,14 +91,23 @@ def test_parse_request_object() -> None:
             RequestFacts(True, True, False, 3, 9),
         ),
         (
-            {"stream_options": {"include_usage": 1, "continuous_usage_stats": True}},
-            RequestFacts(False, False, True, 1, None),
+            {"stream_options": {"include_usage": 1, "continuous_usage_stats": "on"}},
+            RequestFacts(False, True, True, 1, None),
+        ),
+        (
+            {"stream": "true", "stream_options": {"include_usage": "TRUE"}},
+            RequestFacts(True, True, False, 1, None),
         ),
         (
             {"stream": "true", "stream_options": "yes", "n": "2"},
-            RequestFacts(False, False, False, 1, None),
+            RequestFacts(True, False, False, 1, None, refused=True),
         ),
-        ({"stream": 1, "n": True, "max_tokens": True}, RequestFacts(False, False, False, 1, None)),
+        (
+            {"stream": 1, "stream_options": {"include_usage": 1, "continuous_usage_stats": 2}},
+            RequestFacts(True, True, False, 1, None, refused=True),
+        ),
+        ({"stream": "maybe"}, RequestFacts(False, False, False, 1, None, refused=True)),
+        ({"stream": 1, "n": True, "max_tokens": True}, RequestFacts(True, False, False, 1, None)),
         ({"n": 0, "max_tokens": 1.5}, RequestFacts(False, False, False, 1, None)),
         (
             {"n": -2, "max_tokens": -5, "max_completion_tokens": 0},
@@ -123,7 +163,16 @@ def test_splice_into_an_empty_object_adds_no_comma() -> None:
     [
         (BODY, UsageMode.NONE),
         (b'{"model":"m","stream":false}', UsageMode.CONTINUOUS),
-        (b'{"stream":"true"}', UsageMode.INCLUDE),
+        (b'{"stream":"false"}', UsageMode.INCLUDE),
+        (b'{"stream":"yes","stream_options":"yes"}', UsageMode.INCLUDE),
+        (b'{"stream":2,"stream_options":{}}', UsageMode.CONTINUOUS),
+        (b'{"stream":true,"stream_options":{"include_usage":"maybe"}}', UsageMode.INCLUDE),
+        (b'{"stream":true,"stream_options":{"continuous_usage_stats":[]}}', UsageMode.CONTINUOUS),
+        (b'{"stream":1,"stream_options":{"include_usage":"yes"}}', UsageMode.INCLUDE),
+        (
+            b'{"stream":"t","stream_options":{"include_usage":1,"continuous_usage_stats":"y"}}',
+            UsageMode.CONTINUOUS,
+        ),
         (b'{"stream":true,"stream_options":{"include_usage":true}}', UsageMode.INCLUDE),
         (
             b'{"stream":true,"stream_options":{"continuous_usage_stats":true,"include_usage":true}}',
@@ -148,8 +197,14 @@ INCLUDE, CONTINUOUS = UsageMode.INCLUDE, UsageMode.CONTINUOUS
         (b'{"include_usage": false, "x": [1]}', INCLUDE, {"include_usage": True, "x": [1]},
          Injection(True, True)),
         (b"null", INCLUDE, {"include_usage": True}, Injection(True, True)),
-        (b'"yes"', CONTINUOUS, BOTH, Injection(True, True)),
         (b'{"include_usage": true}', CONTINUOUS, BOTH, Injection(False, True)),
+        # The client's own spellings keep their meaning to vLLM: usage at the end, not per chunk.
+        (b'{"include_usage": "yes", "continuous_usage_stats": 0}', CONTINUOUS, BOTH,
+         Injection(False, True)),
+        (b'{"include_usage": "no", "continuous_usage_stats": 0}', INCLUDE,
+         {"include_usage": True, "continuous_usage_stats": 0}, Injection(True, True)),
+        (b'{"include_usage": null, "continuous_usage_stats": "Y"}', INCLUDE, BOTH,
+         Injection(True, True)),
     ],
 )  # fmt: skip
 def test_existing_stream_options_are_rewritten(

@@ -1,0 +1,94 @@
+"""Sending a request once more when the pooled connection it went out on was being closed.
+
+An upstream closes an idle keep-alive connection whenever its own timer says so; a request the
+proxy sends on that connection at the same moment fails before any answer. Keeping the pool's
+idle time below the upstream's (--upstream-keepalive-timeout) makes this rare, not impossible.
+aiohttp sends only idempotent methods again, never a completion's POST; the proxy does, once,
+and only when that is safe: the body is bytes in hand, the connection had carried a request
+before (a new one failing is the upstream failing), and not a byte of an answer came.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
+
+# Set by the connector in the task that asked for a connection (aiohttp connects in the
+# requesting task), read there once the request failed.
+_reused: ContextVar[bool] = ContextVar("metrics_proxy_upstream_connection_reused", default=False)
+
+
+class ReuseNotingConnector(aiohttp.TCPConnector):
+    """A TCPConnector that notes whether the connection it hands out has been used before."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._used: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()
+
+    async def connect(  # aiohttp's signature, its names included (it passes them by name)
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109
+    ) -> Connection:
+        connection = await super().connect(req, traces, timeout)
+        protocol = connection.protocol
+        if protocol is not None:
+            _reused.set(protocol in self._used)
+            self._used.add(protocol)
+        return connection
+
+
+OpenOnce = Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]]
+
+
+class ResendIfClosedUnanswered:
+    """The response of `open_once()`, opened a second time if the first went out on a reused
+    connection that closed before any answer. Needs the session's ReuseNotingConnector."""
+
+    __slots__ = ("_open_once", "_opened")
+
+    def __init__(self, open_once: OpenOnce) -> None:
+        self._open_once = open_once
+        self._opened: AbstractAsyncContextManager[aiohttp.ClientResponse] | None = None
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        _reused.set(False)
+        opened = self._open_once()
+        try:
+            response = await opened.__aenter__()
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if not _closed_unanswered(exc):
+                raise
+            opened = self._open_once()
+            response = await opened.__aenter__()
+        self._opened = opened
+        return response
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        assert self._opened is not None
+        return await self._opened.__aexit__(exc_type, exc, traceback)
+
+
+def _closed_unanswered(exc: aiohttp.ClientOSError | aiohttp.ServerDisconnectedError) -> bool:
+    if not _reused.get() or isinstance(exc, aiohttp.ClientConnectorError):
+        return False
+    # With part of a response head received, aiohttp's parser hands that over as the message
+    # (its C parser does; the pure-Python one, AIOHTTP_NO_EXTENSIONS, says nothing). A reset
+    # tells nothing either: taken as no answer, as a head cut short takes an upstream dying
+    # in the middle of one write.
+    return not isinstance(exc, aiohttp.ServerDisconnectedError) or isinstance(exc.message, str)

@@ -1,0 +1,121 @@
+"""However a client spells `stream` and `stream_options`, it gets through the proxy exactly the
+usage vLLM would send it, and the proxy counts every token: the flags are read as vLLM reads
+them (pydantic's lax booleans), and a request vLLM refuses reaches it untouched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from conftest import Stack, StackFactory
+
+CHAT = "/v1/chat/completions"
+
+# What vLLM answers: a stream without usage, with a final usage-only chunk, with usage in
+# every chunk as well; a JSON completion (not streamed); a 400 (a value it refuses).
+NONE, FINAL, EVERY, JSON, REFUSED = "none", "final", "every", "json", "refused"
+
+
+def streamed(options: object) -> dict[str, Any]:
+    return {"stream": True, "stream_options": options}
+
+
+CASES: list[tuple[dict[str, Any], str]] = [
+    ({"stream": True}, NONE),
+    (streamed({}), NONE),
+    (streamed(None), NONE),
+    (streamed({"include_usage": 0}), NONE),
+    (streamed({"include_usage": False}), NONE),
+    (streamed({"include_usage": "false"}), NONE),
+    (streamed({"include_usage": "Off"}), NONE),
+    (streamed({"include_usage": None}), NONE),
+    (streamed({"continuous_usage_stats": True}), NONE),  # only counts with include_usage
+    (streamed({"include_usage": "no", "continuous_usage_stats": "yes"}), NONE),
+    ({"stream": "true"}, NONE),
+    ({"stream": 1}, NONE),
+    ({"stream": "YES", "stream_options": {}}, NONE),
+    (streamed({"include_usage": True}), FINAL),
+    (streamed({"include_usage": "true"}), FINAL),
+    (streamed({"include_usage": 1}), FINAL),
+    (streamed({"include_usage": "1"}), FINAL),
+    (streamed({"include_usage": "yes"}), FINAL),
+    (streamed({"include_usage": "TRUE"}), FINAL),
+    (streamed({"include_usage": 1.0}), FINAL),
+    (streamed({"include_usage": True, "continuous_usage_stats": None}), FINAL),
+    (streamed({"include_usage": "true", "continuous_usage_stats": 0}), FINAL),
+    ({"stream": "on", "stream_options": {"include_usage": "y"}}, FINAL),
+    (streamed({"include_usage": True, "continuous_usage_stats": True}), EVERY),
+    (streamed({"include_usage": "on", "continuous_usage_stats": "t"}), EVERY),
+    (streamed({"include_usage": 1, "continuous_usage_stats": "1"}), EVERY),
+    ({"stream": False}, JSON),
+    ({"stream": 0}, JSON),
+    ({"stream": "false"}, JSON),
+    ({"stream": "N"}, JSON),
+    ({"stream": None}, JSON),
+    (streamed({"include_usage": 2}), REFUSED),
+    (streamed({"include_usage": "maybe"}), REFUSED),
+    (streamed({"include_usage": " true"}), REFUSED),
+    (streamed({"include_usage": []}), REFUSED),
+    (streamed({"include_usage": {}}), REFUSED),
+    (streamed({"include_usage": True, "continuous_usage_stats": "sometimes"}), REFUSED),
+    (streamed({"continuous_usage_stats": 2}), REFUSED),
+    (streamed("yes"), REFUSED),
+    (streamed([]), REFUSED),
+    (streamed(True), REFUSED),
+    ({"stream": "maybe"}, REFUSED),
+    ({"stream": 2, "stream_options": {"include_usage": True}}, REFUSED),
+]
+
+
+async def answer(session: aiohttp.ClientSession, url: Any, body: bytes) -> tuple[int, bytes]:
+    async with session.post(url, data=body) as response:
+        return response.status, await response.read()
+
+
+def usage_shape(status: int, raw: bytes) -> str:
+    """Which of the answers above `raw` is."""
+    if status == 400:
+        assert orjson.loads(raw)["error"]["code"] == 400
+        return REFUSED
+    assert status == 200
+    if not raw.startswith(b"data: "):
+        assert "usage" in orjson.loads(raw)
+        return JSON
+    events = raw.removesuffix(b"\n\n").split(b"\n\n")
+    assert events.pop() == b"data: [DONE]"
+    chunks = [orjson.loads(event.removeprefix(b"data: ")) for event in events]
+    final = [chunk for chunk in chunks if not chunk["choices"]]
+    with_choices = [chunk for chunk in chunks if chunk["choices"]]
+    every = [chunk for chunk in with_choices if "usage" in chunk]
+    assert final == chunks[len(with_choices) :]  # a usage-only chunk comes last, if at all
+    assert len(final) <= 1
+    assert len(every) in (0, len(with_choices))  # per-chunk usage is on every chunk or none
+    if every:
+        assert final
+        return EVERY
+    return FINAL if final else NONE
+
+
+@pytest.mark.parametrize("stream_usage", ["include", "continuous"])
+@pytest.mark.parametrize(("fields", "expected"), CASES, ids=lambda v: orjson.dumps(v).decode())
+async def test_the_client_gets_the_usage_vllm_would_send(
+    make_stack: StackFactory, stream_usage: str, fields: dict[str, Any], expected: str
+) -> None:
+    stack: Stack = await make_stack(stream_usage=stream_usage)
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields})
+    async with aiohttp.ClientSession() as session:
+        through = await answer(session, stack.client.make_url(CHAT), body)
+        direct = await answer(session, stack.upstream.make_url(CHAT), body)
+    assert through == direct  # status and every byte
+    assert usage_shape(*through) == expected
+    generated = await stack.value("vllm:generation_tokens_total")
+    prompt = await stack.value("vllm:prompt_tokens_total")
+    estimated = await stack.value("proxy_estimated_token_counts_total")
+    if expected == REFUSED:
+        assert stack.state.requests[0].body == body  # vLLM's 400 is about the client's bytes
+        assert (prompt, generated, estimated) == (0, 0, 0)
+    else:
+        assert (prompt, generated, estimated) == (7, 5, 0)
+    assert await stack.gauges() == (0, 0)
