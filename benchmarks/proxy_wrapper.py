@@ -11,7 +11,7 @@ import asyncio
 import cProfile
 import importlib
 
-from metrics_proxy.proxy_server import main as proxy_main
+from metrics_proxy.cli import main as proxy_main
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """metrics_proxy: an aiohttp proxy exporting vLLM's Prometheus metrics for OpenAI-style traffic."""
 
+from metrics_proxy.record import FinishedRequest, RequestTracker
 from metrics_proxy.recorder import ProxyMetricsRecorder
-from metrics_proxy.tracker import FinishedRequest, RequestTracker
 
 __version__ = "0.1.0"
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
-from metrics_proxy.casting import (
+from metrics_proxy.setting_rules import (
     PARSERS,
     above,
     at_least,

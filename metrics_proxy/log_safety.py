@@ -18,7 +18,7 @@ from types import TracebackType
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from metrics_proxy.casting import mask_url
+from metrics_proxy.setting_rules import mask_url
 
 __all__ = [
     "GUARDED_LOGGERS",

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from .sse import Usage
+from metrics_proxy.sse import Usage
 
 __all__ = [
     "NO_INJECTION",

@@ -8,19 +8,7 @@ import aiohttp
 from aiohttp import web
 
 from metrics_proxy.admission import AdmissionQueue
-from metrics_proxy.config import Config, seconds_or_none
-from metrics_proxy.exchange import ExchangeContext, MeteredExchange
-from metrics_proxy.headers import response_headers
-from metrics_proxy.lifecycle import Lifecycle
-from metrics_proxy.payloads import (
-    BadRequestBody,
-    UsageMode,
-    add_usage_request,
-    parse_request,
-    request_facts,
-)
-from metrics_proxy.recorder import ProxyMetricsRecorder
-from metrics_proxy.responses import (
+from metrics_proxy.client_io import (
     ClientGone,
     ClientWriteLimits,
     DeadlineResponse,
@@ -30,8 +18,20 @@ from metrics_proxy.responses import (
     json_error,
     write_guard,
 )
+from metrics_proxy.config import Config, seconds_or_none
+from metrics_proxy.headers import response_headers
+from metrics_proxy.lifecycle import Lifecycle
+from metrics_proxy.metered import ExchangeContext, MeteredExchange
+from metrics_proxy.payloads import (
+    BadRequestBody,
+    UsageMode,
+    add_usage_request,
+    parse_request,
+    request_facts,
+)
+from metrics_proxy.recorder import ProxyMetricsRecorder
 from metrics_proxy.routes import handler_label, vllm_path
-from metrics_proxy.upstream import ClientBodyTimeout, Upstream
+from metrics_proxy.upstream_client import ClientBodyTimeout, Upstream
 
 
 class UnsupportedEncoding(ValueError):

@@ -27,8 +27,8 @@ from metrics_proxy.prometheus.metrics import (
 from metrics_proxy.prometheus.process import ProcessCollector
 from metrics_proxy.prometheus.registry import Registry
 from metrics_proxy.prometheus.samples import MetricFamily
+from metrics_proxy.record import FinishedRequest, RequestTracker
 from metrics_proxy.routes import method_label
-from metrics_proxy.tracker import FinishedRequest, RequestTracker
 
 _FINISHED_REASONS = frozenset(reason.value for reason in FinishedReason)
 # The OpenAI API's names for a normal finish that vLLM's engine counts as "stop".

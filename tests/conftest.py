@@ -15,8 +15,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from fake_upstream import FAKE_STATE, Behavior, FakeUpstreamState, make_fake_upstream
 
-from metrics_proxy.app import create_app
 from metrics_proxy.config import Config
+from metrics_proxy.server import create_app
 
 
 def _require_tool(name: str) -> str:

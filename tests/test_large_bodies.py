@@ -14,10 +14,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from metrics_proxy import ProxyMetricsRecorder
-from metrics_proxy.app import create_app
 from metrics_proxy.config import Config
 from metrics_proxy.payloads import NO_INJECTION
-from metrics_proxy.stream import MAX_UNFINISHED_EVENT, StreamMeter
+from metrics_proxy.server import create_app
+from metrics_proxy.stream_meter import MAX_UNFINISHED_EVENT, StreamMeter
 
 CHAT = "/v1/chat/completions"
 MIB = 1024 * 1024

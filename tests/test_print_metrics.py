@@ -17,9 +17,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from metrics_proxy import ProxyMetricsRecorder
-from metrics_proxy.app import create_app
 from metrics_proxy.config import Config
 from metrics_proxy.print_metrics import CLEAR, format_snapshot, histogram_bar, main
+from metrics_proxy.server import create_app
 
 Client = TestClient[web.Request, web.Application]
 

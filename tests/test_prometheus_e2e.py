@@ -20,8 +20,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from fake_upstream import BEHAVIOR_HEADER, Behavior, make_fake_upstream
 
-from metrics_proxy.app import create_app
 from metrics_proxy.config import Config
+from metrics_proxy.server import create_app
 
 pytestmark = pytest.mark.needs_prometheus
 

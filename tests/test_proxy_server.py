@@ -10,7 +10,7 @@ from unittest import mock
 
 import pytest
 
-from metrics_proxy.proxy_server import build_parser, parse_config
+from metrics_proxy.cli import build_parser, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED_ARGS = ["--upstream-url", "http://127.0.0.1:8001", "--model-name", "m"]

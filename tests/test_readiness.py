@@ -33,7 +33,7 @@ async def test_not_ready_when_the_upstream_is_down(make_stack: StackFactory) -> 
 
 
 async def test_not_ready_while_draining(make_stack: StackFactory) -> None:
-    from metrics_proxy.app import LIFECYCLE
+    from metrics_proxy.server import LIFECYCLE
 
     stack = await make_stack()
     stack.client.app[LIFECYCLE].draining = True

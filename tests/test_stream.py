@@ -6,7 +6,7 @@ import pytest
 
 from metrics_proxy import ProxyMetricsRecorder
 from metrics_proxy.payloads import NO_INJECTION, Injection
-from metrics_proxy.stream import StreamMeter
+from metrics_proxy.stream_meter import StreamMeter
 
 ROLE = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
 TOKENS = [

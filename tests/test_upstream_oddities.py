@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from conftest import Stack
 from fake_upstream import BEHAVIOR_HEADER
 
-from metrics_proxy.app import create_app
 from metrics_proxy.config import Config
+from metrics_proxy.server import create_app
 
 CHAT = "/v1/chat/completions"
 STREAM = orjson.dumps({"model": "m", "messages": [], "stream": True})

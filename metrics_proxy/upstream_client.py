@@ -11,10 +11,10 @@ from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from metrics_proxy.casting import split_credentials
 from metrics_proxy.config import Config, seconds_or_none
 from metrics_proxy.headers import request_headers
 from metrics_proxy.resend import ResendIfClosedUnanswered
+from metrics_proxy.setting_rules import split_credentials
 
 
 def client_timeout(config: Config) -> aiohttp.ClientTimeout:

@@ -9,13 +9,7 @@ import aiohttp
 from aiohttp import web
 
 from metrics_proxy.admission import AdmissionQueue, QueueFull, QueueTimeout
-from metrics_proxy.errors import error_event
-from metrics_proxy.headers import response_headers
-from metrics_proxy.lifecycle import Lifecycle
-from metrics_proxy.payloads import Injection
-from metrics_proxy.recorder import ProxyMetricsRecorder
-from metrics_proxy.response_scan import ResponseReader
-from metrics_proxy.responses import (
+from metrics_proxy.client_io import (
     JSON,
     ClientGone,
     ClientWriteLimits,
@@ -25,9 +19,15 @@ from metrics_proxy.responses import (
     json_error,
     write_guard,
 )
-from metrics_proxy.stream import MAX_UNFINISHED_EVENT, StreamMeter
-from metrics_proxy.tracker import RequestTracker
-from metrics_proxy.upstream import Upstream
+from metrics_proxy.errors import error_event
+from metrics_proxy.headers import response_headers
+from metrics_proxy.lifecycle import Lifecycle
+from metrics_proxy.payloads import Injection
+from metrics_proxy.record import RequestTracker
+from metrics_proxy.recorder import ProxyMetricsRecorder
+from metrics_proxy.response_scan import ResponseReader
+from metrics_proxy.stream_meter import MAX_UNFINISHED_EVENT, StreamMeter
+from metrics_proxy.upstream_client import Upstream
 
 log = logging.getLogger("metrics_proxy")
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from metrics_proxy.payloads import Injection, strip_usage_field
+from metrics_proxy.record import RequestTracker
 from metrics_proxy.sse import Event, SSEDecoder, Usage, chunk_facts
-from metrics_proxy.tracker import RequestTracker
 
 # The most bytes of one unfinished event (or line) held back: past it the upstream is not
 # sending SSE a client could use, and holding more would let it fill the proxy's memory.

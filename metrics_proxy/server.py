@@ -15,6 +15,7 @@ from aiohttp import web
 
 from metrics_proxy.admission import AdmissionQueue
 from metrics_proxy.auth import BearerTokens, split_tokens
+from metrics_proxy.client_io import json_error
 from metrics_proxy.config import Config, ConfigError
 from metrics_proxy.lifecycle import Lifecycle
 from metrics_proxy.log_safety import install_log_guard, mask_url
@@ -23,7 +24,6 @@ from metrics_proxy.proxy import Proxy
 from metrics_proxy.readiness import UpstreamProbe
 from metrics_proxy.recorder import ProxyMetricsRecorder
 from metrics_proxy.resend import ReuseNotingConnector
-from metrics_proxy.responses import json_error
 from metrics_proxy.routes import (
     ADMIN_PATHS,
     METERED_PATHS,

@@ -1,0 +1,100 @@
+"""The ``aiohttp-proxy`` command: flags and ``PROXY_*`` environment → Config → run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
+
+from metrics_proxy.config import SETTINGS, Config, ConfigError, Setting
+
+__all__ = ["build_parser", "main", "parse_config"]
+
+_DESCRIPTION = (
+    "An aiohttp proxy for OpenAI-compatible servers that records vLLM's Prometheus metrics. "
+    "Every flag can also be set through its PROXY_* environment variable; "
+    "a flag beats the environment, which beats the default."
+)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _help(setting: Setting) -> str:
+    # Values set in the environment are never echoed: the URL or a key may hold a secret.
+    env = setting.env
+    default = "required" if setting.required else f"default {_show(setting.default)}"
+    # argparse %-formats help strings.
+    return f"{setting.help} (env {env}, {default})".replace("%", "%%")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (no usage block above it): the line that says
+    what is wrong is all an operator reads, and ``--help`` has the rest."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser, one flag per setting, each help naming its env var and default.
+
+    Every flag defaults to None ("not given") and values stay text: parsing, checking and the
+    precedence flag > env > default all happen in :meth:`Config.from_env`, in one place.
+    """
+    parser = _Parser(prog="aiohttp-proxy", description=_DESCRIPTION, allow_abbrev=False)
+    for setting in SETTINGS:
+        if setting.kind is bool:
+            parser.add_argument(
+                setting.flag,
+                dest=setting.name,
+                action="store_true",
+                default=None,
+                help=_help(setting),
+            )
+        else:
+            parser.add_argument(
+                setting.flag,
+                dest=setting.name,
+                default=None,
+                metavar=setting.metavar,
+                help=_help(setting),
+            )
+    return parser
+
+
+def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Config:
+    """Parse ``argv`` (``sys.argv[1:]`` when None) over ``environ``; exit 2 on any bad setting."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    given = {name: value for name, value in args.items() if value is not None}
+    try:
+        return Config.from_env(environ, **given)
+    except ConfigError as exc:
+        parser.error(str(exc))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``aiohttp-proxy``."""
+    config = parse_config(argv, os.environ)
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # Imported late so a settings mistake exits before the server stack loads.
+    from metrics_proxy.server import run_app
+
+    try:
+        run_app(config)
+    except ConfigError as exc:  # found only when used, e.g. an unreadable CA bundle
+        build_parser().error(str(exc))
+
+
+if __name__ == "__main__":
+    main()
