@@ -1,4 +1,4 @@
-"""Answers the proxy makes itself, and the ways a response can end badly."""
+"""Writing to the client: deadlines on writes, and what a client that left looks like."""
 
 from __future__ import annotations
 
@@ -8,14 +8,10 @@ from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
-from metrics_proxy.errors import error_body
-
-JSON = "application/json"
 # A chunk's size line and CRLFs, which aiohttp adds to what the proxy writes.
 _CHUNK_FRAMING = 16
 
@@ -27,45 +23,6 @@ class ClientGone(ConnectionError):
 class ClientStalled(ClientGone):
     """The client stopped reading: a write to it waited past its deadline, and the proxy cut
     the connection. To the accounting it is a client that left."""
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamFailure:
-    """How an upstream failure maps to an answer and an error kind, in one place."""
-
-    kind: str
-    status: int
-    message: str
-
-    @staticmethod
-    def of(exc: BaseException) -> UpstreamFailure:
-        # Order matters: aiohttp's connect timeout is both a connector error and a TimeoutError.
-        if isinstance(exc, TimeoutError):
-            return UpstreamFailure("timeout", 504, "Upstream timed out")
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return UpstreamFailure("connect", 502, f"Upstream unreachable: {exc.os_error}")
-        return UpstreamFailure("upstream_disconnect", 502, f"Upstream failed: {type(exc).__name__}")
-
-    def response(self) -> web.Response:
-        error_type = "upstream_timeout" if self.status == 504 else "upstream_error"
-        return json_error(self.status, self.message, error_type)
-
-
-def json_error(status: int, message: str, error_type: str) -> web.Response:
-    return web.Response(
-        status=status, body=error_body(message, error_type, status), content_type=JSON
-    )
-
-
-def body_too_slow(request: web.Request, response: web.StreamResponse | None) -> web.StreamResponse:
-    """The client did not send its body in time: 408 while that can still be said, a cut
-    connection once the response has begun."""
-    if response is not None and response.prepared:
-        abort_connection(request)
-        return response
-    late = json_error(408, "The request body did not arrive in time", "invalid_request_error")
-    late.force_close()  # the rest of the body may still come: drop the connection
-    return late
 
 
 async def write_guard(write: Awaitable[object]) -> None:

@@ -1,8 +1,19 @@
-"""Error bodies in OpenAI's shape: ``{"error": {"message", "type", "code"}}``."""
+"""Errors: OpenAI's error shape, and how every failure maps to an answer and an error kind,
+in one place."""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
+
+import aiohttp
 import orjson
+from aiohttp import web
+
+from metrics_proxy.apis.base import BadRequestBody
+from metrics_proxy.families import ErrorKind
+
+JSON = "application/json"
 
 
 def error_body(message: str, error_type: str, code: int | str) -> bytes:
@@ -14,3 +25,89 @@ def error_event(message: str, error_type: str, code: int | str) -> bytes:
     """The same error as one SSE event, ending a stream the client is already reading: the
     openai SDK raises ``APIError`` when a streamed event carries ``error``."""
     return b"data: " + error_body(message, error_type, code) + b"\n\n"
+
+
+def json_error(status: int, message: str, error_type: str) -> web.Response:
+    return web.Response(
+        status=status, body=error_body(message, error_type, status), content_type=JSON
+    )
+
+
+def gone() -> web.Response:
+    """What a handler returns once its client has left: nobody reads it, and the status is
+    what the http_* series count (499, a 4xx as for vLLM's server)."""
+    return web.Response(status=499)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamFailure:
+    """An upstream failure: its error kind and the answer the client gets."""
+
+    kind: ErrorKind
+    status: int
+    message: str
+
+    @staticmethod
+    def of(exc: BaseException) -> UpstreamFailure:
+        # Order matters: aiohttp's connect timeout is both a connector error and a TimeoutError.
+        if isinstance(exc, TimeoutError):
+            return UpstreamFailure(ErrorKind.TIMEOUT, 504, "Upstream timed out")
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return UpstreamFailure(ErrorKind.CONNECT, 502, f"Upstream unreachable: {exc.os_error}")
+        return UpstreamFailure(
+            ErrorKind.UPSTREAM_DISCONNECT, 502, f"Upstream failed: {type(exc).__name__}"
+        )
+
+    def response(self) -> web.Response:
+        error_type = "upstream_timeout" if self.status == 504 else "upstream_error"
+        return json_error(self.status, self.message, error_type)
+
+    def event(self) -> bytes:
+        """The error event that ends a stream already under way."""
+        if self.kind is ErrorKind.TIMEOUT:
+            return error_event("Upstream timed out mid-stream", "upstream_error", 502)
+        return error_event("Upstream connection failed mid-stream", "upstream_error", 502)
+
+
+class UnsupportedEncoding(ValueError):
+    """A metered request arrived with a compressed body."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailure:
+    """A request the proxy answers itself because its body cannot be used."""
+
+    kind: ErrorKind
+    status: int
+    message: str
+    close: bool  # the rest of the body may still come: drop the connection
+
+    @staticmethod
+    def of(exc: Exception, max_body: int) -> RequestFailure | None:
+        """The answer to an exception met reading a request body, or None if it is none."""
+        if isinstance(exc, UnsupportedEncoding):
+            message = f"Compressed request bodies are not supported: {exc}"
+            return RequestFailure(ErrorKind.BAD_REQUEST, 415, message, close=False)
+        if isinstance(exc, web.RequestPayloadError):  # a malformed chunked body, say
+            message = "The request body is malformed"
+            return RequestFailure(ErrorKind.BAD_REQUEST, 400, message, close=True)
+        if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+            message = "The request body did not arrive in time"
+            return RequestFailure(ErrorKind.CLIENT_TIMEOUT, 408, message, close=True)
+        if isinstance(exc, web.HTTPRequestEntityTooLarge):
+            message = f"Request body is larger than the proxy's limit of {max_body} bytes"
+            return RequestFailure(ErrorKind.BODY_TOO_LARGE, 413, message, close=False)
+        if isinstance(exc, BadRequestBody):
+            return RequestFailure(ErrorKind.BAD_REQUEST, 400, str(exc), close=False)
+        return None
+
+    def response(self) -> web.Response:
+        response = json_error(self.status, self.message, "invalid_request_error")
+        if self.close:
+            response.force_close()
+        return response
+
+
+CLIENT_BODY_TIMEOUT = RequestFailure(
+    ErrorKind.CLIENT_TIMEOUT, 408, "The request body did not arrive in time", close=True
+)

@@ -1,14 +1,16 @@
-"""One request's clock and gauges, from arrival to its single, final account."""
+"""One request's record: every fact of it, from arrival to its single, final account."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import KW_ONLY, dataclass
 from typing import Protocol
+
+from metrics_proxy.apis.base import Usage, vllm_finished_reason
+from metrics_proxy.families import DisconnectStage, ErrorKind, FinishedReason
 
 
 class Meters(Protocol):
-    """What a tracker moves: the recorder's gauges, interval histograms and final count."""
+    """What a record moves while it runs (gauges, interval histograms) and, once, at its end."""
 
     clock: Callable[[], float]
 
@@ -19,91 +21,105 @@ class Meters(Protocol):
     def observe_queue_time(self, seconds: float) -> None: ...
     def observe_time_to_first_token(self, seconds: float) -> None: ...
     def observe_inter_token_latency(self, seconds: float) -> None: ...
-    def finalize_request(self, result: FinishedRequest) -> None: ...
-
-
-@dataclass(slots=True)  # not frozen: its __init__ would cost a microsecond per request more
-class FinishedRequest:
-    """What :meth:`ProxyMetricsRecorder.finalize_request` counts for one request."""
-
-    finished_reason: str | None
-    _: KW_ONLY
-    completed: bool
-    prompt_tokens: int | None
-    generation_tokens: int
-    max_generation_tokens: int
-    estimated: bool = False
-    n: int = 1
-    max_tokens: int | None = None
-    e2e_seconds: float = 0.0
-    inference_seconds: float | None = None
-    prefill_seconds: float | None = None
-    decode_seconds: float | None = None
+    def finalize_request(self, record: RequestRecord) -> None: ...
 
 
 _WAITING, _RUNNING, _DONE = 0, 1, 2
+# Outcomes of requests vLLM's engine did not finish: no per-request histograms for them.
+_UNFINISHED = frozenset({FinishedReason.ABORT, FinishedReason.ERROR})
 
 
-class RequestTracker:
-    """One request's clock and gauges. Each gauge is settled exactly once: ``finish`` is
-    idempotent and settles whichever of waiting/running the request still holds.
+class RequestRecord:
+    """One request: its clock, its gauges, what the upstream reported and how it ended.
+
+    The proxy (or an embedding service) fills it in as the request goes, and :meth:`settle`
+    accounts it exactly once: the gauges it holds, and, unless it was ``rejected``, every
+    per-request series, all read from the record. The log line reads the same record.
 
     Timings (monotonic seconds) map vLLM's intervals onto what a proxy sees: queue =
-    arrival → slot; TTFT = arrival → first output chunk; prefill = slot → first output;
-    decode = first → last output; inference = slot → last output (or response end when
-    nothing was streamed); e2e = arrival → response complete.
+    arrival → slot; TTFT = arrival → first output; prefill = slot → first output; decode =
+    first → last output; inference = slot → last output (or the end when nothing was
+    streamed); e2e = arrival → the end.
     """
 
     __slots__ = (
         "_chunks_by_choice",
-        "_recorder",
+        "_meters",
         "_state",
         "arrival",
+        "completed",
+        "ended_at",
+        "error_kind",
+        "estimated",
+        "finished_reason",
         "first_output_at",
+        "generation_tokens",
         "last_output_at",
+        "max_generation_tokens",
         "max_tokens",
         "n",
         "output_chunks",
+        "prompt_tokens",
+        "rejected",
         "slot_at",
+        "stage",
+        "status",
     )
 
-    def __init__(self, recorder: Meters, arrival: float) -> None:
-        self._recorder = recorder
+    def __init__(self, meters: Meters, arrival: float) -> None:
+        self._meters = meters
         self._state = _WAITING
         self._chunks_by_choice: dict[int, int] | None = None
         self.arrival = arrival
         self.slot_at: float | None = None
         self.first_output_at: float | None = None
         self.last_output_at: float | None = None
+        self.ended_at: float | None = None
         self.output_chunks = 0
         self.n = 1
         self.max_tokens: int | None = None
-        recorder.increment_waiting()
+        # What the upstream reported; None until it does (then the chunks are counted).
+        self.prompt_tokens: int | None = None
+        self.generation_tokens: int | None = None
+        # How it ended: vLLM's finished_reason, or a refusal that vLLM's engine never ran.
+        self.finished_reason: str = FinishedReason.ERROR
+        self.completed: bool | None = None  # None: unless it aborted or failed
+        self.rejected = False
+        self.error_kind: ErrorKind | None = None
+        self.stage = DisconnectStage.WAITING  # where a client that leaves finds it
+        self.status = 502  # the HTTP status the client got
+        # Set by settle: generation tokens counted from chunks, not reported; the longest
+        # of the n outputs.
+        self.estimated = False
+        self.max_generation_tokens = 0
+        meters.increment_waiting()
+
+    # --- while it runs -------------------------------------------------------------------
 
     @property
-    def finished(self) -> bool:
+    def settled(self) -> bool:
         return self._state == _DONE
 
     def slot_acquired(self, now: float | None = None) -> None:
         if self._state != _WAITING:
             return
-        now = self._recorder.clock() if now is None else now
+        meters = self._meters
+        now = meters.clock() if now is None else now
         self._state = _RUNNING
         self.slot_at = now
-        recorder = self._recorder
-        recorder.decrement_waiting()
-        recorder.increment_running()
-        recorder.observe_queue_time(now - self.arrival)
+        meters.decrement_waiting()
+        meters.increment_running()
+        meters.observe_queue_time(now - self.arrival)
 
     def output(self, index: int = 0, now: float | None = None) -> None:
-        """A chunk that carries generated output for choice ``index`` arrived."""
-        now = self._recorder.clock() if now is None else now
+        """An event carrying generated output for output (choice) ``index`` arrived."""
+        now = self._meters.clock() if now is None else now
         last = self.last_output_at
         if last is None:
             self.first_output_at = now
-            self._recorder.observe_time_to_first_token(now - self.arrival)
+            self._meters.observe_time_to_first_token(now - self.arrival)
         else:
-            self._recorder.observe_inter_token_latency(now - last)
+            self._meters.observe_inter_token_latency(now - last)
         self.last_output_at = now
         self.output_chunks += 1
         if index or self._chunks_by_choice is not None:
@@ -112,17 +128,36 @@ class RequestTracker:
                 by_choice = self._chunks_by_choice = {0: self.output_chunks - 1}
             by_choice[index] = by_choice.get(index, 0) + 1
 
-    def discard(self) -> bool:
-        """Settle the gauges of a request the upstream refused (a 4xx answer): vLLM's
-        engine never ran it, so it counts in no vLLM request series. Idempotent."""
+    def report_usage(self, usage: Usage | None) -> None:
+        if usage is not None:
+            self.prompt_tokens = usage.prompt_tokens
+            self.generation_tokens = usage.completion_tokens
+
+    def finish_with(self, word: str | None) -> None:
+        """The upstream finished it, saying ``word`` in its API's terms (or nothing)."""
+        self.finished_reason = vllm_finished_reason(word)
+
+    def fail(self, kind: ErrorKind) -> None:
+        self.error_kind = kind
+        self.finished_reason = FinishedReason.ERROR
+
+    # --- its end ---------------------------------------------------------------------------
+
+    def settle(self, now: float | None = None) -> bool:
+        """Account the request once; later calls return False and change nothing."""
         state = self._state
         if state == _DONE:
             return False
         self._state = _DONE
+        meters = self._meters
+        self.ended_at = meters.clock() if now is None else now
         if state == _WAITING:
-            self._recorder.decrement_waiting()
+            meters.decrement_waiting()
         else:
-            self._recorder.decrement_running()
+            meters.decrement_running()
+        if not self.rejected:
+            self._count_tokens(ran=state == _RUNNING)
+            meters.finalize_request(self)
         return True
 
     def finish(
@@ -134,57 +169,72 @@ class RequestTracker:
         completed: bool | None = None,
         now: float | None = None,
     ) -> bool:
-        """Settle the request once; later calls return False and change nothing.
-
-        ``reason`` is the upstream's finish_reason, or ``abort``/``error``. Without
-        ``generation_tokens`` (no usage from the upstream) the count of output chunks is
-        used and counted as an estimate. ``completed`` (default: reason is neither abort
-        nor error) decides whether per-request histograms are observed, as vLLM only
-        observes them for requests its engine finished.
-        """
-        state = self._state
-        if state == _DONE:
+        """Settle with an outcome, for services that embed the recorder: ``reason`` is the
+        upstream's finish_reason, or ``abort``/``error``. Without ``generation_tokens`` the
+        output chunks are counted, as an estimate. ``completed`` (default: neither abort nor
+        error) decides whether per-request histograms are observed, as vLLM observes them
+        only for requests its engine finished."""
+        if self._state == _DONE:
             return False
-        self._state = _DONE
-        recorder = self._recorder
-        now = recorder.clock() if now is None else now
-        if state == _WAITING:
-            recorder.decrement_waiting()
-        else:
-            recorder.decrement_running()
-        if completed is None:
-            completed = reason not in ("abort", "error")
-        # Without usage the chunks were counted: an estimate once output was seen, or when the
-        # upstream finished without reporting usage. A request that failed before any
-        # output counts 0, as it showed none.
-        estimated = (
-            generation_tokens is None
-            and state == _RUNNING
-            and (self.output_chunks > 0 or completed)
-        )
-        if generation_tokens is None:
-            generation_tokens = self.output_chunks
+        self.finished_reason = vllm_finished_reason(reason)
+        self.prompt_tokens = prompt_tokens
+        self.generation_tokens = generation_tokens
+        self.completed = completed
+        return self.settle(now)
+
+    def discard(self) -> bool:
+        """Settle a request the upstream or the queue refused: vLLM's engine never ran it,
+        so only the gauges it holds are settled."""
+        if self._state == _DONE:
+            return False
+        self.rejected = True
+        return self.settle()
+
+    def _count_tokens(self, *, ran: bool) -> None:
+        if self.completed is None:
+            self.completed = self.finished_reason not in _UNFINISHED
+        self.completed = self.completed and self.slot_at is not None
+        if self.generation_tokens is None:
+            # No usage: the chunks were counted, an estimate once output was seen or when
+            # the upstream finished without reporting usage. A request that failed before
+            # any output counts 0, as it showed none.
+            self.estimated = ran and (self.output_chunks > 0 or self.completed)
+            self.generation_tokens = self.output_chunks
         by_choice = self._chunks_by_choice
-        # Usage is a total over the n choices: the longest choice comes from its chunk count.
-        max_generation = max(by_choice.values()) if by_choice else generation_tokens
-        slot_at = self.slot_at
-        first = self.first_output_at
-        last = self.last_output_at
-        inference = None if slot_at is None else (last if last is not None else now) - slot_at
-        recorder.finalize_request(
-            FinishedRequest(
-                reason,
-                completed=completed and slot_at is not None,
-                prompt_tokens=prompt_tokens,
-                generation_tokens=generation_tokens,
-                max_generation_tokens=max_generation,
-                estimated=estimated,
-                n=self.n,
-                max_tokens=self.max_tokens,
-                e2e_seconds=now - self.arrival,
-                inference_seconds=inference,
-                prefill_seconds=None if first is None or slot_at is None else first - slot_at,
-                decode_seconds=None if first is None or last is None else last - first,
-            )
+        # Usage is a total over the n outputs: the longest one comes from its chunk count.
+        self.max_generation_tokens = (
+            max(by_choice.values()) if by_choice else self.generation_tokens
         )
-        return True
+
+    # --- intervals, read once settled ------------------------------------------------------
+
+    @property
+    def e2e_seconds(self) -> float:
+        end = self.ended_at
+        return 0.0 if end is None else end - self.arrival
+
+    @property
+    def queue_seconds(self) -> float | None:
+        return None if self.slot_at is None else self.slot_at - self.arrival
+
+    @property
+    def ttft_seconds(self) -> float | None:
+        first = self.first_output_at
+        return None if first is None else first - self.arrival
+
+    @property
+    def inference_seconds(self) -> float | None:
+        slot, end = self.slot_at, self.last_output_at
+        if end is None:
+            end = self.ended_at
+        return None if slot is None or end is None else end - slot
+
+    @property
+    def prefill_seconds(self) -> float | None:
+        slot, first = self.slot_at, self.first_output_at
+        return None if first is None or slot is None else first - slot
+
+    @property
+    def decode_seconds(self) -> float | None:
+        first, last = self.first_output_at, self.last_output_at
+        return None if first is None or last is None else last - first

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -27,24 +26,10 @@ from metrics_proxy.prometheus.metrics import (
 from metrics_proxy.prometheus.process import ProcessCollector
 from metrics_proxy.prometheus.registry import Registry
 from metrics_proxy.prometheus.samples import MetricFamily
-from metrics_proxy.record import FinishedRequest, RequestTracker
+from metrics_proxy.record import RequestRecord
 from metrics_proxy.routes import method_label
 
-_FINISHED_REASONS = frozenset(reason.value for reason in FinishedReason)
-# The OpenAI API's names for a normal finish that vLLM's engine counts as "stop".
-_STOP_ALIASES = frozenset({"tool_calls", "function_call", "eos", "stop_sequence", "end_turn"})
-_REASON_LABEL = re.compile(r"^[a-z_]{1,32}$")
-
 _MetricT = TypeVar("_MetricT", Counter, Gauge, Histogram)
-
-
-def finished_reason_label(reason: str | None) -> str:
-    """Map an upstream finish_reason onto vLLM's label values (unknown tidy ones pass)."""
-    if reason is None or reason in _STOP_ALIASES:
-        return FinishedReason.STOP.value
-    if reason in _FINISHED_REASONS or _REASON_LABEL.match(reason):
-        return reason
-    return FinishedReason.STOP.value
 
 
 def _status_class(status: int) -> str:
@@ -203,36 +188,43 @@ class ProxyMetricsRecorder:
     def observe_inter_token_latency(self, seconds: float) -> None:
         self._itl.observe(seconds)
 
-    def finalize_request(self, result: FinishedRequest) -> None:
+    def finalize_request(self, record: RequestRecord) -> None:
         """Count one finished request: its reason, tokens, and (when the upstream finished
         it, as vLLM's engine would) its per-request histograms."""
-        reason = finished_reason_label(result.finished_reason)
+        reason = record.finished_reason
         child = self._success_by_reason.get(reason)
         if child is None:
             child = self._success.labels(self.model_name, self.engine, reason)
         child.inc()
-        if result.prompt_tokens is not None:
-            self._prompt_tokens.inc(result.prompt_tokens)
-        self._generation_tokens.inc(result.generation_tokens)
-        if result.estimated:
+        prompt_tokens = record.prompt_tokens
+        generation_tokens = record.generation_tokens or 0
+        if prompt_tokens is not None:
+            self._prompt_tokens.inc(prompt_tokens)
+        self._generation_tokens.inc(generation_tokens)
+        if record.estimated:
             self._estimated.inc()
-        if not result.completed:
+        if not record.completed:
             return
-        if result.prompt_tokens is not None:
-            self._request_prompt_tokens.observe(result.prompt_tokens)
-        self._request_generation_tokens.observe(result.generation_tokens)
-        self._request_max_generation_tokens.observe(result.max_generation_tokens)
-        self._request_params_n.observe(result.n)
-        if result.max_tokens is not None:
-            self._request_params_max_tokens.observe(result.max_tokens)
-        self._e2e.observe(result.e2e_seconds)
-        if result.inference_seconds is not None:
-            self._inference_time.observe(result.inference_seconds)
-        if result.prefill_seconds is not None and result.decode_seconds is not None:
-            self._prefill_time.observe(result.prefill_seconds)
-            self._decode_time.observe(result.decode_seconds)
-            tokens = result.generation_tokens
-            self._tpot.observe(result.decode_seconds / (tokens - 1) if tokens > 1 else 0.0)
+        if prompt_tokens is not None:
+            self._request_prompt_tokens.observe(prompt_tokens)
+        self._request_generation_tokens.observe(generation_tokens)
+        self._request_max_generation_tokens.observe(record.max_generation_tokens)
+        self._request_params_n.observe(record.n)
+        if record.max_tokens is not None:
+            self._request_params_max_tokens.observe(record.max_tokens)
+        self._observe_intervals(record, generation_tokens)
+
+    def _observe_intervals(self, record: RequestRecord, generation_tokens: int) -> None:
+        self._e2e.observe(record.e2e_seconds)
+        inference = record.inference_seconds
+        if inference is not None:
+            self._inference_time.observe(inference)
+        prefill, decode = record.prefill_seconds, record.decode_seconds
+        if prefill is not None and decode is not None:
+            self._prefill_time.observe(prefill)
+            self._decode_time.observe(decode)
+            tpot = decode / (generation_tokens - 1) if generation_tokens > 1 else 0.0
+            self._tpot.observe(tpot)
 
     # --- the proxy's own events ---------------------------------------------------------
 
@@ -264,9 +256,9 @@ class ProxyMetricsRecorder:
         children[1].observe(seconds)
         self._http_duration_highr.observe(seconds)
 
-    def start_request(self, now: float | None = None) -> RequestTracker:
-        """Track one request from its arrival; it waits until its slot is acquired."""
-        return RequestTracker(self, self.clock() if now is None else now)
+    def start_request(self, now: float | None = None) -> RequestRecord:
+        """Record one request from its arrival; it waits until its slot is acquired."""
+        return RequestRecord(self, self.clock() if now is None else now)
 
     # --- output --------------------------------------------------------------------------
 

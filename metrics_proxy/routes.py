@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Final
 from urllib.parse import unquote
 
-# The routes the proxy meters itself.
-METERED_PATHS: Final = ("/v1/chat/completions", "/v1/completions")
+from metrics_proxy.apis import METERED_PATHS
+
 # The proxy's own routes: never forwarded.
 PROXY_PATHS: Final = frozenset(
     {"/metrics", "/internal/metrics", "/internal/healthz", "/internal/readyz"}

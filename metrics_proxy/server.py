@@ -14,31 +14,36 @@ import orjson
 from aiohttp import web
 
 from metrics_proxy.admission import AdmissionQueue
+from metrics_proxy.apis import API_BY_ROUTE, Api
+from metrics_proxy.apis.base import UsageMode
 from metrics_proxy.auth import BearerTokens, split_tokens
-from metrics_proxy.client_io import json_error
-from metrics_proxy.config import Config, ConfigError
+from metrics_proxy.client_io import ClientWriteLimits
+from metrics_proxy.config import Config, ConfigError, seconds_or_none
+from metrics_proxy.errors import json_error
+from metrics_proxy.forwarding import Forwarder
 from metrics_proxy.lifecycle import Lifecycle
 from metrics_proxy.log_safety import install_log_guard, mask_url
+from metrics_proxy.metered import MeteredContext, handle_metered
 from metrics_proxy.prometheus import CONTENT_TYPE_TEXT, render_json, render_text
-from metrics_proxy.proxy import Proxy
 from metrics_proxy.readiness import UpstreamProbe
 from metrics_proxy.recorder import ProxyMetricsRecorder
 from metrics_proxy.resend import ReuseNotingConnector
 from metrics_proxy.routes import (
     ADMIN_PATHS,
-    METERED_PATHS,
     handler_label,
     is_disguised,
     is_engine_metrics,
     needs_api_key,
     vllm_path,
 )
+from metrics_proxy.upstream_client import Upstream
 
 CONFIG = web.AppKey("config", Config)
 RECORDER = web.AppKey("recorder", ProxyMetricsRecorder)
 QUEUE = web.AppKey("queue", AdmissionQueue)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
-PROXY = web.AppKey("proxy", Proxy)
+FORWARDER = web.AppKey("forwarder", Forwarder)
+METERED = web.AppKey("metered", MeteredContext)
 PROBE = web.AppKey("probe", UpstreamProbe)
 ADMIN_TOKENS = web.AppKey("admin_tokens", BearerTokens)
 API_KEYS = web.AppKey("api_keys", BearerTokens)
@@ -88,7 +93,21 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         timeout=aiohttp.ClientTimeout(total=None),
     ) as session:
         recorder = app[RECORDER]
-        app[PROXY] = Proxy(config, recorder, session, app[QUEUE], app[LIFECYCLE])
+        upstream = Upstream(config, session)
+        client_writes = ClientWriteLimits(
+            seconds_or_none(config.client_write_timeout), seconds_or_none(config.request_timeout)
+        )
+        app[FORWARDER] = Forwarder(upstream, recorder, client_writes)
+        app[METERED] = MeteredContext(
+            upstream,
+            recorder,
+            app[QUEUE],
+            app[LIFECYCLE],
+            client_writes,
+            usage_mode=UsageMode(config.stream_usage),
+            client_timeout=seconds_or_none(config.client_timeout),
+            max_body=config.max_body_size,
+        )
         app[PROBE] = UpstreamProbe(session, config.upstream_url, clock=recorder.clock)
         yield
 
@@ -185,36 +204,60 @@ async def _readyz(request: web.Request) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-def _in_flight(
-    handler: Callable[[Proxy, web.Request], Awaitable[web.StreamResponse]],
-    allowed: str | None = None,
-) -> Handler:
-    """Counts the request for a graceful shutdown and refuses new work once draining; with
-    ``allowed``, also the method check (one wrapper on the hot path, not two)."""
+def _in_flight(handler: Handler, allowed: str | None = None) -> Handler:
+    """Every request for the upstream passes here: refused if it must not go there,
+    counted for a graceful shutdown and refused once draining, and observed in the http_*
+    series, the one place they are (a client that left counts as 499); with ``allowed``,
+    also the method check (one wrapper on the hot path, not two)."""
 
     async def tracked(request: web.Request) -> web.StreamResponse:
+        app = request.app
+        clock = app[RECORDER].clock
+        started = clock()
         path = vllm_path(request.rel_url.raw_path)
-        refused = refusal(request, path)
-        if refused is not None:
-            # Answered before anything was read or queued; still an HTTP exchange.
-            request.app[RECORDER].observe_http(
-                handler_label(path), request.method, refused.status, 0.0
-            )
-            return refused
-        if allowed is not None and (wrong := _wrong_method(request, allowed)) is not None:
-            return wrong
-        lifecycle = request.app[LIFECYCLE]
-        if lifecycle.draining:
-            response = json_error(503, "The proxy is shutting down", "overloaded_error")
-            response.force_close()
-            return response
-        lifecycle.enter()
+        status = 499  # unless an answer says otherwise: the handler was cancelled
         try:
-            return await handler(request.app[PROXY], request)
+            response: web.StreamResponse | None = _refused(request, path, allowed)
+            if response is None:
+                lifecycle = app[LIFECYCLE]
+                lifecycle.enter()
+                try:
+                    response = await handler(request)
+                finally:
+                    lifecycle.leave()
+            status = response.status
+            return response
         finally:
-            lifecycle.leave()
+            app[RECORDER].observe_http(
+                handler_label(path), request.method, status, clock() - started
+            )
 
     return tracked
+
+
+def _refused(request: web.Request, path: str, allowed: str | None) -> web.Response | None:
+    """The answer to a request the proxy will not pass on, or None."""
+    refused = refusal(request, path)
+    if refused is not None:
+        return refused
+    if allowed is not None and (wrong := _wrong_method(request, allowed)) is not None:
+        return wrong
+    if request.app[LIFECYCLE].draining:
+        response = json_error(503, "The proxy is shutting down", "overloaded_error")
+        response.force_close()
+        return response
+    return None
+
+
+def _metered(api: Api) -> Handler:
+    async def metered(request: web.Request) -> web.StreamResponse:
+        return await handle_metered(request.app[METERED], api, request)
+
+    return metered
+
+
+async def _forward(request: web.Request) -> web.StreamResponse:
+    return await request.app[FORWARDER].forward(request)
 
 
 def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) -> web.Application:
@@ -243,10 +286,9 @@ def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) 
     router.add_route("*", "/internal/metrics", _method_guard("GET", _admin(_metrics_json)))
     router.add_route("*", "/internal/healthz", _method_guard("GET", _healthz))
     router.add_route("*", "/internal/readyz", _method_guard("GET", _readyz))
-    metered = _in_flight(Proxy.metered, "POST")
-    for path in METERED_PATHS:
-        router.add_route("*", path, metered)
-    router.add_route("*", "/{tail:.*}", _in_flight(Proxy.forward))
+    for path, api in API_BY_ROUTE.items():
+        router.add_route("*", path, _in_flight(_metered(api), "POST"))
+    router.add_route("*", "/{tail:.*}", _in_flight(_forward))
     return app
 
 

@@ -1,19 +1,11 @@
-"""Sans-I/O Server-Sent-Events decoder and the OpenAI stream-chunk facts the proxy meters."""
+"""Sans-I/O Server-Sent-Events decoder: bytes in, events out; it knows nothing of what the
+events say (each API module reads its own)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
-
-__all__ = [
-    "ChunkFacts",
-    "Event",
-    "SSEDecoder",
-    "Usage",
-    "chunk_facts",
-]
+__all__ = ["Event", "SSEDecoder"]
 
 _LF = 0x0A
 _COLON = 0x3A
@@ -190,97 +182,3 @@ def _whole_data_events(chunk: bytes, pos: int, base: int, events: list[Event]) -
         pos = lf + 2
         events.append(Event(chunk[value:lf], base + pos))
     return pos
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts reported by the upstream."""
-
-    prompt_tokens: int
-    completion_tokens: int
-
-    @staticmethod
-    def from_json(value: object) -> Usage | None:
-        """The Usage in a decoded `usage` member, or None when it is absent or malformed."""
-        if type(value) is not dict:
-            return None
-        prompt = value.get("prompt_tokens")
-        completion = value.get("completion_tokens")
-        if completion is None:
-            completion = 0  # vLLM declares it optional
-        # Negative counts are refused: they would feed counters that must never go down.
-        if type(prompt) is int and type(completion) is int and prompt >= 0 and completion >= 0:
-            return Usage(prompt, completion)
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkFacts:
-    """What one streamed chunk tells the meters."""
-
-    done: bool  # the `[DONE]` sentinel
-    outputs: tuple[int, ...]  # `index` of each choice carrying generated output
-    finish_reason: str | None  # the last non-null choices[*].finish_reason
-    usage: Usage | None
-    usage_only: bool  # `choices: []` with usage: vLLM's final include_usage chunk
-    error: bool  # a top-level "error" member: the upstream failed mid-stream
-    # A top-level "usage" member, even null: OpenAI-style servers put "usage": null on every
-    # chunk once include_usage is on, and a client that did not ask must not see it.
-    usage_key: bool = False
-
-
-# Shared answers for the shapes nearly every chunk has: building a frozen dataclass costs
-# more than the orjson.loads before it.
-_DONE = ChunkFacts(True, (), None, None, False, False)
-_NOTHING = ChunkFacts(False, (), None, None, False, False)
-_OUTPUT_0 = ChunkFacts(False, (0,), None, None, False, False)
-
-
-def chunk_facts(payload: bytes) -> ChunkFacts | None:
-    """Facts of one event's data; None when it is neither a JSON object nor `[DONE]`."""
-    if payload == b"[DONE]":
-        return _DONE
-    try:
-        obj = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return _DONE if payload.strip() == b"[DONE]" else None
-    if type(obj) is not dict:
-        return None
-    choices = obj.get("choices")
-    outputs: tuple[int, ...] = ()
-    finish_reason = None
-    if type(choices) is list:
-        for choice in choices:
-            if type(choice) is not dict:
-                continue
-            reason = choice.get("finish_reason")
-            if type(reason) is str:
-                finish_reason = reason
-            if _carries_output(choice):
-                index = choice.get("index", 0)
-                outputs += (index if type(index) is int else 0,)
-    usage_key = "usage" in obj
-    usage = Usage.from_json(obj["usage"]) if usage_key else None
-    error = "error" in obj
-    if not usage_key and finish_reason is None and not error:
-        if not outputs:
-            return _NOTHING
-        if outputs == (0,):
-            return _OUTPUT_0
-    usage_only = usage is not None and choices == []
-    return ChunkFacts(False, outputs, finish_reason, usage, usage_only, error, usage_key)
-
-
-def _carries_output(choice: dict[str, Any]) -> bool:
-    """Whether a choice holds generated text, reasoning or tool calls (chat or completions)."""
-    delta = choice.get("delta")
-    if type(delta) is dict:
-        for key in ("content", "reasoning_content", "reasoning"):
-            value = delta.get(key)
-            if value and type(value) is str:
-                return True
-        tool_calls = delta.get("tool_calls")
-        if tool_calls and type(tool_calls) is list:
-            return True
-    text = choice.get("text")
-    return bool(text) and type(text) is str

@@ -1,20 +1,24 @@
-"""Metering an event stream as it passes: sans-I/O, fed the very bytes the proxy forwards."""
+"""Metering an event stream as it passes: sans-I/O, fed the very bytes the proxy forwards,
+returning what to forward and what it saw. It asks the route's API module what each event
+says; it knows nothing of any API's JSON itself."""
 
 from __future__ import annotations
 
-from metrics_proxy.payloads import Injection, strip_usage_field
-from metrics_proxy.record import RequestTracker
-from metrics_proxy.sse import Event, SSEDecoder, Usage, chunk_facts
+from metrics_proxy.apis.base import Api, Injection, Usage
+from metrics_proxy.sse import Event, SSEDecoder
 
 # The most bytes of one unfinished event (or line) held back: past it the upstream is not
 # sending SSE a client could use, and holding more would let it fill the proxy's memory.
 MAX_UNFINISHED_EVENT = 16 * 1024 * 1024
 
 
+_NO_OUTPUTS: tuple[int, ...] = ()
+
+
 class StreamMeter:
-    """Feeds an upstream event stream to the SSE decoder, tells the tracker about every chunk
-    that carries output, keeps the last finish_reason and usage, and removes what the proxy
-    itself asked the upstream for (the usage chunk, or per-chunk usage) so the client gets
+    """Feeds an upstream event stream to the SSE decoder, returns with each chunk the
+    outputs (by index) its events carried, keeps the last finish word and usage, and takes
+    out what the proxy itself asked the upstream for (the API's ``undo``) so the client gets
     the bytes it would have got without the proxy.
 
     Bytes are forwarded as they arrive up to the decoder's boundary (whole events and
@@ -26,13 +30,12 @@ class StreamMeter:
     """
 
     __slots__ = (
+        "_api",
         "_decoder",
         "_emitted",
         "_held",
         "_held_size",
-        "_strip_chunk_usage",
-        "_strip_final_usage",
-        "_tracker",
+        "_injection",
         "done",
         "event_too_large",
         "finish_reason",
@@ -40,11 +43,10 @@ class StreamMeter:
         "usage",
     )
 
-    def __init__(self, tracker: RequestTracker, injection: Injection) -> None:
-        self._tracker = tracker
+    def __init__(self, api: Api, injection: Injection) -> None:
+        self._api = api
+        self._injection = injection
         self._decoder = SSEDecoder()
-        self._strip_final_usage = injection.strip_final_usage
-        self._strip_chunk_usage = injection.strip_chunk_usage
         # Pieces of an unfinished event, not forwarded yet: joined only once there is
         # something to forward, so a long event is not copied again on every chunk.
         self._held: list[bytes] = []
@@ -56,29 +58,31 @@ class StreamMeter:
         self.upstream_error = False
         self.event_too_large = False
 
-    def feed(self, chunk: bytes, now: float) -> bytes:
-        """Meter one network chunk; returns the bytes to forward now (often ``chunk`` itself)."""
+    def feed(self, chunk: bytes) -> tuple[bytes, tuple[int, ...]]:
+        """Meter one network chunk: the bytes to forward now (often ``chunk`` itself), and
+        the index of the output each of its output-carrying events was for, in order."""
         if self.event_too_large:
-            return b""
+            return b"", _NO_OUTPUTS
         decoder = self._decoder
         events = decoder.feed(chunk)
-        changes = self._meter(events, now) if events else None
+        outputs, changes = self._meter(events) if events else (_NO_OUTPUTS, None)
         boundary = decoder.boundary
         if changes is None and not self._held and boundary == decoder.fed:
             self._emitted = boundary  # the common case: whole events, nothing to change
-            return chunk
+            return chunk, outputs
         if changes is None and boundary == self._emitted:
             self._hold(chunk)  # still inside the same unfinished event
-            return b""
-        return self._settle(self._take_held(chunk), events, changes, boundary)
+            return b"", outputs
+        return self._settle(self._take_held(chunk), events, changes, boundary), outputs
 
-    def close(self, now: float) -> bytes:
+    def close(self) -> tuple[bytes, tuple[int, ...]]:
         """The end of the stream: meter an unterminated last event, release held bytes."""
         if self.event_too_large:
-            return b""
+            return b"", _NO_OUTPUTS
         events = self._decoder.flush()
-        changes = self._meter(events, now) if events else None
-        return self._settle(self._take_held(b""), events, changes, self._decoder.boundary)
+        outputs, changes = self._meter(events) if events else (_NO_OUTPUTS, None)
+        held = self._take_held(b"")
+        return self._settle(held, events, changes, self._decoder.boundary), outputs
 
     def _hold(self, piece: bytes) -> None:
         if not piece:
@@ -102,40 +106,39 @@ class StreamMeter:
         self._held_size = 0
         return held[0] if len(held) == 1 else b"".join(held)
 
-    def _meter(self, events: list[Event], now: float) -> dict[int, bool] | None:
-        """Count each event. Return the events whose bytes change, by position: True to drop
-        the event (the usage chunk), False to cut ``usage`` out of it."""
-        tracker = self._tracker
-        changes: dict[int, bool] | None = None
+    def _meter(self, events: list[Event]) -> tuple[tuple[int, ...], dict[int, bytes] | None]:
+        """Read each event: the outputs they carried, and the events whose bytes change, by
+        position, with their new data (b"" drops the event)."""
+        api = self._api
+        outputs = _NO_OUTPUTS
+        changes: dict[int, bytes] | None = None
         for position, event in enumerate(events):
-            facts = chunk_facts(event.data)
+            facts = api.event_facts(event.data)
             if facts is None:
                 continue
             if facts.done:
                 self.done = True
                 continue
-            for index in facts.outputs:
-                tracker.output(index, now)
+            if facts.outputs:
+                outputs = outputs + facts.outputs if outputs else facts.outputs
             if facts.finish_reason is not None:
                 self.finish_reason = facts.finish_reason
             if facts.error:
                 self.upstream_error = True
             if facts.usage is not None:
                 self.usage = facts.usage
-            # The usage-only chunk is dropped or kept whole; others lose `usage`.
-            if facts.usage_key and (
-                self._strip_final_usage if facts.usage_only else self._strip_chunk_usage
-            ):
+            undone = api.undo(event.data, facts, self._injection)
+            if undone is not None:
                 if changes is None:
                     changes = {}
-                changes[position] = facts.usage_only
-        return changes
+                changes[position] = undone
+        return outputs, changes
 
     def _settle(
         self,
         held: bytes,
         events: list[Event],
-        changes: dict[int, bool] | None,
+        changes: dict[int, bytes] | None,
         boundary: int,
     ) -> bytes:
         """Bytes up to ``boundary``, with the changes applied; keep the rest."""
@@ -152,9 +155,9 @@ class StreamMeter:
             change = changes.get(position)
             if change is not None:
                 out.append(held[copied:span_start])
-                if not change:
+                if change:
                     segment = held[span_start:end]
-                    out.append(segment.replace(event.data, strip_usage_field(event.data), 1))
+                    out.append(segment.replace(event.data, change, 1))
                 copied = end
             span_start = end
         out.append(held[copied : boundary - base])

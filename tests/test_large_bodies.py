@@ -13,9 +13,9 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from metrics_proxy import ProxyMetricsRecorder
+from metrics_proxy.apis.base import NO_INJECTION
+from metrics_proxy.apis.chat import CHAT as CHAT_API
 from metrics_proxy.config import Config
-from metrics_proxy.payloads import NO_INJECTION
 from metrics_proxy.server import create_app
 from metrics_proxy.stream_meter import MAX_UNFINISHED_EVENT, StreamMeter
 
@@ -163,35 +163,29 @@ async def test_an_unfinished_event_past_the_bound_ends_the_stream_with_an_error_
 
 
 def test_a_long_unfinished_event_is_held_in_linear_time() -> None:
-    recorder = ProxyMetricsRecorder("m", process_metrics=False)
-    request = recorder.start_request()
-    request.slot_acquired()
-    meter = StreamMeter(request, NO_INJECTION)
+    meter = StreamMeter(CHAT_API, NO_INJECTION)
     size = 4 * 1024
     event = b'data: {"choices":[{"index":0,"delta":{"content":"' + b"x" * 15 * MIB + b'"}}]}\n\n'
     chunks = [event[i : i + size] for i in range(0, len(event), size)]
     started = time.process_time()
-    held = [meter.feed(chunk, 0.0) for chunk in chunks[:-1]]
+    held = [meter.feed(chunk) for chunk in chunks[:-1]]
     elapsed = time.process_time() - started
-    assert held == [b""] * len(held)
-    assert meter.feed(chunks[-1], 0.0) + meter.close(0.0) == event
-    assert request.output_chunks == 1
+    assert held == [(b"", ())] * len(held)
+    last, outputs = meter.feed(chunks[-1])
+    assert last + meter.close()[0] == event
+    assert outputs == (0,)
     # Copying all that was held on every 4 KiB chunk took seconds for these 15 MiB.
     assert elapsed < 0.25
 
 
 def test_an_event_past_the_bound_is_dropped_and_ends_the_metering() -> None:
-    recorder = ProxyMetricsRecorder("m", process_metrics=False)
-    request = recorder.start_request()
-    request.slot_acquired()
-    meter = StreamMeter(request, NO_INJECTION)
-    assert meter.feed(TOKEN_EVENT + b"data: ", 0.0) == TOKEN_EVENT
+    meter = StreamMeter(CHAT_API, NO_INJECTION)
+    assert meter.feed(TOKEN_EVENT + b"data: ") == (TOKEN_EVENT, (0,))
     piece = b"x" * MIB
     for _ in range(MAX_UNFINISHED_EVENT // MIB - 1):
-        assert meter.feed(piece, 0.0) == b""
+        assert meter.feed(piece) == (b"", ())
     assert not meter.event_too_large
-    assert meter.feed(piece, 0.0) == b""
+    assert meter.feed(piece) == (b"", ())
     assert meter.event_too_large
-    assert meter.feed(b"\n\n" + TOKEN_EVENT, 0.0) == b""
-    assert meter.close(0.0) == b""
-    assert request.output_chunks == 1
+    assert meter.feed(b"\n\n" + TOKEN_EVENT) == (b"", ())  # nothing more is metered
+    assert meter.close() == (b"", ())

@@ -1,19 +1,12 @@
-"""Tests for metrics_proxy.sse: the event-stream decoder and the chunk facts."""
+"""Tests for metrics_proxy.sse: the event-stream decoder."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-import orjson
 import pytest
 
-from metrics_proxy.sse import (
-    ChunkFacts,
-    Event,
-    SSEDecoder,
-    Usage,
-    chunk_facts,
-)
+from metrics_proxy.sse import Event, SSEDecoder
 
 _HEAD = b'{"id":"chatcmpl-5e1f","object":"chat.completion.chunk","created":1732650000,"model":"m",'
 # A vLLM chat stream with include_usage, as recorded: role preamble, content, finish, usage.
@@ -164,79 +157,3 @@ def test_empty_feed() -> None:
     assert decoder.feed(b"data: a\r") == []
     assert decoder.feed(b"") == []
     assert decoder.feed(b"\n\n") == [Event(b"a", 10)]
-
-
-def facts(
-    outputs: tuple[int, ...] = (),
-    finish_reason: str | None = None,
-    usage: Usage | None = None,
-    usage_only: bool = False,
-    error: bool = False,
-    usage_key: bool | None = None,
-) -> ChunkFacts:
-    key = usage is not None if usage_key is None else usage_key
-    return ChunkFacts(False, outputs, finish_reason, usage, usage_only, error, key)
-
-
-def chat(*deltas: object, **extra: object) -> bytes:
-    choices = [{"index": i, "delta": d, "finish_reason": None} for i, d in enumerate(deltas)]
-    return orjson.dumps({"object": "chat.completion.chunk", "choices": choices, **extra})
-
-
-@pytest.mark.parametrize(
-    ("payload", "expected"),
-    [
-        (PAYLOADS[0], facts()),
-        (PAYLOADS[1], facts((0,))),
-        (PAYLOADS[4], facts(finish_reason="stop")),
-        (PAYLOADS[5], facts(usage=Usage(12, 4), usage_only=True)),
-        (chat({"reasoning_content": "hm"}), facts((0,))),
-        (chat({"reasoning": "hm"}), facts((0,))),
-        (chat({"tool_calls": [{"index": 0, "function": {"arguments": "{"}}]}), facts((0,))),
-        (chat({"tool_calls": []}, {"content": "x"}), facts((1,))),
-        (chat({}, {"content": None}, {"content": 5}), facts()),
-        (b'{"choices":[{"delta":{"content":"x"}},{"index":3,"text":"y"}]}', facts((0, 3))),
-        (b'{"choices":[{"index":true,"text":"y"},{"index":"2","text":"z"}]}', facts((0, 0))),
-        (b'{"object":"text_completion","choices":[{"index":0,"text":"hi"}]}', facts((0,))),
-        (b'{"choices":[{"index":0,"text":"","finish_reason":"length"}]}', facts((), "length")),
-        (
-            b'{"choices":[{"index":0,"finish_reason":"stop"},{"index":1,"finish_reason":null}]}',
-            facts(finish_reason="stop"),
-        ),
-        (b'{"choices":[],"usage":{"prompt_tokens":3}}', facts(usage=Usage(3, 0), usage_only=True)),
-        (
-            chat({"content": "a"}, usage={"prompt_tokens": 3, "completion_tokens": 1}),
-            facts((0,), usage=Usage(3, 1)),
-        ),
-        (b'{"choices":[],"usage":{"prompt_tokens":"3"}}', facts(usage_key=True)),
-        (b'{"choices":[],"usage":{"prompt_tokens":-1}}', facts(usage_key=True)),
-        (b'{"choices":[],"usage":null}', facts(usage_key=True)),
-        (chat({"content": "a"}, usage=None), facts((0,), usage_key=True)),
-        (b'{"error":{"message":"boom","code":500}}', facts(error=True)),
-        (b'{"choices":{"0":{}}}', facts()),
-        (b'{"choices":[1,"x",null,[]]}', facts()),
-        (b'{"choices":[{"delta":"hi"},{"delta":["x"]},{"delta":null}]}', facts()),
-    ],
-)
-def test_chunk_facts(payload: bytes, expected: ChunkFacts) -> None:
-    assert chunk_facts(payload) == expected
-
-
-@pytest.mark.parametrize("payload", [b"[DONE]", b" [DONE]\n", b"\t[DONE]"])
-def test_chunk_facts_done(payload: bytes) -> None:
-    result = chunk_facts(payload)
-    assert result is not None
-    assert result.done
-    assert result.outputs == ()
-
-
-@pytest.mark.parametrize(
-    "payload",
-    [
-        *(b"", b"[DONE", b"[done]", b"\xff\xfe", b"{", b"[1,2]", b'"x"', b"null", b"42", b"{]}"),
-        b"[" * 5000 + b"]" * 5000,
-        b'{"a":' * 100_000 + b"1" + b"}" * 100_000,  # crashes orjson < 3.9.15 unguarded
-    ],
-)
-def test_chunk_facts_rejects_without_raising(payload: bytes) -> None:
-    assert chunk_facts(payload) is None

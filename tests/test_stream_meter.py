@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from metrics_proxy import ProxyMetricsRecorder
-from metrics_proxy.payloads import NO_INJECTION, Injection
+from metrics_proxy.apis.base import NO_INJECTION, Injection
+from metrics_proxy.apis.chat import CHAT
 from metrics_proxy.stream_meter import StreamMeter
 
 ROLE = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
@@ -22,16 +22,21 @@ STRIP = Injection(strip_final_usage=True, strip_chunk_usage=True)
 
 
 def run(stream: bytes, cuts: list[int], injection: Injection) -> tuple[bytes, StreamMeter]:
-    recorder = ProxyMetricsRecorder("m", process_metrics=False)
-    request = recorder.start_request()
-    request.slot_acquired()
-    meter = StreamMeter(request, injection)
+    meter = StreamMeter(CHAT, injection)
     out = b""
     for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
-        forwarded = meter.feed(stream[start:end], 0.0)
+        forwarded, _ = meter.feed(stream[start:end])
         assert (out + forwarded) == stream[: len(out + forwarded)] or injection is not NO_INJECTION
         out += forwarded
-    return out + meter.close(0.0), meter
+    return out + meter.close()[0], meter
+
+
+def test_each_chunk_says_which_outputs_its_events_carried() -> None:
+    meter = StreamMeter(CHAT, NO_INJECTION)
+    assert meter.feed(ROLE + PING) == (ROLE + PING, ())  # an empty content is no output
+    assert meter.feed(TOKENS[0] + TOKENS[1]) == (TOKENS[0] + TOKENS[1], (0, 0))
+    two = b'data: {"choices":[{"index":1,"delta":{"content":"x"}}]}\n\n'
+    assert meter.feed(two + FINISH) == (two + FINISH, (1,))
 
 
 @pytest.mark.parametrize("cut", range(1, len(STREAM)))
@@ -52,18 +57,22 @@ def test_any_cut_removes_only_the_usage_the_proxy_asked_for(cut: int) -> None:
 
 
 def test_whole_events_and_comments_go_at_once_and_half_events_wait() -> None:
-    recorder = ProxyMetricsRecorder("m", process_metrics=False)
-    request = recorder.start_request()
-    request.slot_acquired()
-    meter = StreamMeter(request, NO_INJECTION)
-    assert meter.feed(PING, 0.0) == PING  # a keep-alive is never held back
+    meter = StreamMeter(CHAT, NO_INJECTION)
+    outputs: list[int] = []
+
+    def feed(chunk: bytes) -> bytes:
+        out, seen = meter.feed(chunk)
+        outputs.extend(seen)
+        return out
+
+    assert feed(PING) == PING  # a keep-alive is never held back
     half = len(TOKENS[0]) // 2
-    assert meter.feed(ROLE + TOKENS[0][:half], 0.0) == ROLE
-    assert meter.feed(TOKENS[0][half:], 0.0) == TOKENS[0]  # the held half goes with it
+    assert feed(ROLE + TOKENS[0][:half]) == ROLE
+    assert feed(TOKENS[0][half:]) == TOKENS[0]  # the held half goes with it
     # An upstream that dies mid-event: that half is never sent, so the error event the
     # proxy writes next arrives whole and alone.
-    assert meter.feed(TOKENS[1][:half], 0.0) == b""
-    assert request.output_chunks == 1
+    assert feed(TOKENS[1][:half]) == b""
+    assert len(outputs) == 1
 
 
 def test_usage_null_on_every_chunk_is_removed_for_a_client_that_did_not_ask() -> None:

@@ -12,11 +12,11 @@ balanced containers, never byte by byte in Python.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import orjson
 
-from metrics_proxy.payloads import ResponseFacts, response_facts
-from metrics_proxy.sse import Usage
+from metrics_proxy.apis.base import ResponseFacts, Usage
 
 __all__ = ["ResponseReader", "ResponseScanner"]
 
@@ -326,9 +326,11 @@ class ResponseReader:
     """A response's facts, from its chunks as they pass: a small body is kept and decoded
     whole; past _DECODE_LIMIT it is scanned instead, and nothing more is kept."""
 
-    __slots__ = ("_parts", "_scanner", "_size")
+    __slots__ = ("_decode", "_parts", "_scanner", "_size")
 
-    def __init__(self) -> None:
+    def __init__(self, decode: Callable[[bytes], ResponseFacts]) -> None:
+        """``decode`` reads a whole small body (the API's own decoder)."""
+        self._decode = decode
         self._parts: list[bytes] = []
         self._size = 0
         self._scanner: ResponseScanner | None = None
@@ -351,4 +353,4 @@ class ResponseReader:
         if self._scanner is not None:
             return self._scanner.facts()
         parts = self._parts
-        return response_facts(parts[0] if len(parts) == 1 else b"".join(parts))
+        return self._decode(parts[0] if len(parts) == 1 else b"".join(parts))

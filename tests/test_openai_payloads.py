@@ -7,21 +7,23 @@ from typing import Any
 import orjson
 import pytest
 
-from metrics_proxy.payloads import (
+from metrics_proxy.apis.base import (
     NO_INJECTION,
     BadRequestBody,
     Injection,
     RequestFacts,
     ResponseFacts,
+    Usage,
     UsageMode,
+    parse_request,
+)
+from metrics_proxy.apis.openai import (
     add_usage_request,
     lax_bool,
-    parse_request,
     request_facts,
     response_facts,
     strip_usage_field,
 )
-from metrics_proxy.sse import Usage
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,15 @@ from typing import Any
 import orjson
 import pytest
 
-from metrics_proxy.payloads import ResponseFacts, response_facts
-from metrics_proxy.response_scan import ResponseReader, ResponseScanner
-from metrics_proxy.sse import Usage
+from metrics_proxy.apis.base import ResponseFacts, Usage
+from metrics_proxy.apis.body_scan import ResponseReader as ScanningReader
+from metrics_proxy.apis.body_scan import ResponseScanner
+from metrics_proxy.apis.openai import response_facts
+
+
+def ResponseReader() -> ScanningReader:
+    return ScanningReader(response_facts)
+
 
 NO_FACTS = ResponseFacts(None, None, 0)
 USAGE = b'{"prompt_tokens":9,"total_tokens":30,"completion_tokens":21}'

@@ -1,0 +1,184 @@
+"""What every metered API shares: the facts the meters read, and the interface an API
+module fills in. Pure: no I/O, and nothing of any one API's JSON.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+import orjson
+
+from metrics_proxy.families import FinishedReason
+from metrics_proxy.json_members import WHITESPACE
+
+__all__ = [
+    "NO_INJECTION",
+    "Api",
+    "BadRequestBody",
+    "BodyReader",
+    "EventFacts",
+    "Injection",
+    "RequestFacts",
+    "ResponseFacts",
+    "Usage",
+    "UsageMode",
+    "parse_request",
+    "vllm_finished_reason",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts reported by the upstream."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @staticmethod
+    def from_json(value: object) -> Usage | None:
+        """The Usage in a decoded `usage` member, or None when it is absent or malformed."""
+        if type(value) is not dict:
+            return None
+        prompt = value.get("prompt_tokens")
+        completion = value.get("completion_tokens")
+        if completion is None:
+            completion = 0  # vLLM declares it optional
+        # Negative counts are refused: they would feed counters that must never go down.
+        if type(prompt) is int and type(completion) is int and prompt >= 0 and completion >= 0:
+            return Usage(prompt, completion)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What a request asks for: the usage flags read as vLLM reads them (lax_bool), n and
+    max_tokens defensively (a wrong type means the default)."""
+
+    stream: bool
+    wants_usage: bool  # stream_options.include_usage reads true
+    wants_continuous_usage: bool  # stream_options.continuous_usage_stats reads true
+    n: int
+    max_tokens: int | None  # max_completion_tokens, else max_tokens, when a positive int
+    # stream or stream_options holds a value vLLM refuses with a 400: nothing is added to it.
+    refused: bool = False
+
+
+class UsageMode(StrEnum):
+    """How much usage the proxy asks a streaming upstream for, whatever the client asked."""
+
+    NONE = "none"
+    INCLUDE = "include"  # stream_options.include_usage: one usage-only chunk at the end
+    CONTINUOUS = "continuous"  # and vLLM's continuous_usage_stats: usage on every chunk
+
+
+@dataclass(frozen=True, slots=True)
+class Injection:
+    """What the proxy must hide from the client because it asked upstream for it.
+
+    strip_final_usage: drop the final usage-only chunk (`choices: []`).
+    strip_chunk_usage: remove `usage` from chunks with choices (strip_usage_field): vLLM's
+    continuous_usage_stats puts counts there and OpenAI puts `null` there once include_usage
+    is on, while the client asked for per-chunk usage (both flags set) only when this is False.
+    """
+
+    strip_final_usage: bool
+    strip_chunk_usage: bool
+
+
+NO_INJECTION = Injection(strip_final_usage=False, strip_chunk_usage=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFacts:
+    """What a non-streaming completion or chat response tells the meters."""
+
+    usage: Usage | None
+    finish_reason: str | None  # the last non-null choices[*].finish_reason
+    choices: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventFacts:
+    """What one streamed event tells the meters (each API reads its own events)."""
+
+    done: bool  # the `[DONE]` sentinel
+    outputs: tuple[int, ...]  # `index` of each choice (output) carrying generated output in it
+    finish_reason: str | None  # the last non-null choices[*].finish_reason
+    usage: Usage | None
+    usage_only: bool  # `choices: []` with usage: vLLM's final include_usage chunk
+    error: bool  # a top-level "error" member: the upstream failed mid-stream
+    # A top-level "usage" member, even null: OpenAI-style servers put "usage": null on every
+    # chunk once include_usage is on, and a client that did not ask must not see it.
+    usage_key: bool = False
+
+
+class BadRequestBody(ValueError):
+    """A request body the proxy cannot read; the message is safe to show and never echoes it."""
+
+
+class BodyReader(Protocol):
+    """Reads a non-streamed answer chunk by chunk as it passes, keeping little of it."""
+
+    def feed(self, chunk: bytes) -> None: ...
+    def facts(self) -> ResponseFacts: ...
+
+
+class Api(Protocol):
+    """One metered API: everything the proxy must know of its JSON, and nothing more.
+
+    The SSE decoder, the stream meter, the relay and the record know none of this; they ask
+    the API module of the route.
+    """
+
+    routes: tuple[str, ...]
+
+    def read_request(self, obj: dict[str, Any]) -> RequestFacts:
+        """What a decoded request asks for (stream, n, max_tokens, usage); never raises."""
+
+    def prepare(
+        self, body: bytes, obj: dict[str, Any], facts: RequestFacts, mode: UsageMode
+    ) -> tuple[bytes, Injection]:
+        """The body to send upstream so that its counts are exact, and what to hide."""
+
+    def event_facts(self, data: bytes) -> EventFacts | None:
+        """The facts of one event's data; None when it tells the meters nothing."""
+
+    def undo(self, data: bytes, facts: EventFacts, injection: Injection) -> bytes | None:
+        """An event as the client would have had it without the proxy's change: None to
+        keep it as it is, the new data, or b"" to drop the event whole."""
+
+    def body_reader(self) -> BodyReader:
+        """A reader for a non-streamed answer."""
+
+
+def parse_request(body: bytes) -> dict[str, Any]:
+    """Decode a request body that must be a JSON object, or raise BadRequestBody."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if not body.strip(WHITESPACE):
+            raise BadRequestBody("Request body is empty") from None
+        raise BadRequestBody(f"Request body is not valid JSON: {exc}") from None
+    if type(obj) is not dict:
+        raise BadRequestBody("Request body must be a JSON object")
+    return obj
+
+
+_VLLM_FINISHED_REASONS = frozenset(FinishedReason)
+# The APIs' names for a normal finish that vLLM's engine counts as "stop".
+_STOP_ALIASES = frozenset({"tool_calls", "function_call", "eos", "stop_sequence", "end_turn"})
+_TIDY_REASON = re.compile(r"^[a-z_]{1,32}$")
+
+
+def vllm_finished_reason(word: str | None) -> str:
+    """An API's finish word (or none) as vLLM's engine counts it: one of its reasons, an
+    unknown but tidy word as it is (a newer engine's), anything else as ``stop``; always a
+    safe label value."""
+    if word is None or word in _STOP_ALIASES:
+        return "stop"
+    if word in _VLLM_FINISHED_REASONS or _TIDY_REASON.match(word):
+        return word
+    return "stop"

@@ -1,0 +1,244 @@
+"""What chat and completions (OpenAI's two streaming APIs, as vLLM serves them) share: how a
+request asks for usage, how the proxy asks for it in the client's stead and hides it again,
+which events carry output, where usage and the finish reason are. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from metrics_proxy.apis.base import (
+    NO_INJECTION,
+    BodyReader,
+    EventFacts,
+    Injection,
+    RequestFacts,
+    ResponseFacts,
+    Usage,
+    UsageMode,
+)
+from metrics_proxy.apis.body_scan import ResponseReader
+from metrics_proxy.json_members import drop_member, skip_whitespace
+
+__all__ = [
+    "OpenAIApi",
+    "add_usage_request",
+    "lax_bool",
+    "request_facts",
+    "response_facts",
+    "strip_usage_field",
+]
+
+# Whether one choice of a streamed chunk carries generated output (text, reasoning, tools).
+OutputTest = Callable[[dict[str, Any]], bool]
+
+
+_LAX_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_LAX_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+def lax_bool(value: object) -> bool | None:
+    """A JSON value as vLLM reads its `Optional[bool] = False` request fields (`stream`,
+    `include_usage`, `continuous_usage_stats`); None when vLLM refuses it.
+
+    pydantic v2 in lax mode takes booleans, the numbers 0 and 1 (1.0 too), and a few words
+    in any ASCII case, untrimmed; null (or no member at all) means the default, False.
+    """
+    if value is None or value is False:
+        return False
+    if value is True:
+        return True
+    if isinstance(value, int | float):  # booleans are out of the way
+        return True if value == 1 else False if value == 0 else None
+    if isinstance(value, str) and value.isascii():  # pydantic folds ASCII case only
+        word = value.lower()
+        return True if word in _LAX_TRUE else False if word in _LAX_FALSE else None
+    return None
+
+
+def request_facts(obj: dict[str, Any]) -> RequestFacts:
+    """Read the facts of a decoded request; never raises."""
+    stream = lax_bool(obj.get("stream"))
+    include, continuous = _usage_options(obj.get("stream_options"))
+    n = obj.get("n")
+    return RequestFacts(
+        stream=stream is True,
+        wants_usage=include is True,
+        wants_continuous_usage=continuous is True,
+        n=n if type(n) is int and n >= 1 else 1,
+        max_tokens=_positive(obj.get("max_completion_tokens")) or _positive(obj.get("max_tokens")),
+        refused=stream is None or include is None or continuous is None,
+    )
+
+
+def _usage_options(options: object) -> tuple[bool | None, bool | None]:
+    """include_usage and continuous_usage_stats as vLLM reads them; None where it refuses."""
+    if options is None:
+        return False, False
+    if type(options) is not dict:
+        return None, None
+    return lax_bool(options.get("include_usage")), lax_bool(options.get("continuous_usage_stats"))
+
+
+def _positive(value: object) -> int | None:
+    return value if type(value) is int and value > 0 else None
+
+
+_INCLUDE_MEMBER = b'"stream_options":{"include_usage":true}'
+_CONTINUOUS_MEMBER = b'"stream_options":{"include_usage":true,"continuous_usage_stats":true}'
+
+
+def add_usage_request(
+    body: bytes, obj: dict[str, Any], facts: RequestFacts, mode: UsageMode
+) -> tuple[bytes, Injection]:
+    """The body to send upstream so that it reports usage, and what to hide from the client.
+
+    `obj` and `facts` are the decoded `body` and its facts. When nothing needs adding, the
+    very same `body` object comes back with NO_INJECTION. Otherwise the client's bytes are
+    kept and only the `stream_options` member is (re)written, as the object's first member:
+    re-serialising would turn integers beyond 64 bits into floats and fail past orjson's
+    dumps depth limit. vLLM honours continuous_usage_stats only with include_usage, so a
+    client that set the first alone gets it switched on by INCLUDE as well. Options the
+    proxy does not change keep the client's spelling, which vLLM reads as the client meant
+    it (`"continuous_usage_stats": 0` stays off); a request vLLM will refuse goes as it is.
+    """
+    if not facts.stream or facts.refused or mode is UsageMode.NONE:
+        return body, NO_INJECTION
+    continuous = mode is UsageMode.CONTINUOUS or facts.wants_continuous_usage
+    client_chunk_usage = facts.wants_usage and facts.wants_continuous_usage
+    if facts.wants_usage and (client_chunk_usage or mode is UsageMode.INCLUDE):
+        return body, NO_INJECTION
+    injection = Injection(
+        strip_final_usage=not facts.wants_usage, strip_chunk_usage=not client_chunk_usage
+    )
+    if "stream_options" not in obj:
+        member = _CONTINUOUS_MEMBER if continuous else _INCLUDE_MEMBER
+        rest = body
+    else:
+        options = obj["stream_options"]
+        merged = dict(options) if type(options) is dict else {}
+        merged["include_usage"] = True
+        if continuous:
+            merged["continuous_usage_stats"] = True
+        try:
+            member = b'"stream_options":' + orjson.dumps(merged)
+        except orjson.JSONEncodeError:
+            return body, NO_INJECTION  # absurd client options: forward them untouched
+        rest = drop_member(body, b"stream_options")
+        if rest is body:
+            return body, NO_INJECTION  # not a top-level member after all: cannot rewrite it
+    opening = skip_whitespace(rest, 0)
+    if rest[opening : opening + 1] != b"{":
+        return body, NO_INJECTION
+    after = opening + 1
+    separator = b"" if rest.startswith(b"}", skip_whitespace(rest, after)) else b","
+    return b"".join((rest[:after], member, separator, rest[after:])), injection
+
+
+def strip_usage_field(event_data: bytes) -> bytes:
+    """One chunk's JSON without its top-level `usage` member, every other byte kept.
+
+    Returns `event_data` itself when there is no such member or the bytes are not an object.
+    """
+    return drop_member(event_data, b"usage")
+
+
+# Shared answers for the shapes nearly every chunk has: building a frozen dataclass costs
+# more than the orjson.loads before it.
+_DONE = EventFacts(True, (), None, None, False, False)
+_NOTHING = EventFacts(False, (), None, None, False, False)
+_OUTPUT_0 = EventFacts(False, (0,), None, None, False, False)
+
+
+def chunk_facts(payload: bytes, carries_output: OutputTest) -> EventFacts | None:
+    """Facts of one chunk's data; None when it is neither a JSON object nor `[DONE]`."""
+    if payload == b"[DONE]":
+        return _DONE
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return _DONE if payload.strip() == b"[DONE]" else None
+    if type(obj) is not dict:
+        return None
+    choices = obj.get("choices")
+    outputs: tuple[int, ...] = ()
+    finish_reason = None
+    if type(choices) is list:
+        for choice in choices:
+            if type(choice) is not dict:
+                continue
+            reason = choice.get("finish_reason")
+            if type(reason) is str:
+                finish_reason = reason
+            if carries_output(choice):
+                index = choice.get("index", 0)
+                outputs += (index if type(index) is int else 0,)
+    usage_key = "usage" in obj
+    usage = Usage.from_json(obj["usage"]) if usage_key else None
+    error = "error" in obj
+    if not usage_key and finish_reason is None and not error:
+        if not outputs:
+            return _NOTHING
+        if outputs == (0,):
+            return _OUTPUT_0
+    usage_only = usage is not None and choices == []
+    return EventFacts(False, outputs, finish_reason, usage, usage_only, error, usage_key)
+
+
+_NO_RESPONSE_FACTS = ResponseFacts(None, None, 0)
+
+
+def response_facts(body: bytes) -> ResponseFacts:
+    """Read a whole response body; never raises (anything odd reads as no facts)."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _NO_RESPONSE_FACTS
+    if type(obj) is not dict:
+        return _NO_RESPONSE_FACTS
+    choices = obj.get("choices")
+    finish_reason = None
+    count = 0
+    if type(choices) is list:
+        count = len(choices)
+        for choice in choices:
+            reason = choice.get("finish_reason") if type(choice) is dict else None
+            if type(reason) is str:
+                finish_reason = reason
+    return ResponseFacts(Usage.from_json(obj.get("usage")), finish_reason, count)
+
+
+class OpenAIApi:
+    """Chat or completions: the same JSON around a different choice shape."""
+
+    __slots__ = ("_carries_output", "routes")
+
+    def __init__(self, routes: tuple[str, ...], carries_output: OutputTest) -> None:
+        self.routes = routes
+        self._carries_output = carries_output
+
+    def read_request(self, obj: dict[str, Any]) -> RequestFacts:
+        return request_facts(obj)
+
+    def prepare(
+        self, body: bytes, obj: dict[str, Any], facts: RequestFacts, mode: UsageMode
+    ) -> tuple[bytes, Injection]:
+        return add_usage_request(body, obj, facts, mode)
+
+    def event_facts(self, data: bytes) -> EventFacts | None:
+        return chunk_facts(data, self._carries_output)
+
+    def undo(self, data: bytes, facts: EventFacts, injection: Injection) -> bytes | None:
+        """The usage-only chunk the proxy asked for is dropped whole; other chunks lose the
+        `usage` member that its request put there (numbers, or OpenAI's `null`)."""
+        if not facts.usage_key:
+            return None
+        if facts.usage_only:
+            return b"" if injection.strip_final_usage else None
+        return strip_usage_field(data) if injection.strip_chunk_usage else None
+
+    def body_reader(self) -> BodyReader:
+        return ResponseReader(response_facts)

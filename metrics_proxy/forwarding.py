@@ -1,0 +1,76 @@
+"""Any path that is not metered: the request and its answer pass through as they are."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import web
+
+from metrics_proxy.client_io import (
+    ClientGone,
+    ClientWriteLimits,
+    DeadlineResponse,
+    abort_connection,
+    write_guard,
+)
+from metrics_proxy.errors import CLIENT_BODY_TIMEOUT, UpstreamFailure, gone
+from metrics_proxy.headers import response_headers
+from metrics_proxy.recorder import ProxyMetricsRecorder
+from metrics_proxy.relay import PASS_THROUGH, relay
+from metrics_proxy.upstream_client import ClientBodyTimeout, Upstream
+
+
+class Forwarder:
+    """Streams any request and its answer through unchanged, without token metrics."""
+
+    __slots__ = ("_client_writes", "_recorder", "_upstream")
+
+    def __init__(
+        self, upstream: Upstream, recorder: ProxyMetricsRecorder, client_writes: ClientWriteLimits
+    ) -> None:
+        self._upstream = upstream
+        self._recorder = recorder
+        self._client_writes = client_writes
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        started = asyncio.get_running_loop().time()
+        response: web.StreamResponse | None = None
+        try:
+            body = request.content if request.body_exists else None
+            async with self._upstream.open(request, body) as upstream:
+                response = DeadlineResponse(
+                    status=upstream.status,
+                    reason=upstream.reason,
+                    headers=response_headers(upstream.headers, body_rewritten=False),
+                    limits=self._client_writes,
+                    started=started,
+                )
+                # Guarded: a client gone by now is no upstream failure.
+                await write_guard(response.prepare(request))
+                await self._copy(request, upstream, response)
+                return response
+        except ClientGone:
+            return gone()
+        except ClientBodyTimeout:
+            # The client stalled its body: 408 while that can still be said, a cut
+            # connection once the answer has begun.
+            self._recorder.count_error(CLIENT_BODY_TIMEOUT.kind)
+            if response is not None and response.prepared:
+                abort_connection(request)
+            return CLIENT_BODY_TIMEOUT.response()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            failure = UpstreamFailure.of(exc)
+            self._recorder.count_error(failure.kind)
+            return failure.response()
+
+    async def _copy(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, response: web.StreamResponse
+    ) -> None:
+        try:
+            await relay(upstream.content, response, PASS_THROUGH)
+            await write_guard(response.write_eof())
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # Headers are out: the only honest signal left is a broken connection.
+            self._recorder.count_error(UpstreamFailure.of(exc).kind)
+            abort_connection(request)
