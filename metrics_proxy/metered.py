@@ -345,7 +345,7 @@ class _Metering:
     """A body filter that meters an event stream: what the meter lets through goes on, and
     each output it saw moves the record's clock (TTFT, then inter-token latency)."""
 
-    __slots__ = ("_clock", "_record", "meter")
+    __slots__ = ("_clock", "_record", "meter", "stopped")
 
     def __init__(
         self, meter: StreamMeter, record: RequestRecord, clock: Callable[[], float]
@@ -353,26 +353,25 @@ class _Metering:
         self.meter = meter
         self._record = record
         self._clock = clock
-
-    @property
-    def stopped(self) -> bool:
-        return self.meter.event_too_large
+        self.stopped = False
 
     def feed(self, chunk: bytes) -> bytes:
-        out, outputs = self.meter.feed(chunk)
+        # The per-chunk path: one call into the meter, a clock read only when output came.
+        meter = self.meter
+        out, outputs = meter.feed(chunk)
         if outputs:
-            self._saw(outputs)
+            now = self._clock()
+            output = self._record.output
+            for index in outputs:
+                output(index, now)
+        elif meter.event_too_large:
+            self.stopped = True
         return out
 
     def close(self) -> bytes:
         out, outputs = self.meter.close()
-        if outputs:
-            self._saw(outputs)
+        now = self._clock()
+        for index in outputs:
+            self._record.output(index, now)
         self._record.report_usage(self.meter.usage)
         return out
-
-    def _saw(self, outputs: tuple[int, ...]) -> None:
-        now = self._clock()
-        output = self._record.output
-        for index in outputs:
-            output(index, now)

@@ -127,11 +127,12 @@ class StreamMeter:
                 self.upstream_error = True
             if facts.usage is not None:
                 self.usage = facts.usage
-            undone = api.undo(event.data, facts, self._injection)
-            if undone is not None:
-                if changes is None:
-                    changes = {}
-                changes[position] = undone
+            if facts.usage_key:  # only an event with usage can be one the proxy changed
+                undone = api.undo(event.data, facts, self._injection)
+                if undone is not None:
+                    if changes is None:
+                        changes = {}
+                    changes[position] = undone
         return outputs, changes
 
     def _settle(

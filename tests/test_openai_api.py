@@ -37,7 +37,7 @@ def either_output(choice: dict[str, Any]) -> bool:
 
 def chunk_facts(payload: bytes) -> ChunkFacts | None:
     """The shared chunk reading, with either API's idea of output."""
-    return read_chunk(payload, either_output)
+    return read_chunk(either_output, payload)
 
 
 def facts(

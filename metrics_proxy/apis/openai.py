@@ -6,6 +6,7 @@ which events carry output, where usage and the finish reason are. Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -153,7 +154,7 @@ _NOTHING = EventFacts(False, (), None, None, False, False)
 _OUTPUT_0 = EventFacts(False, (0,), None, None, False, False)
 
 
-def chunk_facts(payload: bytes, carries_output: OutputTest) -> EventFacts | None:
+def chunk_facts(carries_output: OutputTest, payload: bytes) -> EventFacts | None:
     """Facts of one chunk's data; None when it is neither a JSON object nor `[DONE]`."""
     if payload == b"[DONE]":
         return _DONE
@@ -214,11 +215,15 @@ def response_facts(body: bytes) -> ResponseFacts:
 class OpenAIApi:
     """Chat or completions: the same JSON around a different choice shape."""
 
-    __slots__ = ("_carries_output", "routes")
+    __slots__ = ("_carries_output", "event_facts", "routes")
 
     def __init__(self, routes: tuple[str, ...], carries_output: OutputTest) -> None:
         self.routes = routes
         self._carries_output = carries_output
+        # Called for every streamed event: a partial costs no Python frame of its own.
+        self.event_facts: Callable[[bytes], EventFacts | None] = partial(
+            chunk_facts, carries_output
+        )
 
     def read_request(self, obj: dict[str, Any]) -> RequestFacts:
         return request_facts(obj)
@@ -227,9 +232,6 @@ class OpenAIApi:
         self, body: bytes, obj: dict[str, Any], facts: RequestFacts, mode: UsageMode
     ) -> tuple[bytes, Injection]:
         return add_usage_request(body, obj, facts, mode)
-
-    def event_facts(self, data: bytes) -> EventFacts | None:
-        return chunk_facts(data, self._carries_output)
 
     def undo(self, data: bytes, facts: EventFacts, injection: Injection) -> bytes | None:
         """The usage-only chunk the proxy asked for is dropped whole; other chunks lose the
