@@ -185,7 +185,7 @@ def main() -> int:
     upstream_port, proxy_port = free_port(), free_port()
     upstream, proxy = f"http://{HOST}:{upstream_port}", f"http://{HOST}:{proxy_port}"
     print(f"Starting the fake vLLM upstream on {upstream} and metrics_proxy on {proxy}…")
-    fake = ["tests/fake_upstream.py", "--host", HOST, "--port", str(upstream_port)]
+    fake = ["tests/support/fake_upstream.py", "--host", HOST, "--port", str(upstream_port)]
     fake += ["--behavior", UPSTREAM_BEHAVIOR]
     proxy_args = ["-m", "metrics_proxy.proxy_server", "--upstream-url", upstream]
     proxy_args += ["--model-name", "demo-model", "--host", HOST, "--port", str(proxy_port)]

@@ -4,22 +4,18 @@ the label values a client can choose."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
-from conftest import Stack, StackFactory
-from fake_upstream import make_fake_upstream
-from test_server_process import free_port, wait_until_serving
 from yarl import URL
 
 from metrics_proxy.config import Config, ConfigError
+from tests.support.processes import environ_without_settings, free_port, wait_until_serving
+from tests.support.stack import Stack, StackFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = "/v1/chat/completions"
@@ -156,7 +152,7 @@ async def test_a_non_utf8_authorization_is_401_not_500(
 
 @pytest.mark.parametrize("env", ["PROXY_ADMIN_TOKEN", "PROXY_API_KEY", "PROXY_UPSTREAM_API_KEY"])
 def test_an_empty_secret_is_a_configuration_error(env: str) -> None:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+    environ = environ_without_settings()
     environ |= {"PROXY_UPSTREAM_URL": "http://127.0.0.1:9", "PROXY_MODEL_NAME": "m", env: ""}
     result = subprocess.run(
         [sys.executable, "-m", "metrics_proxy.proxy_server"],
@@ -185,7 +181,7 @@ def test_an_upstream_key_without_client_keys_does_not_start() -> None:
 
 
 def test_the_command_refuses_to_lend_the_upstream_key() -> None:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+    environ = environ_without_settings()
     environ |= {"PROXY_UPSTREAM_API_KEY": "sk-CANARY"}
     command = [sys.executable, "-m", "metrics_proxy.proxy_server", "--upstream-url",
                "http://127.0.0.1:9", "--model-name", "m"]  # fmt: skip
@@ -278,16 +274,13 @@ async def test_handlers_are_vllm_routes_templates_or_none(stack: Stack) -> None:
     }
 
 
-@pytest.fixture
-async def upstream_url(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> str:
-    return str((await aiohttp_server(make_fake_upstream())).make_url("")).rstrip("/")
-
-
 @pytest.mark.parametrize("parser", ["c", "python"])
-async def test_client_chosen_methods_fold_into_one_label(upstream_url: str, parser: str) -> None:
-    upstream = upstream_url
+async def test_client_chosen_methods_fold_into_one_label(
+    fake_upstream_url: str, parser: str
+) -> None:
+    upstream = fake_upstream_url
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+    env = environ_without_settings()
     if parser == "python":
         env["AIOHTTP_NO_EXTENSIONS"] = "1"  # this parser takes any token as a method
     process = await asyncio.create_subprocess_exec(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from conftest import StackFactory
-from fake_upstream import Behavior
+
+from tests.support.fake_upstream import Behavior
+from tests.support.stack import StackFactory
 
 CHAT = "/v1/chat/completions"
 BODY = orjson.dumps({"model": "m", "messages": [], "stream": True})

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from conftest import StackFactory
-from raw_peers import RawMessage, RawUpstream, read_message, response_head
+
+from tests.support.raw_peers import RawMessage, RawUpstream, read_message, response_head
+from tests.support.stack import StackFactory
 
 CHAT = "/v1/chat/completions"
 # The client asks for usage itself, so the proxy takes nothing out of the stream.

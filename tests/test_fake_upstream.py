@@ -10,14 +10,15 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from fake_upstream import (
+from pytest_aiohttp import AiohttpClient
+
+from tests.support.fake_upstream import (
     BEHAVIOR_HEADER,
     FAKE_STATE,
     Behavior,
     FakeUpstreamState,
     make_fake_upstream,
 )
-from pytest_aiohttp import AiohttpClient
 
 Client = TestClient[web.Request, web.Application]
 CHAT = "/v1/chat/completions"

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
-from conftest import Stack, StackFactory
-from fake_upstream import BEHAVIOR_HEADER, FakeUpstreamState
+
+from tests.support.fake_upstream import BEHAVIOR_HEADER, FakeUpstreamState
+from tests.support.stack import Stack, StackFactory
 
 CHAT = "/v1/chat/completions"
 REQUESTS = int(os.environ.get("STORM_REQUESTS", "600"))

@@ -6,7 +6,8 @@ import asyncio
 
 import orjson
 import pytest
-from conftest import Stack, StackFactory
+
+from tests.support.stack import Stack, StackFactory
 
 CHAT = "/v1/chat/completions"
 

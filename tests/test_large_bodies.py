@@ -10,6 +10,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 
 import orjson
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -80,6 +81,7 @@ async def worst_probe_delay(
     return worst
 
 
+@pytest.mark.slow
 async def test_a_huge_answer_is_metered_exactly_without_being_kept_or_stalling_the_proxy(
     aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
 ) -> None:

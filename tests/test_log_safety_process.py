@@ -8,12 +8,9 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestServer
-from fake_upstream import make_fake_upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 CANARY = b"CANARY"
@@ -120,20 +117,16 @@ async def send(port: int, head: bytes, body_after_continue: bytes | None) -> byt
         writer.close()
 
 
-@pytest.fixture
-async def upstream_url(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> str:
-    server = await aiohttp_server(make_fake_upstream())
-    return str(server.make_url("")).rstrip("/")
-
-
 @pytest.mark.parametrize("level", ["DEBUG", "INFO"])
 @pytest.mark.parametrize("parser", ["c", "python"])
 async def test_bad_requests_are_logged_as_one_line_without_their_bytes(
-    upstream_url: str, parser: str, level: str
+    fake_upstream_url: str, parser: str, level: str
 ) -> None:
     env = {"AIOHTTP_NO_EXTENSIONS": "1"} if parser == "python" else {}
     attacks = ATTACKS | (ATTACKS_IN_THE_BODY if parser == "python" else {})
-    proxy = await ProxyProcess.start("--upstream-url", upstream_url, "--log-level", level, env=env)
+    proxy = await ProxyProcess.start(
+        "--upstream-url", fake_upstream_url, "--log-level", level, env=env
+    )
     try:
         port, _ = await proxy.serving()
         for name, (head, body) in attacks.items():

@@ -6,8 +6,9 @@ import logging
 
 import openai
 import pytest
-from conftest import Stack, StackFactory
-from fake_upstream import BEHAVIOR_HEADER, Behavior
+
+from tests.support.fake_upstream import BEHAVIOR_HEADER, Behavior
+from tests.support.stack import Stack, StackFactory
 
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
     {"role": "user", "content": "a secret prompt"}

@@ -18,12 +18,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from fake_upstream import BEHAVIOR_HEADER, Behavior, make_fake_upstream
 
 from metrics_proxy.config import Config
 from metrics_proxy.server import create_app
+from tests.support.fake_upstream import BEHAVIOR_HEADER, Behavior, make_fake_upstream
 
-pytestmark = pytest.mark.needs_prometheus
+pytestmark = [pytest.mark.needs_prometheus, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 QUERIES: list[dict[str, str]] = json.loads(

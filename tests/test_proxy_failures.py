@@ -8,8 +8,9 @@ import socket
 import aiohttp
 import orjson
 import pytest
-from conftest import Stack, StackFactory
-from fake_upstream import BEHAVIOR_HEADER, Behavior
+
+from tests.support.fake_upstream import BEHAVIOR_HEADER, Behavior
+from tests.support.stack import Stack, StackFactory
 
 CHAT = "/v1/chat/completions"
 STREAM = orjson.dumps({"model": "m", "messages": [], "stream": True})

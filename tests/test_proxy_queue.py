@@ -7,10 +7,10 @@ import asyncio
 import aiohttp
 import orjson
 import pytest
-from conftest import StackFactory
-from fake_upstream import Behavior
 
 from metrics_proxy.admission import AdmissionQueue
+from tests.support.fake_upstream import Behavior
+from tests.support.stack import StackFactory
 
 CHAT = "/v1/chat/completions"
 

@@ -7,10 +7,10 @@ import asyncio
 import aiohttp
 import orjson
 import pytest
-from conftest import Stack, StackFactory
-from fake_upstream import Behavior
 
 from metrics_proxy.prometheus import CONTENT_TYPE_TEXT
+from tests.support.fake_upstream import Behavior
+from tests.support.stack import Stack, StackFactory
 
 
 async def test_healthz(stack: Stack) -> None:

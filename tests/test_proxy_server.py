@@ -11,6 +11,7 @@ from unittest import mock
 import pytest
 
 from metrics_proxy.cli import build_parser, parse_config
+from tests.support.processes import environ_without_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED_ARGS = ["--upstream-url", "http://127.0.0.1:8001", "--model-name", "m"]
@@ -133,7 +134,7 @@ def test_help_never_echoes_environment_values() -> None:
 
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     # A clean PROXY_* slate, so the developer's own environment cannot leak into the result.
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+    environ = environ_without_settings()
     return subprocess.run(
         [sys.executable, "-m", "metrics_proxy.proxy_server", *args],
         cwd=ROOT,
@@ -187,7 +188,7 @@ def test_cli_exits_2_with_one_short_message(
     ],
 )
 def test_every_spelling_of_the_command_is_the_same_command(command: list[str]) -> None:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+    environ = environ_without_settings()
     result = subprocess.run(
         [*command, "--help"], cwd=ROOT, env=environ, capture_output=True, text=True,
         timeout=60, check=False,

@@ -7,8 +7,9 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from conftest import Stack, StackFactory
-from fake_upstream import BEHAVIOR_HEADER, Behavior
+
+from tests.support.fake_upstream import BEHAVIOR_HEADER, Behavior
+from tests.support.stack import Stack, StackFactory
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"

@@ -8,7 +8,8 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from conftest import StackFactory
+
+from tests.support.stack import StackFactory
 
 CHAT = "/v1/chat/completions"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from conftest import StackFactory
+from tests.support.stack import StackFactory
 
 
 def closed_port() -> int:

@@ -8,8 +8,9 @@ import contextlib
 
 import orjson
 import pytest
-from conftest import StackFactory
-from raw_peers import RawMessage, RawUpstream, read_message, response_head
+
+from tests.support.raw_peers import RawMessage, RawUpstream, read_message, response_head
+from tests.support.stack import StackFactory
 
 CHAT = "/v1/chat/completions"
 COMPLETION = orjson.dumps(

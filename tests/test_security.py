@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import subprocess
 import sys
@@ -13,8 +12,10 @@ from pathlib import Path
 import pytest
 import trustme
 from aiohttp.test_utils import TestServer
-from conftest import StackFactory
-from fake_upstream import make_fake_upstream
+
+from tests.support.fake_upstream import make_fake_upstream
+from tests.support.processes import environ_without_settings
+from tests.support.stack import StackFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = "/v1/chat/completions"
@@ -67,7 +68,7 @@ async def test_verification_can_be_turned_off_explicitly(
 
 
 def test_an_unreadable_ca_bundle_stops_the_command(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+    env = environ_without_settings()
     missing = tmp_path / "nope.pem"
     result = subprocess.run(
         [sys.executable, "-m", "metrics_proxy.proxy_server", "--upstream-url",

@@ -3,52 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
-import pytest
-from aiohttp.test_utils import TestServer
-from fake_upstream import make_fake_upstream
+
+from tests.support.processes import environ_without_settings, free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_until_serving(url: str, process: asyncio.subprocess.Process) -> None:
-    """Poll the liveness route until it answers (bounded): a bound port has no event to await."""
-    async with asyncio.timeout(20), aiohttp.ClientSession() as session:
-        while True:
-            assert process.returncode is None, "the proxy exited during start-up"
-            try:
-                async with session.get(url + "/internal/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> str:
-    server = await aiohttp_server(make_fake_upstream())
-    return str(server.make_url("")).rstrip("/")
-
-
-async def test_the_command_serves_configured_by_environment(upstream: str) -> None:
+async def test_the_command_serves_configured_by_environment(fake_upstream_url: str) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+    env = environ_without_settings()
     env |= {
-        "PROXY_UPSTREAM_URL": upstream,
+        "PROXY_UPSTREAM_URL": fake_upstream_url,
         "PROXY_MODEL_NAME": "env-model",
         "PROXY_HOST": "127.0.0.1",
         "PROXY_PORT": str(port),
@@ -83,14 +54,14 @@ async def test_the_command_serves_configured_by_environment(upstream: str) -> No
     assert b"Traceback" not in stderr
 
 
-async def test_a_taken_port_is_one_clear_line_and_exit_1(upstream: str) -> None:
+async def test_a_taken_port_is_one_clear_line_and_exit_1(fake_upstream_url: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+        env = environ_without_settings()
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "metrics_proxy.proxy_server", "--upstream-url", upstream,
+            sys.executable, "-m", "metrics_proxy.proxy_server", "--upstream-url", fake_upstream_url,
             "--model-name", "m", "--host", "127.0.0.1", "--port", str(port),
             cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip

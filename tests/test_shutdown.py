@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,8 +11,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from fake_upstream import FAKE_STATE, Behavior, FakeUpstreamState, make_fake_upstream
-from test_server_process import free_port, wait_until_serving
+
+from tests.support.fake_upstream import FAKE_STATE, Behavior, FakeUpstreamState, make_fake_upstream
+from tests.support.processes import environ_without_settings, free_port, wait_until_serving
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = "/v1/chat/completions"
@@ -43,7 +45,7 @@ async def start_proxy(
 
     async def start(*flags: str) -> Proxy:
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+        env = environ_without_settings()
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "metrics_proxy.proxy_server", "--upstream-url", upstream[0],
             "--model-name", "m", "--host", "127.0.0.1", "--port", str(port), *flags,

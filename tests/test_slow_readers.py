@@ -11,8 +11,11 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import Stack, StackFactory
-from raw_peers import RawMessage, RawUpstream, response_head
+
+from tests.support.raw_peers import RawMessage, RawUpstream, response_head
+from tests.support.stack import Stack, StackFactory
+
+pytestmark = pytest.mark.slow
 
 CHAT = "/v1/chat/completions"
 STREAM = orjson.dumps({"model": "m", "messages": [], "stream": True})

@@ -9,11 +9,11 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import Stack
-from fake_upstream import BEHAVIOR_HEADER
 
 from metrics_proxy.config import Config
 from metrics_proxy.server import create_app
+from tests.support.fake_upstream import BEHAVIOR_HEADER
+from tests.support.stack import Stack
 
 CHAT = "/v1/chat/completions"
 STREAM = orjson.dumps({"model": "m", "messages": [], "stream": True})

@@ -9,7 +9,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from conftest import Stack, StackFactory
+
+from tests.support.stack import Stack, StackFactory
 
 CHAT = "/v1/chat/completions"
 

@@ -1,8 +1,8 @@
 """A deterministic fake vLLM/OpenAI-compatible upstream, steerable per request.
 
 Tests serve it with ``aiohttp_server(make_fake_upstream())`` and read what it saw and how each
-response ended from ``app[FAKE_STATE]``; ``python tests/fake_upstream.py --port 8000`` runs it
-standalone for ``make demo``.
+response ended from ``app[FAKE_STATE]``; ``python tests/support/fake_upstream.py --port 8000``
+runs it standalone for ``make demo``.
 
 Disconnect detection: aiohttp >= 3.9 no longer cancels a handler when its client goes away,
 unless the server runs with ``handler_cancellation=True``. ``TestServer`` (hence the

