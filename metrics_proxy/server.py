@@ -332,19 +332,22 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             config.model_name,
         )
         await stop.wait()
-        lifecycle = app[LIFECYCLE]
-        lifecycle.draining = True
-        log.info("shutting down: %d requests in flight", lifecycle.in_flight)
-        try:
-            async with asyncio.timeout(config.shutdown_grace_period):
-                await lifecycle.wait_idle()
-        except TimeoutError:
-            log.warning(
-                "grace period over: ending %d requests still in flight", lifecycle.in_flight
-            )
+        await _drain(app[LIFECYCLE], config.shutdown_grace_period)
     finally:
         await runner.cleanup()
     log.info("stopped")
+
+
+async def _drain(lifecycle: Lifecycle, grace_period: float) -> None:
+    """Refuse new work and give what is in flight the grace period; the runner's clean-up
+    then ends whatever is left."""
+    lifecycle.draining = True
+    log.info("shutting down: %d requests in flight", lifecycle.in_flight)
+    try:
+        async with asyncio.timeout(grace_period):
+            await lifecycle.wait_idle()
+    except TimeoutError:
+        log.warning("grace period over: ending %d requests still in flight", lifecycle.in_flight)
 
 
 def run_app(config: Config) -> None:

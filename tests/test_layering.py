@@ -1,5 +1,6 @@
-"""Which module may import which: the generic Prometheus pieces stand alone, and the recorder
-fills the registry without knowing how it is rendered."""
+"""The shape of the code: which module may import which (the generic Prometheus pieces stand
+alone, pure logic does no I/O, the recorder fills the registry without knowing how it is
+rendered), and functions short enough to read."""
 
 from __future__ import annotations
 
@@ -48,3 +49,50 @@ def test_the_recorder_never_imports_exposition() -> None:
         parts = module.split(".")
         assert "exposition" not in parts, module
         assert parts[-1] not in rendering, module
+
+
+# Pure logic: no network, no server, no client; testable alone.
+PURE = (
+    "apis/base.py",
+    "apis/body_scan.py",
+    "apis/chat.py",
+    "apis/completions.py",
+    "apis/openai.py",
+    "auth.py",
+    "config.py",
+    "families.py",
+    "json_members.py",
+    "record.py",
+    "routes.py",
+    "setting_rules.py",
+    "sse.py",
+    "stream_meter.py",
+)
+IO = {"aiohttp", "asyncio", "socket", "urllib.request", "http.client", "subprocess"}
+
+
+def test_pure_modules_do_no_io() -> None:
+    for name in PURE:
+        doing_io = {
+            module
+            for module in imported_modules(PACKAGE / name)
+            if any(module == io or module.startswith(io + ".") for io in IO)
+        }
+        assert not doing_io, f"{name} imports {sorted(doing_io)}"
+
+
+def test_the_api_modules_are_the_only_ones_that_read_openais_json() -> None:
+    # The decoder, the meter, the relay and the record ask the route's API module.
+    for name in ("sse.py", "stream_meter.py", "relay.py", "record.py"):
+        text = (PACKAGE / name).read_text()
+        for word in ('"choices"', '"delta"', "include_usage", "stream_options"):
+            assert word not in text, f"{name} reads {word}"
+
+
+def test_no_function_is_longer_than_fifty_lines() -> None:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                assert node.end_lineno is not None
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 50, f"{path.relative_to(PACKAGE)}: {node.name} has {length} lines"
