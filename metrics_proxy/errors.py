@@ -33,10 +33,14 @@ def json_error(status: int, message: str, error_type: str) -> web.Response:
     )
 
 
+# The status of an exchange whose client left: nginx's 499, a 4xx in the http_* series.
+CLIENT_GONE = 499
+
+
 def gone() -> web.Response:
-    """What a handler returns once its client has left: nobody reads it, and the status is
-    what the http_* series count (499, a 4xx as for vLLM's server)."""
-    return web.Response(status=499)
+    """What a handler returns once its client has left: nobody reads it, and its status is
+    what the http_* series count."""
+    return web.Response(status=CLIENT_GONE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from metrics_proxy.client_io import (
     write_guard,
 )
 from metrics_proxy.errors import (
+    CLIENT_GONE,
     JSON,
     RequestFailure,
     UnsupportedEncoding,
@@ -167,7 +168,7 @@ class MeteredExchange:
         the server itself ended it, which is no client disconnect."""
         record = self.record
         record.finished_reason = FinishedReason.ABORT
-        record.status = 499
+        record.status = CLIENT_GONE
         if not self._context.lifecycle.draining:
             self._context.recorder.count_disconnect(record.stage)
 

@@ -19,7 +19,7 @@ from metrics_proxy.apis.base import UsageMode
 from metrics_proxy.auth import BearerTokens, split_tokens
 from metrics_proxy.client_io import ClientWriteLimits
 from metrics_proxy.config import Config, ConfigError, seconds_or_none
-from metrics_proxy.errors import json_error
+from metrics_proxy.errors import CLIENT_GONE, json_error
 from metrics_proxy.forwarding import Forwarder
 from metrics_proxy.lifecycle import Lifecycle
 from metrics_proxy.log_safety import install_log_guard, mask_url
@@ -207,7 +207,7 @@ async def _readyz(request: web.Request) -> web.Response:
 def _in_flight(handler: Handler, allowed: str | None = None) -> Handler:
     """Every request for the upstream passes here: refused if it must not go there,
     counted for a graceful shutdown and refused once draining, and observed in the http_*
-    series, the one place they are (a client that left counts as 499); with ``allowed``,
+    series, the one place they are (a client that left counts as CLIENT_GONE); with ``allowed``,
     also the method check (one wrapper on the hot path, not two)."""
 
     async def tracked(request: web.Request) -> web.StreamResponse:
@@ -215,7 +215,7 @@ def _in_flight(handler: Handler, allowed: str | None = None) -> Handler:
         clock = app[RECORDER].clock
         started = clock()
         path = vllm_path(request.rel_url.raw_path)
-        status = 499  # unless an answer says otherwise: the handler was cancelled
+        status = CLIENT_GONE  # unless an answer says otherwise: the handler was cancelled
         try:
             response: web.StreamResponse | None = _refused(request, path, allowed)
             if response is None:

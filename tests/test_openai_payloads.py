@@ -1,4 +1,4 @@
-"""Tests for metrics_proxy.payloads: request parsing, usage injection, response facts."""
+"""Tests for apis/openai.py and apis/base.py: request parsing, usage injection, response facts."""
 
 from __future__ import annotations
 
