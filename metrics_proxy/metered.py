@@ -248,19 +248,23 @@ class MeteredExchange:
         those); 5xx: it failed. Either way its answer goes to the client as it is."""
         self._context.recorder.count_error(ErrorKind.UPSTREAM_STATUS)
         self.record.rejected = upstream.status < 500
-        return await self._copy(upstream, response, _Reading(None))
+        return await self._copy(upstream, response, _Reading(None, None, self._clock))
 
     async def _relay_body(
         self, upstream: aiohttp.ClientResponse, response: web.StreamResponse
     ) -> bool:
         """Copy a non-streamed answer, reading its finish reason and usage as it passes: it
         may be hundreds of megabytes, which the proxy neither keeps nor decodes whole."""
-        reading = _Reading(self._api.body_reader())
+        answer = self.record if self._api.answer_is_output else None
+        reading = _Reading(self._api.body_reader(), answer, self._clock)
         if not await self._copy(upstream, response, reading):
             return False
         facts = reading.facts()
-        self.record.finish_with(facts.finish_reason)
-        self.record.report_usage(facts.usage)
+        record = self.record
+        record.finish_with(facts.finish_reason)
+        record.report_usage(facts.usage)
+        if answer is not None and record.generation_tokens is None:
+            record.generation_tokens = 0  # its one output is no generated token
         return True
 
     async def _copy(
@@ -324,15 +328,26 @@ class MeteredExchange:
 
 
 class _Reading:
-    """A body filter that lets every byte through and reads them on the way (or not)."""
+    """A body filter that lets every byte through and reads them on the way (or not). With
+    ``answer``, the answer's first byte is that record's one output."""
 
-    __slots__ = ("_reader",)
+    __slots__ = ("_answer", "_clock", "_reader")
     stopped = False
 
-    def __init__(self, reader: BodyReader | None) -> None:
+    def __init__(
+        self,
+        reader: BodyReader | None,
+        answer: RequestRecord | None,
+        clock: Callable[[], float],
+    ) -> None:
         self._reader = reader
+        self._answer = answer
+        self._clock = clock
 
     def feed(self, chunk: bytes) -> bytes:
+        if self._answer is not None:
+            self._answer.output(0, self._clock())
+            self._answer = None
         if self._reader is not None:
             self._reader.feed(chunk)
         return chunk

@@ -30,12 +30,11 @@ class StreamMeter:
     """
 
     __slots__ = (
-        "_api",
         "_decoder",
         "_emitted",
         "_held",
         "_held_size",
-        "_injection",
+        "_reader",
         "done",
         "event_too_large",
         "finish_reason",
@@ -44,8 +43,7 @@ class StreamMeter:
     )
 
     def __init__(self, api: Api, injection: Injection) -> None:
-        self._api = api
-        self._injection = injection
+        self._reader = api.event_reader(injection)
         self._decoder = SSEDecoder()
         # Pieces of an unfinished event, not forwarded yet: joined only once there is
         # something to forward, so a long event is not copied again on every chunk.
@@ -109,11 +107,12 @@ class StreamMeter:
     def _meter(self, events: list[Event]) -> tuple[tuple[int, ...], dict[int, bytes] | None]:
         """Read each event: the outputs they carried, and the events whose bytes change, by
         position, with their new data (b"" drops the event)."""
-        api = self._api
+        reader = self._reader
+        read = reader.facts
         outputs = _NO_OUTPUTS
         changes: dict[int, bytes] | None = None
         for position, event in enumerate(events):
-            facts = api.event_facts(event.data)
+            facts = read(event.data)
             if facts is None:
                 continue
             if facts.done:
@@ -128,7 +127,7 @@ class StreamMeter:
             if facts.usage is not None:
                 self.usage = facts.usage
             if facts.usage_key:  # only an event with usage can be one the proxy changed
-                undone = api.undo(event.data, facts, self._injection)
+                undone = reader.undo(event.data, facts)
                 if undone is not None:
                     if changes is None:
                         changes = {}

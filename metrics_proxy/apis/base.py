@@ -20,6 +20,7 @@ __all__ = [
     "BadRequestBody",
     "BodyReader",
     "EventFacts",
+    "EventReader",
     "Injection",
     "RequestFacts",
     "ResponseFacts",
@@ -126,6 +127,19 @@ class BodyReader(Protocol):
     def facts(self) -> ResponseFacts: ...
 
 
+class EventReader(Protocol):
+    """Reads one response's stream of events, in order; it may keep what an API spreads over
+    several events (the Messages API's input tokens come first, its output tokens last)."""
+
+    def facts(self, data: bytes) -> EventFacts | None:
+        """The facts of one event's data; None when it tells the meters nothing."""
+
+    def undo(self, data: bytes, facts: EventFacts) -> bytes | None:
+        """An event as the client would have had it without the proxy's change: None to
+        keep it as it is, the new data, or b"" to drop the event whole. Asked only of
+        events with a ``usage`` member, the only ones a change of the proxy's shows in."""
+
+
 class Api(Protocol):
     """One metered API: everything the proxy must know of its JSON, and nothing more.
 
@@ -134,6 +148,10 @@ class Api(Protocol):
     """
 
     routes: tuple[str, ...]
+    # The answer is the request's one output, as vLLM's engine counts a pooling request's:
+    # its arrival is the first token (TTFT and prefill observed then), and nothing is
+    # generated.
+    answer_is_output: bool
 
     def read_request(self, obj: dict[str, Any]) -> RequestFacts:
         """What a decoded request asks for (stream, n, max_tokens, usage); never raises."""
@@ -143,12 +161,8 @@ class Api(Protocol):
     ) -> tuple[bytes, Injection]:
         """The body to send upstream so that its counts are exact, and what to hide."""
 
-    def event_facts(self, data: bytes) -> EventFacts | None:
-        """The facts of one event's data; None when it tells the meters nothing."""
-
-    def undo(self, data: bytes, facts: EventFacts, injection: Injection) -> bytes | None:
-        """An event as the client would have had it without the proxy's change: None to
-        keep it as it is, the new data, or b"" to drop the event whole."""
+    def event_reader(self, injection: Injection) -> EventReader:
+        """A reader for one streamed answer, hiding what ``injection`` asked for."""
 
     def body_reader(self) -> BodyReader:
         """A reader for a non-streamed answer."""

@@ -15,6 +15,7 @@ from metrics_proxy.apis.base import (
     NO_INJECTION,
     BodyReader,
     EventFacts,
+    EventReader,
     Injection,
     RequestFacts,
     ResponseFacts,
@@ -212,18 +213,34 @@ def response_facts(body: bytes) -> ResponseFacts:
     return ResponseFacts(Usage.from_json(obj.get("usage")), finish_reason, count)
 
 
+class _ChunkReader:
+    """Reads chat or completion chunks; each says all it has to say on its own."""
+
+    __slots__ = ("_injection", "facts")
+
+    def __init__(self, carries_output: OutputTest, injection: Injection) -> None:
+        # Called for every streamed event: a partial costs no Python frame of its own.
+        self.facts: Callable[[bytes], EventFacts | None] = partial(chunk_facts, carries_output)
+        self._injection = injection
+
+    def undo(self, data: bytes, facts: EventFacts) -> bytes | None:
+        """The usage-only chunk the proxy asked for is dropped whole; other chunks lose the
+        `usage` member that its request put there (numbers, or OpenAI's `null`)."""
+        injection = self._injection
+        if facts.usage_only:
+            return b"" if injection.strip_final_usage else None
+        return strip_usage_field(data) if injection.strip_chunk_usage else None
+
+
 class OpenAIApi:
     """Chat or completions: the same JSON around a different choice shape."""
 
-    __slots__ = ("_carries_output", "event_facts", "routes")
+    __slots__ = ("_carries_output", "routes")
+    answer_is_output = False
 
     def __init__(self, routes: tuple[str, ...], carries_output: OutputTest) -> None:
         self.routes = routes
         self._carries_output = carries_output
-        # Called for every streamed event: a partial costs no Python frame of its own.
-        self.event_facts: Callable[[bytes], EventFacts | None] = partial(
-            chunk_facts, carries_output
-        )
 
     def read_request(self, obj: dict[str, Any]) -> RequestFacts:
         return request_facts(obj)
@@ -233,14 +250,8 @@ class OpenAIApi:
     ) -> tuple[bytes, Injection]:
         return add_usage_request(body, obj, facts, mode)
 
-    def undo(self, data: bytes, facts: EventFacts, injection: Injection) -> bytes | None:
-        """The usage-only chunk the proxy asked for is dropped whole; other chunks lose the
-        `usage` member that its request put there (numbers, or OpenAI's `null`)."""
-        if not facts.usage_key:
-            return None
-        if facts.usage_only:
-            return b"" if injection.strip_final_usage else None
-        return strip_usage_field(data) if injection.strip_chunk_usage else None
+    def event_reader(self, injection: Injection) -> EventReader:
+        return _ChunkReader(self._carries_output, injection)
 
     def body_reader(self) -> BodyReader:
         return ResponseReader(response_facts)
