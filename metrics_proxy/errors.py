@@ -50,14 +50,19 @@ class UpstreamFailure:
     kind: ErrorKind
     status: int
     message: str
+    # Whether the request may have reached the upstream: a refused or timed-out connect
+    # never did, so vLLM's engine never saw it and no vLLM request series counts it.
+    reached: bool = True
 
     @staticmethod
     def of(exc: BaseException) -> UpstreamFailure:
         # Order matters: aiohttp's connect timeout is both a connector error and a TimeoutError.
         if isinstance(exc, TimeoutError):
-            return UpstreamFailure(ErrorKind.TIMEOUT, 504, "Upstream timed out")
+            reached = not isinstance(exc, aiohttp.ConnectionTimeoutError)
+            return UpstreamFailure(ErrorKind.TIMEOUT, 504, "Upstream timed out", reached)
         if isinstance(exc, aiohttp.ClientConnectorError):
-            return UpstreamFailure(ErrorKind.CONNECT, 502, f"Upstream unreachable: {exc.os_error}")
+            message = f"Upstream unreachable: {exc.os_error}"
+            return UpstreamFailure(ErrorKind.CONNECT, 502, message, reached=False)
         return UpstreamFailure(
             ErrorKind.UPSTREAM_DISCONNECT, 502, f"Upstream failed: {type(exc).__name__}"
         )

@@ -194,6 +194,9 @@ class MeteredExchange:
             abort_connection(self._request)
             return self._response
         self.record.status = failure.status
+        # A request that never reached the upstream ran on no engine: proxy_errors_total and
+        # http_* count it, no vLLM request series does.
+        self.record.rejected = not failure.reached
         return failure.response()
 
     def _count(self, kind: ErrorKind) -> None:

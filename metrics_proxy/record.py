@@ -18,7 +18,6 @@ class Meters(Protocol):
     def decrement_waiting(self) -> None: ...
     def increment_running(self) -> None: ...
     def decrement_running(self) -> None: ...
-    def observe_queue_time(self, seconds: float) -> None: ...
     def observe_time_to_first_token(self, seconds: float) -> None: ...
     def observe_inter_token_latency(self, seconds: float) -> None: ...
     def finalize_request(self, record: RequestRecord) -> None: ...
@@ -36,7 +35,8 @@ class RequestRecord:
     accounts it exactly once: the gauges it holds, and, unless it was ``rejected``, every
     per-request series, all read from the record. The log line reads the same record.
 
-    Timings (monotonic seconds) map vLLM's intervals onto what a proxy sees: queue =
+    Timings (monotonic seconds) map vLLM's intervals onto what a proxy sees, observed when
+    the request is accounted, as vLLM observes them at a request's finish: queue =
     arrival → slot; TTFT = arrival → first output; prefill = slot → first output; decode =
     first → last output; inference = slot → last output (or the end when nothing was
     streamed); e2e = arrival → the end.
@@ -109,7 +109,6 @@ class RequestRecord:
         self.slot_at = now
         meters.decrement_waiting()
         meters.increment_running()
-        meters.observe_queue_time(now - self.arrival)
 
     def output(self, index: int = 0, now: float | None = None) -> None:
         """An event carrying generated output for output (choice) ``index`` arrived."""

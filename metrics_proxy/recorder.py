@@ -203,6 +203,9 @@ class ProxyMetricsRecorder:
         self._generation_tokens.inc(generation_tokens)
         if record.estimated:
             self._estimated.inc()
+        queue = record.queue_seconds
+        if queue is not None:  # observed at the end, as vLLM does: counted requests only
+            self._queue_time.observe(queue)
         if not record.completed:
             return
         if prompt_tokens is not None:

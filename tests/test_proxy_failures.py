@@ -96,7 +96,12 @@ async def test_unreachable_upstream_is_502(make_stack: StackFactory) -> None:
     forwarded = await stack.client.get("/v1/models")
     assert forwarded.status == 502
     assert await stack.value("proxy_errors_total", kind="connect") == 3
-    assert await stack.value("vllm:request_success_total", finished_reason="error") == 2
+    # vLLM never saw them: no vLLM request series counts them, http_* do.
+    samples = (await stack.snapshot())["vllm:request_success_total"]["samples"]
+    assert sum(sample["value"] for sample in samples) == 0
+    assert (await stack.value("vllm:request_queue_time_seconds"))["count"] == 0
+    handler = {"handler": "/v1/chat/completions", "status": "5xx"}
+    assert await stack.value("http_requests_total", **handler) == 2
     assert await stack.gauges() == (0, 0)
 
 
@@ -201,3 +206,15 @@ async def test_client_leaving_before_headers_closes_the_upstream(
     assert await stack.value("vllm:request_success_total", finished_reason="abort") == 1
     stack.state.behavior = Behavior()
     await assert_settled_and_serving(stack)
+
+
+async def test_an_upstream_refusal_moves_no_request_series(stack: Stack) -> None:
+    # vLLM observes queue time at a request's finish; a request its server refused (4xx)
+    # never finished in the engine, so it moves neither queue time nor e2e.
+    response = await stack.client.post(
+        CHAT, data=STREAM, headers={BEHAVIOR_HEADER: '{"status": 400}'}
+    )
+    assert response.status == 400
+    await response.read()
+    assert (await stack.value("vllm:request_queue_time_seconds"))["count"] == 0
+    assert (await stack.value("vllm:e2e_request_latency_seconds"))["count"] == 0
