@@ -135,7 +135,8 @@ BODY = b'{"model":"m", "messages":[{"role":"user","content":"{\\"a\\":1}"}], "st
 @pytest.mark.parametrize(
     ("mode", "member", "injection"),
     [
-        (UsageMode.INCLUDE, b'"stream_options":{"include_usage":true},', Injection(True, True)),
+        # Only what include_usage causes: the usage chunk and OpenAI's "usage": null.
+        (UsageMode.INCLUDE, b'"stream_options":{"include_usage":true},', Injection(True, False)),
         (
             UsageMode.CONTINUOUS,
             b'"stream_options":{"include_usage":true,"continuous_usage_stats":true},',
@@ -197,14 +198,14 @@ INCLUDE, CONTINUOUS = UsageMode.INCLUDE, UsageMode.CONTINUOUS
     [
         (b'{"continuous_usage_stats": true}', INCLUDE, BOTH, Injection(True, True)),
         (b'{"include_usage": false, "x": [1]}', INCLUDE, {"include_usage": True, "x": [1]},
-         Injection(True, True)),
-        (b"null", INCLUDE, {"include_usage": True}, Injection(True, True)),
-        (b'{"include_usage": true}', CONTINUOUS, BOTH, Injection(False, True)),
+         Injection(True, False)),
+        (b"null", INCLUDE, {"include_usage": True}, Injection(True, False)),
+        (b'{"include_usage": true}', CONTINUOUS, BOTH, Injection(False, True, False)),
         # The client's own spellings keep their meaning to vLLM: usage at the end, not per chunk.
         (b'{"include_usage": "yes", "continuous_usage_stats": 0}', CONTINUOUS, BOTH,
-         Injection(False, True)),
+         Injection(False, True, False)),
         (b'{"include_usage": "no", "continuous_usage_stats": 0}', INCLUDE,
-         {"include_usage": True, "continuous_usage_stats": 0}, Injection(True, True)),
+         {"include_usage": True, "continuous_usage_stats": 0}, Injection(True, False)),
         (b'{"include_usage": null, "continuous_usage_stats": "Y"}', INCLUDE, BOTH,
          Injection(True, True)),
     ],

@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.support.fake_upstream import Behavior
 from tests.support.stack import Stack, StackFactory
 
 CHAT = "/v1/chat/completions"
@@ -120,3 +121,49 @@ async def test_the_client_gets_the_usage_vllm_would_send(
     else:
         assert (prompt, generated, estimated) == (7, 5, 0)
     assert await stack.gauges() == (0, 0)
+
+
+# Servers that send usage of their own accord: whatever they send that the proxy's request did
+# not cause reaches the client as sent, and the counts are exact from it.
+SERVER_USAGE = [
+    ("finish", "include", {}),  # transformers serve: usage on its finish chunk, no usage chunk
+    ("force", "include", {}),  # vLLM --enable-force-include-usage: every chunk, and a usage chunk
+    ("finish", "include", {"stream_options": {"include_usage": True}}),
+    ("force", "include", {"stream_options": {"include_usage": True}}),
+    # (With --stream-usage continuous the proxy itself asks for counts on every chunk, so a
+    # server that sends them anyway cannot be told apart: the README says so.)
+]
+
+
+@pytest.mark.parametrize(("server", "stream_usage", "fields"), SERVER_USAGE)
+async def test_usage_the_server_sends_anyway_reaches_the_client(
+    make_stack: StackFactory, server: str, stream_usage: str, fields: dict[str, Any]
+) -> None:
+    stack = await make_stack(Behavior(usage=server), stream_usage=stream_usage)
+    body = orjson.dumps({"model": "m", "messages": [], "stream": True, **fields})
+    async with aiohttp.ClientSession() as session:
+        through = await answer(session, stack.client.make_url(CHAT), body)
+        direct = await answer(session, stack.upstream.make_url(CHAT), body)
+    assert through == direct
+    prompt = await stack.value("vllm:prompt_tokens_total")
+    generated = await stack.value("vllm:generation_tokens_total")
+    assert (prompt, generated) == (7, 5)
+    assert await stack.value("proxy_estimated_token_counts_total") == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the finish chunk held until the proxy knows whether a usage chunk follows",
+)
+async def test_continuous_mode_keeps_a_finish_chunks_own_usage(make_stack: StackFactory) -> None:
+    # The proxy asked for continuous usage; a server that ignores it and puts usage on its
+    # finish chunk alone (transformers serve) must still give a client that asked
+    # include_usage that usage, where the server put it.
+    stack = await make_stack(Behavior(usage="finish"), stream_usage="continuous")
+    body = orjson.dumps(
+        {"model": "m", "messages": [], "stream": True, "stream_options": {"include_usage": True}}
+    )
+    async with aiohttp.ClientSession() as session:
+        through = await answer(session, stack.client.make_url(CHAT), body)
+        direct = await answer(session, stack.upstream.make_url(CHAT), body)
+    assert through == direct

@@ -77,19 +77,23 @@ class UsageMode(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Injection:
-    """What the proxy must hide from the client because it asked upstream for it.
+    """What the proxy must hide from the client because it asked upstream for it, and only
+    that: usage a server sends of its own accord reaches the client as sent.
 
-    strip_final_usage: drop the final usage-only chunk (`choices: []`).
-    strip_chunk_usage: remove `usage` from chunks with choices (strip_usage_field): vLLM's
-    continuous_usage_stats puts counts there and OpenAI puts `null` there once include_usage
-    is on, while the client asked for per-chunk usage (both flags set) only when this is False.
+    strip_final_usage: drop the final usage-only chunk (`choices: []`), which include_usage
+    asked for (unless the server shows it sends usage anyway).
+    strip_chunk_usage: remove `usage` from chunks with choices: the proxy asked for vLLM's
+    continuous_usage_stats, which the client did not.
+    strip_null_usage: remove `"usage": null` from chunks with choices, which OpenAI-style
+    servers add once include_usage is on.
     """
 
     strip_final_usage: bool
     strip_chunk_usage: bool
+    strip_null_usage: bool = True
 
 
-NO_INJECTION = Injection(strip_final_usage=False, strip_chunk_usage=False)
+NO_INJECTION = Injection(strip_final_usage=False, strip_chunk_usage=False, strip_null_usage=False)
 
 
 @dataclass(frozen=True, slots=True)

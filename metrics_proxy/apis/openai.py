@@ -114,7 +114,10 @@ def add_usage_request(
     if facts.wants_usage and (client_chunk_usage or mode is UsageMode.INCLUDE):
         return body, NO_INJECTION
     injection = Injection(
-        strip_final_usage=not facts.wants_usage, strip_chunk_usage=not client_chunk_usage
+        strip_final_usage=not facts.wants_usage,
+        # Counts on every chunk are the proxy's doing only when it asked for them.
+        strip_chunk_usage=continuous and not client_chunk_usage,
+        strip_null_usage=not facts.wants_usage,
     )
     if "stream_options" not in obj:
         member = _CONTINUOUS_MEMBER if continuous else _INCLUDE_MEMBER
@@ -216,20 +219,33 @@ def response_facts(body: bytes) -> ResponseFacts:
 class _ChunkReader:
     """Reads chat or completion chunks; each says all it has to say on its own."""
 
-    __slots__ = ("_injection", "facts")
+    __slots__ = ("_injection", "_server_sends_usage", "facts")
 
     def __init__(self, carries_output: OutputTest, injection: Injection) -> None:
         # Called for every streamed event: a partial costs no Python frame of its own.
         self.facts: Callable[[bytes], EventFacts | None] = partial(chunk_facts, carries_output)
         self._injection = injection
+        self._server_sends_usage = False
 
     def undo(self, data: bytes, facts: EventFacts) -> bytes | None:
-        """The usage-only chunk the proxy asked for is dropped whole; other chunks lose the
-        `usage` member that its request put there (numbers, or OpenAI's `null`)."""
+        """Take out what the proxy's request caused, nothing else: the usage-only chunk
+        include_usage asked for, `usage` counts continuous_usage_stats put on every chunk,
+        OpenAI's `"usage": null`. Counts on a chunk the proxy did not ask for are the
+        server's own (transformers serve on its finish chunk; vLLM with
+        --enable-force-include-usage on every chunk, and then its usage chunk too): they
+        pass, and so does the usage chunk of such a server."""
         injection = self._injection
         if facts.usage_only:
-            return b"" if injection.strip_final_usage else None
-        return strip_usage_field(data) if injection.strip_chunk_usage else None
+            drop = injection.strip_final_usage and not self._server_sends_usage
+            return b"" if drop else None
+        if facts.usage is None:  # null (or unreadable): OpenAI's mark of include_usage
+            strip = injection.strip_null_usage or injection.strip_chunk_usage
+        elif injection.strip_chunk_usage:
+            strip = True
+        else:
+            self._server_sends_usage = True
+            strip = False
+        return strip_usage_field(data) if strip else None
 
 
 class OpenAIApi:

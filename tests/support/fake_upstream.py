@@ -31,7 +31,7 @@ from multidict import CIMultiDict
 BEHAVIOR_HEADER = "X-Fake-Behavior"
 _JSON = "application/json"
 CREATED = 1700000000  # a fixed timestamp keeps the output byte-for-byte deterministic
-_USAGE_MODES = ("honor", "never", "always")
+_USAGE_MODES = ("honor", "never", "always", "force", "finish")
 _DISCONNECT_POLL = 0.02  # seconds; only used without handler_cancellation (see module doc)
 _ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError"}
 _ERROR_TYPES |= {422: "UnprocessableEntityError", 429: "RateLimitError"}
@@ -47,7 +47,10 @@ class Behavior:
     itl: float = 0.0  # seconds between generated chunks
     finish_reason: str = "stop"
     role_chunk: bool = True  # chat: a role-only preamble chunk first, as vLLM sends
-    usage: str = "honor"  # "honor" stream_options (vLLM), "never", or "always" a final usage chunk
+    # "honor" stream_options (vLLM), "never", "always" a final usage chunk, "force" usage on
+    # every chunk and a final usage chunk whatever was asked (vLLM's
+    # --enable-force-include-usage), "finish" usage on the finish chunk alone (transformers serve)
+    usage: str = "honor"
     split: int = 0  # N > 0: write the stream in N-byte pieces (events cut across HTTP chunks)
     crlf: bool = False  # \r\n line endings in the SSE stream
     keepalive: bool = False  # a ": ping" comment before every event
@@ -240,8 +243,8 @@ async def _stream(
     chat, model = request.path == "/v1/chat/completions", str(body.get("model") or "fake-model")
     include_usage, continuous_usage = _usage_options(body)
     # vLLM only honours continuous_usage_stats together with include_usage.
-    with_usage = b.usage == "always" or (b.usage == "honor" and include_usage)
-    continuous = with_usage and continuous_usage
+    with_usage = b.usage in ("always", "force") or (b.usage == "honor" and include_usage)
+    continuous = (with_usage and continuous_usage) or b.usage == "force"
     eol = b"\r\n" if b.crlf else b"\n"
 
     async def event(data: bytes) -> None:
@@ -253,7 +256,8 @@ async def _stream(
     async def chunk(choice: dict[str, Any] | None, done_tokens: int) -> None:
         kind = "chat.completion.chunk" if chat else "text_completion"
         obj = _envelope(chat, kind, model, [] if choice is None else [choice])
-        if continuous or choice is None:
+        on_finish = b.usage == "finish" and choice is not None and choice["finish_reason"]
+        if continuous or choice is None or on_finish:
             obj["usage"] = _usage(b.prompt_tokens, done_tokens)
         await event(orjson.dumps(obj))
 
