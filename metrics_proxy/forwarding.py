@@ -19,6 +19,7 @@ from metrics_proxy.headers import response_headers
 from metrics_proxy.recorder import ProxyMetricsRecorder
 from metrics_proxy.relay import PASS_THROUGH, relay
 from metrics_proxy.upstream_client import ClientBodyTimeout, Upstream
+from metrics_proxy.websocket_relay import is_websocket_upgrade
 
 
 class Forwarder:
@@ -37,6 +38,8 @@ class Forwarder:
         started = asyncio.get_running_loop().time()
         response: web.StreamResponse | None = None
         try:
+            if is_websocket_upgrade(request):
+                return await self._upstream.websocket(request)
             body = request.content if request.body_exists else None
             async with self._upstream.open(request, body) as upstream:
                 response = DeadlineResponse(

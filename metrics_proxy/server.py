@@ -37,6 +37,7 @@ from metrics_proxy.routes import (
     vllm_path,
 )
 from metrics_proxy.upstream_client import Upstream
+from metrics_proxy.websocket_relay import is_websocket_upgrade
 
 CONFIG = web.AppKey("config", Config)
 RECORDER = web.AppKey("recorder", ProxyMetricsRecorder)
@@ -228,9 +229,10 @@ def _in_flight(handler: Handler, allowed: str | None = None) -> Handler:
             status = response.status
             return response
         finally:
-            app[RECORDER].observe_http(
-                handler_label(path), request.method, status, clock() - started
-            )
+            # A WebSocket is no HTTP exchange to vLLM's instrumentator either.
+            if not is_websocket_upgrade(request):
+                seconds = clock() - started
+                app[RECORDER].observe_http(handler_label(path), request.method, status, seconds)
 
     return tracked
 

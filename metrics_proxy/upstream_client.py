@@ -15,6 +15,7 @@ from metrics_proxy.config import Config, seconds_or_none
 from metrics_proxy.headers import request_headers
 from metrics_proxy.resend import ResendIfClosedUnanswered
 from metrics_proxy.setting_rules import split_credentials
+from metrics_proxy.websocket_relay import relay_websocket
 
 
 def client_timeout(config: Config) -> aiohttp.ClientTimeout:
@@ -48,14 +49,23 @@ class Upstream:
         key = config.upstream_api_key
         self._authorization = f"Bearer {key}" if key else basic or ""
 
+    def url_for(self, request: web.Request) -> URL:
+        # rel_url: an absolute-form target (a client taking us for a forward proxy) keeps
+        # only its path and query; the upstream is always ours.
+        return URL(self._base + request.rel_url.raw_path_qs, encoded=True)
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        """Relay a WebSocket upgrade to the same path upstream."""
+        return await relay_websocket(
+            request, self._session, self.url_for(request), self._authorization
+        )
+
     def _request(
         self, request: web.Request, headers: CIMultiDict[str], data: object
     ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         return self._session.request(
             request.method,
-            # rel_url: an absolute-form target (a client taking us for a forward proxy) keeps
-            # only its path and query; the upstream is always ours.
-            URL(self._base + request.rel_url.raw_path_qs, encoded=True),
+            self.url_for(request),
             headers=headers,
             data=data,
             timeout=self._timeout,

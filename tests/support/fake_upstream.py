@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import orjson
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
@@ -358,6 +358,18 @@ async def _slow_body(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _realtime(request: web.Request) -> web.WebSocketResponse:
+    """vLLM's /v1/realtime stands in as an echo: every message comes back prefixed."""
+    ws = web.WebSocketResponse(protocols=("realtime",))
+    await ws.prepare(request)
+    async for message in ws:
+        if message.type is WSMsgType.TEXT:
+            await ws.send_str("echo:" + message.data)
+        elif message.type is WSMsgType.BINARY:
+            await ws.send_bytes(b"echo:" + message.data)
+    return ws
+
+
 @web.middleware
 async def _record(request: web.Request, handler: Handler) -> web.StreamResponse:
     body = await request.read()  # cached by aiohttp, so handlers can read it again
@@ -382,6 +394,7 @@ def make_fake_upstream(behavior: Behavior | None = None) -> web.Application:
     app.router.add_post("/tokenize", _tokenize)
     app.router.add_route("*", "/echo-headers", _echo_headers)
     app.router.add_get("/slow-body", _slow_body)
+    app.router.add_get("/v1/realtime", _realtime)
     return app
 
 
