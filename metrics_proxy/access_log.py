@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from aiohttp import web
 
 from metrics_proxy.record import RequestRecord
 
 log = logging.getLogger("metrics_proxy")
+
+# A client's request id goes to the log: visible ASCII only, and not much of it.
+_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
+_MAX_REQUEST_ID = 128
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-Id")
+    return "-" if not given else _UNPRINTABLE.sub("?", given[:_MAX_REQUEST_ID])
 
 
 def _seconds(value: float | None) -> str:
@@ -33,5 +43,5 @@ def log_metered(request: web.Request, record: RequestRecord) -> None:
         _seconds(record.e2e_seconds),
         "-" if record.prompt_tokens is None else record.prompt_tokens,
         record.output_chunks if generation is None else generation,
-        request.headers.get("X-Request-Id", "-"),
+        _request_id(request),
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
+from metrics_proxy.auth import split_tokens
 from metrics_proxy.setting_rules import (
     PARSERS,
     above,
@@ -97,6 +98,10 @@ class Config:
             normalized = setting.coerce(getattr(self, setting.name))
             # Frozen: normalizing (e.g. stripping the URL's "/") must bypass the dataclass guard.
             object.__setattr__(self, setting.name, normalized)
+        if self.api_key and not split_tokens(self.api_key):
+            raise ConfigError(
+                "invalid value for --api-key (PROXY_API_KEY): it holds no key", setting="api_key"
+            )
         lends_credentials = self.upstream_api_key or urlsplit(self.upstream_url).username
         if lends_credentials and not self.api_key and not self.allow_unauthenticated:
             # Otherwise every client that reaches the proxy borrows the upstream key's powers.
@@ -333,8 +338,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "api_key",
         "KEYS",
-        "when set, requests under /v1, /v2, /inference and /cohere need 'Authorization: "
-        "Bearer KEY' (vLLM's --api-key); several keys separated by commas; never logged",
+        "when set, every request but vLLM's public paths (/health, /ping, /load, /version, "
+        "docs) needs 'Authorization: Bearer KEY' (vLLM's --api-key); several keys separated "
+        "by commas; never logged",
     ),
     Setting(
         "allow_unauthenticated",

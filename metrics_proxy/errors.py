@@ -94,8 +94,8 @@ class RequestFailure:
     @staticmethod
     def of(exc: Exception, max_body: int) -> RequestFailure | None:
         """The answer to an exception met reading a request body, or None if it is none."""
-        if isinstance(exc, UnsupportedEncoding):
-            message = f"Compressed request bodies are not supported: {exc}"
+        if isinstance(exc, UnsupportedEncoding):  # the client's header is not echoed back
+            message = "Compressed request bodies are not supported"
             return RequestFailure(ErrorKind.BAD_REQUEST, 415, message, close=False)
         if isinstance(exc, web.RequestPayloadError):  # a malformed chunked body, say
             message = "The request body is malformed"

@@ -5,11 +5,15 @@ proxy sends on that connection at the same moment fails before any answer. Keepi
 idle time below the upstream's (--upstream-keepalive-timeout) makes this rare, not impossible.
 aiohttp sends only idempotent methods again, never a completion's POST; the proxy does, once,
 and only when that is safe: the body is bytes in hand, the connection had carried a request
-before (a new one failing is the upstream failing), and not a byte of an answer came.
+before (a new one failing is the upstream failing), not a byte of an answer came, and the
+close came right after the request went out. An upstream works for minutes before it answers
+a completion: a close later than that race may end a request it was running, which must not
+run twice.
 """
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -50,6 +54,10 @@ class ReuseNotingConnector(aiohttp.TCPConnector):
 
 OpenOnce = Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]]
 
+# How soon after sending a close can only be the keep-alive race: the upstream closed the idle
+# connection as the request was on its way, before it could have read it, let alone run it.
+RACE_WINDOW = 0.1
+
 
 class ResendIfClosedUnanswered:
     """The response of `open_once()`, opened a second time if the first went out on a reused
@@ -64,10 +72,11 @@ class ResendIfClosedUnanswered:
     async def __aenter__(self) -> aiohttp.ClientResponse:
         _reused.set(False)
         opened = self._open_once()
+        sent = time.monotonic()
         try:
             response = await opened.__aenter__()
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            if not _closed_unanswered(exc):
+            if time.monotonic() - sent > RACE_WINDOW or not _closed_unanswered(exc):
                 raise
             opened = self._open_once()
             response = await opened.__aenter__()

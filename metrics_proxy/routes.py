@@ -19,8 +19,15 @@ PROXY_PATHS: Final = frozenset(
 )
 # vLLM serves its Prometheus page on every path that starts like this (a Mount plus a regex).
 METRICS_PREFIX: Final = "/metrics"
-# The prefixes on which vLLM's --api-key demands a bearer token.
-AUTHENTICATED_PREFIXES: Final = ("/v1", "/v2", "/inference", "/cohere")
+# The paths vLLM's --api-key leaves open: probes, version, metrics, API docs. Every other
+# path needs the key (vLLM 0.33 guards /v1, /v2, /inference and /cohere; newer releases, all
+# but these), and so does every other path here, since the upstream key goes with it.
+PUBLIC_PATHS: Final = frozenset(
+    {
+        "/health", "/ping", "/load", "/version", "/docs", "/docs/oauth2-redirect", "/redoc",
+        "/openapi.json",
+    }
+)  # fmt: skip
 
 # vLLM's routes, the http_* "handler" label they get; any other path is "none", as vLLM's
 # instrumentator labels untemplated paths, so a client cannot grow the series without bound.
@@ -75,7 +82,7 @@ def is_disguised(path: str) -> bool:
 
 
 def needs_api_key(path: str) -> bool:
-    return path.startswith(AUTHENTICATED_PREFIXES)
+    return path not in PUBLIC_PATHS and not path.startswith(METRICS_PREFIX)
 
 
 def is_engine_metrics(path: str) -> bool:

@@ -228,6 +228,9 @@ def _in_flight(handler: Handler, allowed: str | None = None) -> Handler:
                     lifecycle.leave()
             status = response.status
             return response
+        except Exception:
+            status = 500  # a bug of the proxy's: aiohttp answers 500
+            raise
         finally:
             # A WebSocket is no HTTP exchange to vLLM's instrumentator either.
             if not is_websocket_upgrade(request):

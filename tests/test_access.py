@@ -202,6 +202,11 @@ PROTECTED = [
     ("POST", "/cohere/v2/chat"),
     ("POST", "/v1/embeddings"),
     ("GET", "/v%31/models"),  # decoded once: /v1/models
+    # Outside vLLM 0.33's four prefixes too: the upstream key goes with every forwarded request.
+    ("POST", "/tokenize"),
+    ("POST", "/pooling"),
+    ("POST", "/invocations"),
+    ("GET", "/some/other/path"),
 ]
 
 
@@ -336,3 +341,18 @@ def test_a_bad_url_is_quoted_without_its_password() -> None:
     assert "SECRETPW" not in str(raised.value)
     with pytest.raises(ConfigError, match="--allow-unauthenticated"):
         Config(upstream_url="http://user:pw@127.0.0.1:9", model_name="m")
+
+
+def test_an_api_key_of_separators_alone_is_refused() -> None:
+    with pytest.raises(ConfigError, match="holds no key"):
+        Config(upstream_url="http://127.0.0.1:9", model_name="m", api_key=" , ,")
+
+
+async def test_a_non_utf8_content_encoding_is_415_not_500(stack: Stack) -> None:
+    answer = await _raw_request(
+        stack,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Encoding: \xff\xfe\r\n"
+        b"Content-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    assert answer.startswith(b"HTTP/1.1 415 "), answer[:80]
+    assert await stack.value("http_requests_total", handler=CHAT, status="4xx") == 1

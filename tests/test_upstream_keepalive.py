@@ -32,6 +32,7 @@ class KeepAliveUpstream:
     idle: float
     drop: int | None = None
     reply_before_close: bytes = b""
+    work_before_close: float = 0.0  # seconds the dropped request is "run" before the close
     url: str = ""
     received: list[str] = field(default_factory=list)  # request ids, as they arrived
     answered: list[str] = field(default_factory=list)
@@ -54,6 +55,7 @@ class KeepAliveUpstream:
                 on_this_connection += 1
                 if on_this_connection == self.drop:
                     self.drop = None
+                    await asyncio.sleep(self.work_before_close)
                     writer.write(self.reply_before_close)
                     await writer.drain()
                     return
@@ -174,16 +176,19 @@ async def test_a_request_the_upstream_closed_its_connection_on_is_sent_once_more
 
 
 @pytest.mark.parametrize(
-    ("drop", "reply_before_close", "path"),
+    ("drop", "reply_before_close", "path", "work"),
     [
         # part of an answer came: the upstream had the request
-        (2, b"HTTP/1.1 200 OK\r\nContent-", CHAT),
+        (2, b"HTTP/1.1 200 OK\r\nContent-", CHAT, 0.0),
         # a new connection closing is the upstream failing, not a race
-        (1, b"", CHAT),
+        (1, b"", CHAT, 0.0),
         # a body streamed through cannot be sent again
-        (2, b"", "/v1/embeddings"),
+        (2, b"", "/v1/embeddings", 0.0),
+        # closed long after it was sent: the upstream may have been running it (a crash, a
+        # load balancer's timeout), so it must not run twice
+        (2, b"", CHAT, 0.5),
     ],
-    ids=["answer-begun", "new-connection", "streamed-body"],
+    ids=["answer-begun", "new-connection", "streamed-body", "closed-while-running"],
 )
 async def test_a_request_that_may_have_been_taken_is_not_sent_again(
     make_stack: StackFactory,
@@ -191,8 +196,11 @@ async def test_a_request_that_may_have_been_taken_is_not_sent_again(
     drop: int,
     reply_before_close: bytes,
     path: str,
+    work: float,
 ) -> None:
-    upstream = await start_upstream(idle=5.0, drop=drop, reply_before_close=reply_before_close)
+    upstream = await start_upstream(
+        idle=5.0, drop=drop, reply_before_close=reply_before_close, work_before_close=work
+    )
     stack = await make_stack(upstream_url=upstream.url)
     ids = ["a", "b"][: drop - 1]
     for request_id in ids:

@@ -167,3 +167,19 @@ async def test_continuous_mode_keeps_a_finish_chunks_own_usage(make_stack: Stack
         through = await answer(session, stack.client.make_url(CHAT), body)
         direct = await answer(session, stack.upstream.make_url(CHAT), body)
     assert through == direct
+
+
+async def test_duplicate_stream_options_cannot_hide_the_usage(stack: Stack) -> None:
+    # JSON parsers keep the last duplicate member: the proxy's own must be the only one.
+    body = (
+        b'{"model":"m","messages":[],"stream":true,'
+        b'"stream_options":{"include_usage":false},"stream_options":{"include_usage":false}}'
+    )
+    async with aiohttp.ClientSession() as session:
+        status, raw = await answer(session, stack.client.make_url(CHAT), body)
+    assert status == 200
+    assert b'"usage"' not in raw  # the client asked none
+    (seen,) = stack.state.requests
+    assert seen.body.count(b"stream_options") == 1
+    assert await stack.value("vllm:prompt_tokens_total") == 7
+    assert await stack.value("proxy_estimated_token_counts_total") == 0

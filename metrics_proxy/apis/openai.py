@@ -132,7 +132,7 @@ def add_usage_request(
             member = b'"stream_options":' + orjson.dumps(merged)
         except orjson.JSONEncodeError:
             return body, NO_INJECTION  # absurd client options: forward them untouched
-        rest = drop_member(body, b"stream_options")
+        rest = _drop_every(body, b"stream_options")
         if rest is body:
             return body, NO_INJECTION  # not a top-level member after all: cannot rewrite it
     opening = skip_whitespace(rest, 0)
@@ -141,6 +141,14 @@ def add_usage_request(
     after = opening + 1
     separator = b"" if rest.startswith(b"}", skip_whitespace(rest, after)) else b","
     return b"".join((rest[:after], member, separator, rest[after:])), injection
+
+
+def _drop_every(data: bytes, key: bytes) -> bytes:
+    """data without any top-level member named key: JSON parsers keep the last of duplicate
+    members (orjson, and vLLM's), so a second one would override the proxy's."""
+    while (dropped := drop_member(data, key)) is not data:
+        data = dropped
+    return data
 
 
 def strip_usage_field(event_data: bytes) -> bytes:
