@@ -266,6 +266,7 @@ class MeteredExchange:
         record = self.record
         record.finish_with(facts.finish_reason)
         record.report_usage(facts.usage)
+        record.engine = facts.engine
         if answer is not None and record.generation_tokens is None:
             record.generation_tokens = 0  # its one output is no generated token
         return True
@@ -393,4 +394,5 @@ class _Metering:
         for index in outputs:
             self._record.output(index, now)
         self._record.report_usage(self.meter.usage)
+        self._record.engine = self.meter.engine
         return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from metrics_proxy.apis.base import Usage, vllm_finished_reason
+from metrics_proxy.apis.base import EngineTimes, Usage, vllm_finished_reason
 from metrics_proxy.families import DisconnectStage, ErrorKind, FinishedReason
 
 
@@ -49,6 +49,7 @@ class RequestRecord:
         "arrival",
         "completed",
         "ended_at",
+        "engine",
         "error_kind",
         "estimated",
         "finished_reason",
@@ -79,6 +80,7 @@ class RequestRecord:
         self.n = 1
         self.max_tokens: int | None = None
         # What the upstream reported; None until it does (then the chunks are counted).
+        self.engine: EngineTimes | None = None  # the engine's own times, when it reports them
         self.prompt_tokens: int | None = None
         self.generation_tokens: int | None = None
         # How it ended: vLLM's finished_reason, or a refusal that vLLM's engine never ran.
@@ -206,6 +208,9 @@ class RequestRecord:
         )
 
     # --- intervals, read once settled ------------------------------------------------------
+    # Where vLLM's engine reports its own times (--enable-per-request-metrics), its queue adds
+    # to the proxy's, and its prefill and decode replace what the proxy can only see from
+    # outside (which holds the engine's queue and the network): as vLLM's own series would.
 
     @property
     def e2e_seconds(self) -> float:
@@ -214,7 +219,10 @@ class RequestRecord:
 
     @property
     def queue_seconds(self) -> float | None:
-        return None if self.slot_at is None else self.slot_at - self.arrival
+        if self.slot_at is None:
+            return None
+        proxy = self.slot_at - self.arrival
+        return proxy if self.engine is None else proxy + self.engine.queue
 
     @property
     def ttft_seconds(self) -> float | None:
@@ -223,6 +231,8 @@ class RequestRecord:
 
     @property
     def inference_seconds(self) -> float | None:
+        if self.engine is not None:
+            return self.engine.prefill + self.engine.decode
         slot, end = self.slot_at, self.last_output_at
         if end is None:
             end = self.ended_at
@@ -230,10 +240,14 @@ class RequestRecord:
 
     @property
     def prefill_seconds(self) -> float | None:
+        if self.engine is not None:
+            return self.engine.prefill
         slot, first = self.slot_at, self.first_output_at
         return None if first is None or slot is None else first - slot
 
     @property
     def decode_seconds(self) -> float | None:
+        if self.engine is not None:
+            return self.engine.decode
         first, last = self.first_output_at, self.last_output_at
         return None if first is None or last is None else last - first

@@ -4,7 +4,7 @@ says; it knows nothing of any API's JSON itself."""
 
 from __future__ import annotations
 
-from metrics_proxy.apis.base import Api, Injection, Usage
+from metrics_proxy.apis.base import Api, EngineTimes, Injection, Usage
 from metrics_proxy.sse import Event, SSEDecoder
 
 # The most bytes of one unfinished event (or line) held back: past it the upstream is not
@@ -36,6 +36,7 @@ class StreamMeter:
         "_held_size",
         "_reader",
         "done",
+        "engine",
         "event_too_large",
         "finish_reason",
         "upstream_error",
@@ -53,6 +54,7 @@ class StreamMeter:
         self.done = False
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
+        self.engine: EngineTimes | None = None  # the engine's own times, if it said
         self.upstream_error = False
         self.event_too_large = False
 
@@ -126,6 +128,8 @@ class StreamMeter:
                 self.upstream_error = True
             if facts.usage is not None:
                 self.usage = facts.usage
+                if facts.engine is not None:
+                    self.engine = facts.engine
             if facts.usage_key:  # only an event with usage can be one the proxy changed
                 undone = reader.undo(event.data, facts)
                 if undone is not None:

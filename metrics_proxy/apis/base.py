@@ -19,6 +19,7 @@ __all__ = [
     "Api",
     "BadRequestBody",
     "BodyReader",
+    "EngineTimes",
     "EventFacts",
     "EventReader",
     "Injection",
@@ -51,6 +52,36 @@ class Usage:
         if type(prompt) is int and type(completion) is int and prompt >= 0 and completion >= 0:
             return Usage(prompt, completion)
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineTimes:
+    """What vLLM's engine measured of one request (``--enable-per-request-metrics``), in
+    seconds: waiting in the engine's queue, scheduled → first token, first → last token."""
+
+    queue: float
+    prefill: float
+    decode: float
+
+    @staticmethod
+    def from_json(value: object) -> EngineTimes | None:
+        """From vLLM's `metrics` member (`queue_time_ms`, `time_to_first_token_ms`,
+        `generation_time_ms`), or None when it is absent or not all three are numbers."""
+        if type(value) is not dict:
+            return None
+        seconds: list[float] = []
+        for key in _ENGINE_TIME_KEYS:
+            millis = value.get(key)
+            if not isinstance(millis, int | float) or isinstance(millis, bool):
+                return None
+            if not 0 <= millis < _MAX_ENGINE_MS:  # NaN fails this too
+                return None
+            seconds.append(millis / 1000)
+        return EngineTimes(*seconds)
+
+
+_ENGINE_TIME_KEYS = ("queue_time_ms", "time_to_first_token_ms", "generation_time_ms")
+_MAX_ENGINE_MS = 1e10  # about four months: anything longer is not a measurement
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +134,7 @@ class ResponseFacts:
     usage: Usage | None
     finish_reason: str | None  # the last non-null choices[*].finish_reason
     choices: int
+    engine: EngineTimes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +150,7 @@ class EventFacts:
     # A top-level "usage" member, even null: OpenAI-style servers put "usage": null on every
     # chunk once include_usage is on, and a client that did not ask must not see it.
     usage_key: bool = False
+    engine: EngineTimes | None = None  # the engine's own times, where it reports them
 
 
 class BadRequestBody(ValueError):

@@ -14,6 +14,7 @@ import orjson
 from metrics_proxy.apis.base import (
     NO_INJECTION,
     BodyReader,
+    EngineTimes,
     EventFacts,
     EventReader,
     Injection,
@@ -198,7 +199,8 @@ def chunk_facts(carries_output: OutputTest, payload: bytes) -> EventFacts | None
         if outputs == (0,):
             return _OUTPUT_0
     usage_only = usage is not None and choices == []
-    return EventFacts(False, outputs, finish_reason, usage, usage_only, error, usage_key)
+    engine = EngineTimes.from_json(obj.get("metrics")) if usage_key else None
+    return EventFacts(False, outputs, finish_reason, usage, usage_only, error, usage_key, engine)
 
 
 _NO_RESPONSE_FACTS = ResponseFacts(None, None, 0)
@@ -221,7 +223,8 @@ def response_facts(body: bytes) -> ResponseFacts:
             reason = choice.get("finish_reason") if type(choice) is dict else None
             if type(reason) is str:
                 finish_reason = reason
-    return ResponseFacts(Usage.from_json(obj.get("usage")), finish_reason, count)
+    engine = EngineTimes.from_json(obj.get("metrics"))
+    return ResponseFacts(Usage.from_json(obj.get("usage")), finish_reason, count, engine)
 
 
 class _ChunkReader:

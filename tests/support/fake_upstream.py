@@ -61,6 +61,8 @@ class Behavior:
     stall_before_headers: bool = False  # send nothing at all until the client leaves
     content_type: str | None = None  # override the response content type
     raw_body: bytes | None = None  # non-stream: send exactly these bytes as the body
+    # vLLM's --enable-per-request-metrics: this `metrics` object on the usage chunk / response
+    engine_metrics: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.usage not in _USAGE_MODES:
@@ -234,6 +236,8 @@ def _completion_body(chat: bool, model: str, n: int, b: Behavior) -> bytes:
     body = _envelope(chat, "chat.completion" if chat else "text_completion", model, choices)
     if b.usage != "never":
         body["usage"] = _usage(b.prompt_tokens, n * b.completion_tokens)
+    if b.engine_metrics is not None:
+        body["metrics"] = b.engine_metrics
     return orjson.dumps(body)
 
 
@@ -259,6 +263,8 @@ async def _stream(
         on_finish = b.usage == "finish" and choice is not None and choice["finish_reason"]
         if continuous or choice is None or on_finish:
             obj["usage"] = _usage(b.prompt_tokens, done_tokens)
+        if choice is None and b.engine_metrics is not None:
+            obj["metrics"] = b.engine_metrics
         await event(orjson.dumps(obj))
 
     resp.headers["Content-Type"] = b.content_type or "text/event-stream"
