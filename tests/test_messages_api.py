@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from metrics_proxy.apis.base import NO_INJECTION, UsageMode
+from metrics_proxy.apis.base import NO_INJECTION, ResponseFacts, Usage, UsageMode
 from metrics_proxy.apis.messages import MESSAGES
 from tests.support.fake_upstream import BEHAVIOR_HEADER, Behavior
 from tests.support.stack import Stack, StackFactory
@@ -260,6 +260,49 @@ async def test_thinking_tool_input_and_text_are_output_a_signature_is_not(
     assert await stack.value("vllm:prompt_tokens_total") == 9
     assert await stack.value("vllm:generation_tokens_total") == 12
     assert await stack.value("vllm:request_success_total", finished_reason="stop") == 1
+
+
+def large_message(**top: Any) -> bytes:
+    """A message past the size the proxy decodes whole, whose tool input holds a usage and
+    a stop reason of its own (the model's words, not vLLM's)."""
+    decoy = {"usage": {"input_tokens": 1, "output_tokens": 2}, "stop_reason": "max_tokens"}
+    content = [
+        {"type": "text", "text": "x" * 100_000},
+        {"type": "tool_use", "id": "t", "name": "f", "input": decoy},
+    ]
+    return orjson.dumps({"id": "msg", "type": "message", "content": content, **top})
+
+
+async def test_a_large_message_is_counted_from_its_own_usage(make_stack: StackFactory) -> None:
+    usage = {"input_tokens": 11, "output_tokens": 20_000}
+    raw = large_message(stop_reason="tool_use", usage=usage, kv_transfer_params={"usage": 3})
+    stack = await make_stack(Behavior(raw_body=raw))
+    assert await proxied(stack, body()) == raw
+    assert await stack.value("vllm:prompt_tokens_total") == 11
+    assert await stack.value("vllm:generation_tokens_total") == 20_000
+    assert await stack.value("vllm:request_success_total", finished_reason="stop") == 1
+    assert await stack.value("proxy_estimated_token_counts_total") == 0
+
+
+async def test_a_large_message_without_usage_is_estimated_never_misread(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(Behavior(raw_body=large_message()))
+    await proxied(stack, body())
+    assert await stack.value("vllm:prompt_tokens_total") == 0
+    assert await stack.value("vllm:generation_tokens_total") == 0
+    assert await stack.value("proxy_estimated_token_counts_total") == 1
+    assert await stack.value("vllm:request_success_total", finished_reason="length") == 0
+
+
+@pytest.mark.parametrize("size", [3, 1000, 70_000])
+def test_a_large_message_reads_the_same_in_any_chunks(size: int) -> None:
+    usage = {"input_tokens": 11, "output_tokens": 20_000}
+    raw = large_message(stop_reason="max_tokens", stop_sequence=None, usage=usage)
+    reader = MESSAGES.body_reader()
+    for start in range(0, len(raw), size):
+        reader.feed(raw[start : start + size])
+    assert reader.facts() == ResponseFacts(Usage(11, 20_000), "length", 0)
 
 
 @pytest.mark.parametrize(

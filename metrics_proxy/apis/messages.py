@@ -8,6 +8,8 @@ usage on this route, so the proxy changes nothing upstream. Pure: no I/O.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import orjson
@@ -23,7 +25,7 @@ from metrics_proxy.apis.base import (
     Usage,
     UsageMode,
 )
-from metrics_proxy.apis.body_scan import ResponseReader
+from metrics_proxy.apis.body_scan import ResponseReader, ResponseScanner
 from metrics_proxy.apis.openai import lax_bool
 
 __all__ = ["MESSAGES", "MessagesApi", "message_usage", "response_facts", "stop_word"]
@@ -90,14 +92,38 @@ _NO_RESPONSE_FACTS = ResponseFacts(None, None, 0)
 
 def response_facts(body: bytes) -> ResponseFacts:
     """Read a whole non-streamed message; never raises (anything odd reads as no facts).
-    A message has no ``choices``: its one output is the message itself."""
+    A message has no ``choices``: its one output is the message itself. The finish word is
+    Anthropic's, as a large message's scan reads it too."""
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
         return _NO_RESPONSE_FACTS
     if type(obj) is not dict:
         return _NO_RESPONSE_FACTS
-    return ResponseFacts(message_usage(obj.get("usage")), stop_word(obj.get("stop_reason")), 0)
+    reason = obj.get("stop_reason")
+    return ResponseFacts(
+        message_usage(obj.get("usage")), reason if type(reason) is str else None, 0
+    )
+
+
+# A large message's usage and stop_reason are top-level members, after its content.
+_scan_message = partial(ResponseScanner, read_usage=message_usage, top_reason="stop_reason")
+
+
+class _BodyReader:
+    """A non-streamed message's facts, its stop reason in the engine's words."""
+
+    __slots__ = ("_reader",)
+
+    def __init__(self) -> None:
+        self._reader = ResponseReader(response_facts, _scan_message)
+
+    def feed(self, chunk: bytes) -> None:
+        self._reader.feed(chunk)
+
+    def facts(self) -> ResponseFacts:
+        facts = self._reader.facts()
+        return replace(facts, finish_reason=stop_word(facts.finish_reason))
 
 
 # Shared answers for the events nearly every stream is made of.
@@ -180,7 +206,7 @@ class MessagesApi:
         return _EventReader()
 
     def body_reader(self) -> BodyReader:
-        return ResponseReader(response_facts)
+        return _BodyReader()
 
 
 MESSAGES = MessagesApi()
