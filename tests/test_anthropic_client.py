@@ -94,6 +94,19 @@ async def test_upstream_error_event_raises(make_stack: StackFactory) -> None:
     assert await stack.gauges() == (0, 0)
 
 
+@pytest.mark.parametrize("behavior", [Behavior(reset_after=2), Behavior(stall_after=2)])
+async def test_a_stream_the_proxy_breaks_off_raises(
+    make_stack: StackFactory, behavior: Behavior
+) -> None:
+    # The upstream dies, or goes silent past the read timeout: the proxy's error event is one
+    # this client reads, not a stream that just stops short.
+    stack = await make_stack(behavior, read_timeout=0.2)
+    async with client_for(stack) as client:
+        with pytest.raises(anthropic.APIStatusError, match="upstream_error"):
+            await read_stream(client)
+    assert await stack.value("vllm:request_success_total", finished_reason="error") == 1
+
+
 async def test_one_info_line_per_request_without_secrets(
     stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 
 from metrics_proxy.apis.base import NO_INJECTION, ResponseFacts, Usage, UsageMode
 from metrics_proxy.apis.messages import MESSAGES
+from metrics_proxy.stream_meter import MAX_UNFINISHED_EVENT
 from tests.support.fake_upstream import BEHAVIOR_HEADER, Behavior
 from tests.support.stack import Stack, StackFactory
 
@@ -142,13 +143,65 @@ async def test_an_error_event_from_the_upstream_is_an_error(stack: Stack) -> Non
     assert await stack.gauges() == (0, 0)
 
 
+def proxy_error(stream: bytes) -> dict[str, Any]:
+    """The error of the event the proxy ended a stream with: named, as Anthropic's clients
+    read only named events, and in Anthropic's shape."""
+    name, data = stream.removesuffix(b"\n\n").rsplit(b"\n\n", 1)[-1].split(b"\n")
+    assert name == b"event: error"
+    event = orjson.loads(data.removeprefix(b"data: "))
+    assert event["type"] == "error"
+    error: dict[str, Any] = event["error"]
+    return error
+
+
 async def test_the_upstream_dying_mid_stream_is_an_error(stack: Stack) -> None:
     through = await proxied(stack, body(stream=True), '{"reset_after": 3}')
     assert through.count(b'"text_delta"') == 3
-    assert b'"error"' in through.rsplit(b"\n\n", 2)[-2]
+    assert proxy_error(through) == {
+        "message": "Upstream connection failed mid-stream",
+        "type": "upstream_error",
+        "code": 502,
+    }
     assert await stack.value("proxy_errors_total", kind="upstream_disconnect") == 1
     assert await stack.value("vllm:request_success_total", finished_reason="error") == 1
     assert await stack.value("vllm:generation_tokens_total") == 3
+    assert await stack.gauges() == (0, 0)
+
+
+async def test_an_upstream_silent_mid_stream_is_cut_with_an_error_event(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(Behavior(stall_after=2), read_timeout=0.2)
+    through = await proxied(stack, body(stream=True))
+    assert proxy_error(through)["message"] == "Upstream timed out mid-stream"
+    await stack.state.wait_for_closed(1)
+    assert await stack.value("proxy_errors_total", kind="timeout") == 1
+    assert await stack.value("vllm:request_success_total", finished_reason="error") == 1
+    assert await stack.gauges() == (0, 0)
+
+
+async def test_an_unfinished_event_past_the_bound_ends_with_an_error_event(
+    aiohttp_server: Callable[..., Awaitable[TestServer]], make_stack: StackFactory
+) -> None:
+    start = sse("message_start", {"type": "message_start", "message": {}})
+
+    async def endless_event(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(start + b'event: content_block_delta\ndata: {"text": "')
+        for _ in range(2 * MAX_UNFINISHED_EVENT // (1 << 20)):  # and never a newline
+            await response.write(b"x" * (1 << 20))
+        return response
+
+    upstream_app = web.Application()
+    upstream_app.router.add_post(PATH, endless_event)
+    upstream = await aiohttp_server(upstream_app)
+    stack = await make_stack(upstream_url=str(upstream.make_url("")))
+    through = await proxied(stack, body(stream=True))
+    assert through.startswith(start)
+    assert proxy_error(through)["type"] == "upstream_error"
+    assert await stack.value("proxy_errors_total", kind="upstream_event_too_large") == 1
     assert await stack.gauges() == (0, 0)
 
 

@@ -193,6 +193,7 @@ class MessagesApi:
     __slots__ = ()
     routes: tuple[str, ...] = ("/v1/messages",)
     answer_is_output = False
+    error_event_name: str | None = "error"  # Anthropic's client skips unnamed events
 
     def read_request(self, obj: dict[str, Any]) -> RequestFacts:
         return request_facts(obj)
