@@ -379,6 +379,19 @@ def test_odd_events_say_nothing_and_never_raise(data: bytes) -> None:
     assert not (facts and (facts.done or facts.error))
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"type": "error", "error": {"type": "internal_error", "message": "x"}}',
+        b'{"error": {"message": "x", "type": "InternalServerError", "code": 500}}',
+    ],
+)
+def test_vllms_error_event_and_openais_error_member_are_upstream_errors(data: bytes) -> None:
+    facts = MESSAGES.event_reader(NO_INJECTION).facts(data)
+    assert facts is not None
+    assert facts.error
+
+
 def test_output_tokens_without_input_tokens_are_no_usage() -> None:
     # A number for one side only would be a wrong count for the other: no usage at all.
     reader = MESSAGES.event_reader(NO_INJECTION)
