@@ -21,10 +21,16 @@ def error_body(message: str, error_type: str, code: int | str) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": error_type, "code": code}})
 
 
-def error_event(message: str, error_type: str, code: int | str) -> bytes:
+def error_event(message: str, error_type: str, code: int | str, name: str | None = None) -> bytes:
     """The same error as one SSE event, ending a stream the client is already reading: the
-    openai SDK raises ``APIError`` when a streamed event carries ``error``."""
-    return b"data: " + error_body(message, error_type, code) + b"\n\n"
+    openai SDK raises ``APIError`` when a streamed event carries ``error``. A ``name``d
+    event (the API's name for its error events) also says its type in its data, as
+    Anthropic's do, and the anthropic SDK raises on it."""
+    if name is None:
+        return b"data: " + error_body(message, error_type, code) + b"\n\n"
+    error = {"message": message, "type": error_type, "code": code}
+    data = orjson.dumps({"type": name, "error": error})
+    return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
 
 
 def json_error(status: int, message: str, error_type: str) -> web.Response:
@@ -71,11 +77,11 @@ class UpstreamFailure:
         error_type = "upstream_timeout" if self.status == 504 else "upstream_error"
         return json_error(self.status, self.message, error_type)
 
-    def event(self) -> bytes:
-        """The error event that ends a stream already under way."""
+    def event(self, name: str | None = None) -> bytes:
+        """The error event that ends a stream already under way (``name``: error_event's)."""
         if self.kind is ErrorKind.TIMEOUT:
-            return error_event("Upstream timed out mid-stream", "upstream_error", 502)
-        return error_event("Upstream connection failed mid-stream", "upstream_error", 502)
+            return error_event("Upstream timed out mid-stream", "upstream_error", 502, name)
+        return error_event("Upstream connection failed mid-stream", "upstream_error", 502, name)
 
 
 class UnsupportedEncoding(ValueError):

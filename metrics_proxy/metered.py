@@ -300,7 +300,7 @@ class MeteredExchange:
         except (TimeoutError, aiohttp.ClientError) as exc:
             failure = UpstreamFailure.of(exc)
             self._count(failure.kind)
-            await write_guard(response.write(failure.event()))
+            await write_guard(response.write(failure.event(self._api.error_event_name)))
             return True
         await self._end_events(metering.meter, response)
         return True
@@ -310,7 +310,8 @@ class MeteredExchange:
         if meter.event_too_large:
             self._count(ErrorKind.UPSTREAM_EVENT_TOO_LARGE)
             message = f"Upstream sent an unfinished event of over {MAX_UNFINISHED_EVENT} bytes"
-            await write_guard(response.write(error_event(message, "upstream_error", 502)))
+            event = error_event(message, "upstream_error", 502, self._api.error_event_name)
+            await write_guard(response.write(event))
         elif meter.upstream_error:
             self._count(ErrorKind.UPSTREAM_STREAM_ERROR)
         elif meter.finish_reason is not None or meter.done:

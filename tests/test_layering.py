@@ -57,6 +57,7 @@ PURE = (
     "apis/body_scan.py",
     "apis/chat.py",
     "apis/completions.py",
+    "apis/messages.py",
     "apis/openai.py",
     "auth.py",
     "config.py",

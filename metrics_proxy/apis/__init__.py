@@ -5,8 +5,11 @@ from __future__ import annotations
 from metrics_proxy.apis.base import Api
 from metrics_proxy.apis.chat import CHAT
 from metrics_proxy.apis.completions import COMPLETIONS
+from metrics_proxy.apis.messages import MESSAGES
 
 __all__ = ["API_BY_ROUTE", "METERED_PATHS", "Api"]
 
-API_BY_ROUTE: dict[str, Api] = {route: api for api in (CHAT, COMPLETIONS) for route in api.routes}
+API_BY_ROUTE: dict[str, Api] = {
+    route: api for api in (CHAT, COMPLETIONS, MESSAGES) for route in api.routes
+}
 METERED_PATHS = tuple(API_BY_ROUTE)

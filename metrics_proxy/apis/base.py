@@ -189,6 +189,10 @@ class Api(Protocol):
     # its arrival is the first token (TTFT and prefill observed then), and nothing is
     # generated.
     answer_is_output: bool
+    # The SSE event name of this API's error events, or None for OpenAI's unnamed ones. A
+    # stream the proxy breaks off ends with an error event its clients read: Anthropic's
+    # client libraries skip events without a name.
+    error_event_name: str | None
 
     def read_request(self, obj: dict[str, Any]) -> RequestFacts:
         """What a decoded request asks for (stream, n, max_tokens, usage); never raises."""

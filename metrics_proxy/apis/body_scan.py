@@ -83,6 +83,10 @@ class ResponseScanner:
     kept only for the top-level `usage`, a choice's `finish_reason` and member names (each
     within a bound). Like orjson, the last of duplicate members wins. Skipped values are not
     validated, but a body whose watched structure is not JSON reads as no facts.
+
+    An API whose answer is shaped otherwise says how its `usage` reads (``read_usage``) and
+    which top-level member holds its finish word (``top_reason``), as the Messages API's
+    `stop_reason`: nested members of that name, the model's own words, are never read.
     """
 
     __slots__ = (
@@ -97,13 +101,21 @@ class ResponseScanner:
         "_kept",
         "_kept_size",
         "_name",
+        "_read_usage",
         "_reason",
         "_role",
+        "_top_reason",
         "_usage",
         "_value",
     )
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        read_usage: Callable[[object], Usage | None] = Usage.from_json,
+        top_reason: str | None = None,
+    ) -> None:
+        self._read_usage = read_usage
+        self._top_reason = top_reason
         self._depth = 0  # containers open
         self._expect = _VALUE
         self._failed = False
@@ -178,6 +190,8 @@ class ResponseScanner:
             role = _KEEP_REASON if name == "finish_reason" else _SKIP
         elif name == "usage":
             role = _KEEP_USAGE
+        elif name is not None and name == self._top_reason:
+            role = _KEEP_REASON
         elif name == "choices":
             self._reason = None
             self._choices = 0
@@ -303,9 +317,13 @@ class ResponseScanner:
             self._name = value if type(value) is str else None
             self._expect = _NAME_SEPARATOR
         elif role == _KEEP_REASON:
-            self._choice_reason = value if type(value) is str else None
+            reason = value if type(value) is str else None
+            if self._depth == 1:  # the API's top_reason
+                self._reason = reason
+            else:
+                self._choice_reason = reason
         elif role == _KEEP_USAGE:
-            self._usage = Usage.from_json(value)
+            self._usage = self._read_usage(value)
 
     def _decoded(self) -> object:
         """The kept value, decoded; None when it outgrew its bound or is not JSON."""
@@ -326,11 +344,17 @@ class ResponseReader:
     """A response's facts, from its chunks as they pass: a small body is kept and decoded
     whole; past _DECODE_LIMIT it is scanned instead, and nothing more is kept."""
 
-    __slots__ = ("_decode", "_parts", "_scanner", "_size")
+    __slots__ = ("_decode", "_new_scanner", "_parts", "_scanner", "_size")
 
-    def __init__(self, decode: Callable[[bytes], ResponseFacts]) -> None:
-        """``decode`` reads a whole small body (the API's own decoder)."""
+    def __init__(
+        self,
+        decode: Callable[[bytes], ResponseFacts],
+        new_scanner: Callable[[], ResponseScanner] = ResponseScanner,
+    ) -> None:
+        """``decode`` reads a whole small body (the API's own decoder); ``new_scanner``
+        makes the scanner of a large one, for the API's shape."""
         self._decode = decode
+        self._new_scanner = new_scanner
         self._parts: list[bytes] = []
         self._size = 0
         self._scanner: ResponseScanner | None = None
@@ -342,7 +366,7 @@ class ResponseReader:
             if self._size <= _DECODE_LIMIT:
                 self._parts.append(chunk)
                 return
-            scanner = self._scanner = ResponseScanner()
+            scanner = self._scanner = self._new_scanner()
             for part in self._parts:
                 scanner.feed(part)
             self._parts = []

@@ -264,6 +264,7 @@ class OpenAIApi:
 
     __slots__ = ("_carries_output", "routes")
     answer_is_output = False
+    error_event_name: str | None = None
 
     def __init__(self, routes: tuple[str, ...], carries_output: OutputTest) -> None:
         self.routes = routes

@@ -63,6 +63,7 @@ class Behavior:
     raw_body: bytes | None = None  # non-stream: send exactly these bytes as the body
     # vLLM's --enable-per-request-metrics: this `metrics` object on the usage chunk / response
     engine_metrics: dict[str, float] | None = None
+    error_after: int | None = None  # /v1/messages stream: an error event after N token steps
 
     def __post_init__(self) -> None:
         if self.usage not in _USAGE_MODES:
@@ -326,6 +327,132 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     return resp  # after an early close aiohttp finds the connection gone and moves on
 
 
+# --- Anthropic's Messages API as vLLM serves it: chat underneath, Anthropic's events on top ---
+
+# vLLM's stop_reason for each engine finish; any other finish (abort, ...) gets none.
+_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+_MESSAGE_ID = "chatcmpl-fake"  # vLLM reuses the chat completion's id
+
+
+def _anthropic_error(status: int, message: str) -> bytes:
+    kind = _ERROR_TYPES.get(status, "InternalServerError" if status >= 500 else "BadRequestError")
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+
+
+def _anthropic_usage(b: Behavior, output_tokens: int) -> dict[str, int]:
+    return {"input_tokens": b.prompt_tokens, "output_tokens": output_tokens}
+
+
+def _message_body(model: str, b: Behavior) -> bytes:
+    """A non-streamed message: vLLM dumps it without its None members."""
+    text = "".join(f"tok{i} " for i in range(b.completion_tokens))
+    content = [{"type": "text", "text": text}] if text else []
+    body: dict[str, Any] = {"id": _MESSAGE_ID, "type": "message", "role": "assistant"}
+    body |= {"content": content, "model": model}
+    if reason := _STOP_REASONS.get(b.finish_reason):
+        body["stop_reason"] = reason
+    if b.usage != "never":  # vLLM always reports it; "never" plays another server
+        body["usage"] = _anthropic_usage(b, b.completion_tokens)
+    return orjson.dumps(body)
+
+
+def _message_start(model: str, b: Behavior) -> dict[str, Any]:
+    # vLLM turns the chat stream's first (role) chunk into this: no content yet.
+    message: dict[str, Any] = {"id": _MESSAGE_ID, "content": [], "model": model}
+    message |= {"stop_reason": None, "stop_sequence": None}
+    if b.usage != "never":
+        message["usage"] = _anthropic_usage(b, 0)
+    return {"type": "message_start", "message": message}
+
+
+def _message_delta(b: Behavior) -> dict[str, Any]:
+    # vLLM turns the chat stream's final usage chunk into this.
+    last: dict[str, Any] = {"type": "message_delta"}
+    last["delta"] = {"stop_reason": _STOP_REASONS.get(b.finish_reason)}
+    if b.usage != "never":
+        last["usage"] = _anthropic_usage(b, b.completion_tokens)
+    return last
+
+
+async def _message_stream(
+    request: web.Request, resp: web.StreamResponse, model: str, b: Behavior
+) -> None:
+    eol = b"\r\n" if b.crlf else b"\n"
+
+    async def event(name: str, data: dict[str, Any]) -> None:
+        out = b": ping" + eol + eol if b.keepalive else b""
+        out += b"event: " + name.encode() + eol + b"data: " + orjson.dumps(data) + eol + eol
+        step = b.split or len(out)
+        for start in range(0, len(out), step):
+            await resp.write(out[start : start + step])
+
+    resp.headers["Content-Type"] = b.content_type or "text/event-stream"
+    await resp.prepare(request)
+    await event("message_start", _message_start(model, b))
+    for i in range(b.completion_tokens + 1):
+        if b.reset_after == i and request.transport is not None:
+            request.transport.abort()
+            raise _Reset
+        if b.stall_after == i:
+            await _until_disconnected(request)
+        if b.error_after == i:  # vLLM's converter ends the stream with this on any failure
+            error = {"type": "internal_error", "message": "fake engine failure"}
+            await event("error", {"type": "error", "error": error})
+            await resp.write_eof()
+            return
+        if i == b.completion_tokens:
+            break
+        if delay := b.ttft if i == 0 else b.itl:
+            await asyncio.sleep(delay)
+        if i == 0:
+            block = {"type": "text", "text": ""}
+            await event(
+                "content_block_start",
+                {"type": "content_block_start", "content_block": block, "index": 0},
+            )
+        delta = {"type": "text_delta", "text": f"tok{i} "}
+        await event(
+            "content_block_delta", {"type": "content_block_delta", "delta": delta, "index": 0}
+        )
+    if b.completion_tokens:
+        await event("content_block_stop", {"type": "content_block_stop", "index": 0})
+    await event("message_delta", _message_delta(b))
+    if b.done:
+        await event("message_stop", {"type": "message_stop"})
+    await resp.write_eof()
+
+
+async def _messages(request: web.Request) -> web.StreamResponse:
+    state = request.app[FAKE_STATE]
+    try:
+        raw_behavior = request.headers.get(BEHAVIOR_HEADER)
+        b = state.behavior.override(raw_behavior) if raw_behavior else state.behavior
+        body = orjson.loads(await request.read())
+        if not isinstance(body, dict):
+            raise ValueError("request body must be a JSON object")
+        stream = _vllm_bool(body, "stream")
+    except (ValueError, TypeError) as exc:
+        return web.Response(status=400, body=_anthropic_error(400, str(exc)), content_type=_JSON)
+    model, ctype = str(body.get("model") or "fake-model"), b.content_type or _JSON
+    resp = web.StreamResponse()
+    with _tracked(state):
+        if b.stall_before_headers:
+            await _until_disconnected(request)
+        if b.status != 200:
+            await _send(request, resp, b.status, _anthropic_error(b.status, "fake error"), ctype)
+        elif stream:
+            await _message_stream(request, resp, model, b)
+        else:
+            out = b.raw_body if b.raw_body is not None else _message_body(model, b)
+            await _send(request, resp, 200, out, ctype)
+    return resp
+
+
+async def _count_tokens(request: web.Request) -> web.Response:
+    tokens = request.app[FAKE_STATE].behavior.prompt_tokens
+    return _json({"input_tokens": tokens, "context_management": {"original_input_tokens": tokens}})
+
+
 async def _models(request: web.Request) -> web.Response:
     return _json({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
 
@@ -394,6 +521,8 @@ def make_fake_upstream(behavior: Behavior | None = None) -> web.Application:
     app[FAKE_STATE] = FakeUpstreamState(behavior or Behavior())
     app.router.add_post("/v1/chat/completions", _generate)
     app.router.add_post("/v1/completions", _generate)
+    app.router.add_post("/v1/messages", _messages)
+    app.router.add_post("/v1/messages/count_tokens", _count_tokens)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/health", _health)
     app.router.add_post("/v1/embeddings", _embeddings)
