@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sysconfig
@@ -18,6 +19,15 @@ def _require_tool(name: str) -> str:
     if os.environ.get("METRICS_PROXY_REQUIRE_TOOLS"):
         pytest.fail(f"{name} is required here but is not on PATH")
     pytest.skip(f"{name} is not installed")
+
+
+def require_module(name: str) -> None:
+    """Skip unless ``name`` can be imported (it is not imported here); fail in CI instead."""
+    if importlib.util.find_spec(name) is not None:
+        return
+    if os.environ.get("METRICS_PROXY_REQUIRE_TOOLS"):
+        pytest.fail(f"the Python module {name} is required here but is not installed")
+    pytest.skip(f"the Python module {name} is not installed")
 
 
 @pytest.fixture
