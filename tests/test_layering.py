@@ -58,6 +58,7 @@ PURE = (
     "apis/chat.py",
     "apis/completions.py",
     "apis/openai.py",
+    "apis/responses.py",
     "auth.py",
     "config.py",
     "families.py",

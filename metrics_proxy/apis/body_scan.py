@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import orjson
 
-from metrics_proxy.apis.base import ResponseFacts, Usage
+from metrics_proxy.apis.base import BodyReader, ResponseFacts, Usage
 
 __all__ = ["ResponseReader", "ResponseScanner"]
 
@@ -71,8 +71,9 @@ _NOT_A_VALUE = b",:]}"
 _VALUE, _VALUE_OR_CLOSE, _NAME, _NAME_OR_CLOSE, _NAME_SEPARATOR, _NEXT, _END = range(7)
 # What the value being read is, and why its bytes are kept.
 _IN_STRING, _IN_CONTAINER, _IN_SCALAR = range(3)
-_SKIP, _KEEP_NAME, _KEEP_REASON, _KEEP_USAGE = range(4)
-_KEEP_LIMITS = (0, _MAX_NAME + 2, _MAX_REASON + 2, _MAX_USAGE)  # by role; names are quoted
+_SKIP, _KEEP_NAME, _KEEP_REASON, _KEEP_USAGE, _KEEP_MEMBER = range(5)
+# By role; names are quoted. A member kept for another API is as small as a usage object.
+_KEEP_LIMITS = (0, _MAX_NAME + 2, _MAX_REASON + 2, _MAX_USAGE, _MAX_USAGE)
 
 
 class ResponseScanner:
@@ -83,6 +84,9 @@ class ResponseScanner:
     kept only for the top-level `usage`, a choice's `finish_reason` and member names (each
     within a bound). Like orjson, the last of duplicate members wins. Skipped values are not
     validated, but a body whose watched structure is not JSON reads as no facts.
+
+    An API whose answers are shaped otherwise names the top-level ``members`` it reads:
+    those are kept (each within the bound of a usage object) for `members()`.
     """
 
     __slots__ = (
@@ -96,14 +100,18 @@ class ResponseScanner:
         "_in_string",
         "_kept",
         "_kept_size",
+        "_members",
         "_name",
         "_reason",
         "_role",
         "_usage",
         "_value",
+        "_wanted",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, members: tuple[str, ...] = ()) -> None:
+        self._wanted = frozenset(members)
+        self._members: dict[str, object] = {}
         self._depth = 0  # containers open
         self._expect = _VALUE
         self._failed = False
@@ -136,6 +144,13 @@ class ResponseScanner:
         if self._failed or self._expect != _END:
             return _NO_FACTS
         return ResponseFacts(self._usage, self._reason, self._choices)
+
+    def members(self) -> dict[str, object] | None:
+        """The wanted top-level members seen, decoded (None where a value outgrew its bound);
+        None unless the body was one whole JSON object."""
+        if self._failed or self._expect != _END:
+            return None
+        return self._members
 
     def _token(self, chunk: bytes, pos: int) -> int:
         """One token at a watched level, at pos; return where the scan goes on."""
@@ -176,6 +191,8 @@ class ResponseScanner:
         name = self._name
         if depth == 3:
             role = _KEEP_REASON if name == "finish_reason" else _SKIP
+        elif name in self._wanted:
+            role = _KEEP_MEMBER
         elif name == "usage":
             role = _KEEP_USAGE
         elif name == "choices":
@@ -306,6 +323,8 @@ class ResponseScanner:
             self._choice_reason = value if type(value) is str else None
         elif role == _KEEP_USAGE:
             self._usage = Usage.from_json(value)
+        elif role == _KEEP_MEMBER and self._name is not None:
+            self._members[self._name] = value
 
     def _decoded(self) -> object:
         """The kept value, decoded; None when it outgrew its bound or is not JSON."""
@@ -326,14 +345,20 @@ class ResponseReader:
     """A response's facts, from its chunks as they pass: a small body is kept and decoded
     whole; past _DECODE_LIMIT it is scanned instead, and nothing more is kept."""
 
-    __slots__ = ("_decode", "_parts", "_scanner", "_size")
+    __slots__ = ("_decode", "_new_scanner", "_parts", "_scanner", "_size")
 
-    def __init__(self, decode: Callable[[bytes], ResponseFacts]) -> None:
-        """``decode`` reads a whole small body (the API's own decoder)."""
+    def __init__(
+        self,
+        decode: Callable[[bytes], ResponseFacts],
+        scanner: Callable[[], BodyReader] = ResponseScanner,
+    ) -> None:
+        """``decode`` reads a whole small body (the API's own decoder); ``scanner`` makes
+        what reads a large one (the OpenAI shape's scanner unless the API has its own)."""
         self._decode = decode
+        self._new_scanner = scanner
         self._parts: list[bytes] = []
         self._size = 0
-        self._scanner: ResponseScanner | None = None
+        self._scanner: BodyReader | None = None
 
     def feed(self, chunk: bytes) -> None:
         scanner = self._scanner
@@ -342,7 +367,7 @@ class ResponseReader:
             if self._size <= _DECODE_LIMIT:
                 self._parts.append(chunk)
                 return
-            scanner = self._scanner = ResponseScanner()
+            scanner = self._scanner = self._new_scanner()
             for part in self._parts:
                 scanner.feed(part)
             self._parts = []
