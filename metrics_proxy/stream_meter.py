@@ -38,6 +38,7 @@ class StreamMeter:
         "done",
         "event_too_large",
         "finish_reason",
+        "pending_id",
         "upstream_error",
         "usage",
     )
@@ -53,6 +54,7 @@ class StreamMeter:
         self.done = False
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
+        self.pending_id: str | None = None  # a response that runs on without this stream
         self.upstream_error = False
         self.event_too_large = False
 
@@ -126,6 +128,8 @@ class StreamMeter:
                 self.upstream_error = True
             if facts.usage is not None:
                 self.usage = facts.usage
+            if facts.pending_id is not None:
+                self.pending_id = facts.pending_id
             if facts.usage_key:  # only an event with usage can be one the proxy changed
                 undone = reader.undo(event.data, facts)
                 if undone is not None:

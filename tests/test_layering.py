@@ -60,6 +60,7 @@ PURE = (
     "apis/openai.py",
     "apis/responses.py",
     "auth.py",
+    "background.py",
     "config.py",
     "families.py",
     "json_members.py",

@@ -99,6 +99,9 @@ class ResponseFacts:
     usage: Usage | None
     finish_reason: str | None  # the last non-null choices[*].finish_reason
     choices: int
+    # The id of a response that runs on after this answer (a background response, still
+    # queued): it is counted when a later answer shows it finished, not now.
+    pending_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,10 @@ class EventFacts:
     # A top-level "usage" member, even null: OpenAI-style servers put "usage": null on every
     # chunk once include_usage is on, and a client that did not ask must not see it.
     usage_key: bool = False
+    # The id of a response that runs on whatever becomes of this stream (a background
+    # response): if the stream ends before its final status, it is counted when a later
+    # answer shows that status.
+    pending_id: str | None = None
 
 
 class BadRequestBody(ValueError):

@@ -27,14 +27,19 @@ from metrics_proxy.apis.openai import lax_bool
 
 __all__ = ["RESPONSES", "ResponsesApi", "body_facts", "event_facts", "finish_word"]
 
+# A response still running: it has no finish yet, whatever becomes of this answer.
+_RUNNING = frozenset({"queued", "in_progress"})
 # The word each final event stands for, when its response object says no status.
 _FINAL_EVENTS = {
     "response.completed": "stop",
     "response.incomplete": "length",
     "response.failed": "error",
 }
+# The events that open a stream: their response object says whether it runs in the
+# background, where it outlives the stream.
+_OPENING_EVENTS = frozenset({"response.created", "response.queued", "response.in_progress"})
 # What a large body's scanner keeps: all a response says about how it ended, nothing it said.
-_MEMBERS = ("status", "incomplete_details", "usage")
+_MEMBERS = ("id", "status", "incomplete_details", "usage")
 
 
 def finish_word(status: object, details: object) -> str | None:
@@ -72,11 +77,18 @@ _NO_FACTS = ResponseFacts(None, None, 0)
 
 
 def body_facts(obj: object) -> ResponseFacts:
-    """The facts of a response object (a whole body, or a large body's scanned members)."""
+    """The facts of a response object (a whole body, or a large body's scanned members).
+    A response still running (a background one, ``queued``) has its id as pending, and its
+    status as its word: the proxy holds it and counts it later with its final one, so that
+    word reaches only the log line of its POST."""
     if type(obj) is not dict:
         return _NO_FACTS
-    word = finish_word(obj.get("status"), obj.get("incomplete_details"))
-    return ResponseFacts(_usage(obj.get("usage")), word, 1)
+    status = obj.get("status")
+    usage = _usage(obj.get("usage"))
+    response_id = obj.get("id")
+    if status in _RUNNING and type(response_id) is str:
+        return ResponseFacts(usage, status, 1, response_id)
+    return ResponseFacts(usage, finish_word(status, obj.get("incomplete_details")), 1)
 
 
 def _decode(body: bytes) -> ResponseFacts:
@@ -125,6 +137,8 @@ def event_facts(data: bytes) -> EventFacts | None:
         return _OUTPUT if delta and type(delta) is str else _NOTHING
     if kind in _FINAL_EVENTS:
         return _final(kind, obj.get("response"))
+    if kind in _OPENING_EVENTS:
+        return _opening(obj.get("response"))
     return _ERROR if kind == "error" else _NOTHING
 
 
@@ -135,6 +149,15 @@ def _final(kind: str, response: object) -> EventFacts:
         usage = _usage(response.get("usage"))
     word = word or _FINAL_EVENTS[kind]
     return EventFacts(False, (), word, usage, False, word == "error")
+
+
+def _opening(response: object) -> EventFacts:
+    if type(response) is not dict or response.get("background") is not True:
+        return _NOTHING
+    response_id = response.get("id")
+    if type(response_id) is not str:
+        return _NOTHING
+    return EventFacts(False, (), None, None, False, False, pending_id=response_id)
 
 
 class _EventReader:

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NoReturn
 
 import orjson
@@ -101,6 +102,7 @@ class FakeUpstreamState:
     completed: int = 0  # ... written to the end
     closed_early: int = 0  # ... abandoned because the client went away
     resets: int = 0  # ... cut short by the fake itself (reset_after)
+    responses: dict[str, StoredResponse] = field(default_factory=dict)  # /v1/responses store
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def _notify(self) -> None:
@@ -319,6 +321,18 @@ async def _generate(request: web.Request) -> web.StreamResponse:
 # --- OpenAI's Responses API (/v1/responses), as vLLM 0.33 serves it -----------------------------
 
 
+@dataclass(eq=False)
+class StoredResponse:
+    """A response kept for ``GET /v1/responses/{id}`` (vLLM's store): its latest object, the
+    SSE events of a background stream so far, whether it is over, and the task running it."""
+
+    body: dict[str, Any]
+    stream: bool = False  # a background stream: its events are kept, to be streamed again
+    events: list[bytes] = field(default_factory=list)
+    finished: bool = False
+    task: asyncio.Task[None] | None = None
+
+
 def _response_status(finish: str) -> tuple[str, dict[str, str] | None]:
     """The status (and incomplete_details) vLLM gives an engine finish reason; "failed",
     "cancelled" and "content_filter" stand for themselves, for tests."""
@@ -438,10 +452,50 @@ async def _encoded(resp_id: str, fields: dict[str, Any], b: Behavior) -> AsyncIt
         number += 1
 
 
-def _response_request(fields: dict[str, Any]) -> bool:
-    """Whether it streams, as vLLM reads it; ValueError where it refuses the request."""
-    _vllm_bool(fields, "background")
-    return _vllm_bool(fields, "stream")
+def _has_more(stored: StoredResponse, index: int, state: FakeUpstreamState) -> bool:
+    return len(stored.events) > index or stored.finished
+
+
+async def _replay(
+    state: FakeUpstreamState, stored: StoredResponse, after: int
+) -> AsyncIterator[bytes]:
+    """A background stream's events from index ``after + 1``, waiting for more until it is
+    over."""
+    index = after + 1
+    while True:
+        while index < len(stored.events):
+            yield stored.events[index]
+            index += 1
+        if stored.finished:
+            return
+        await state.wait_until(partial(_has_more, stored, index), 60)
+
+
+async def _run_in_background(
+    state: FakeUpstreamState, stored: StoredResponse, fields: dict[str, Any], b: Behavior
+) -> None:
+    """The work of a background response: its events (kept for a background stream), then
+    its final object in the store, as vLLM's background task does."""
+    resp_id = stored.body["id"]
+    try:
+        stored.body = {**stored.body, "status": "in_progress"}
+        async for event in _encoded(resp_id, fields, b):
+            if stored.stream:
+                stored.events.append(event)
+                state._notify()
+        stored.body = _response(resp_id, fields, "", b)
+    finally:
+        stored.finished = True
+        state._notify()
+
+
+def _response_request(fields: dict[str, Any]) -> tuple[bool, bool, bool]:
+    """(stream, background, store) as vLLM reads them; ValueError where it refuses."""
+    stream, background = _vllm_bool(fields, "stream"), _vllm_bool(fields, "background")
+    store = "store" not in fields or _vllm_bool(fields, "store")
+    if background and not store:
+        raise ValueError("background can only be used when `store` is true")
+    return stream, background, store
 
 
 async def _create_response(request: web.Request) -> web.StreamResponse:
@@ -452,7 +506,7 @@ async def _create_response(request: web.Request) -> web.StreamResponse:
         fields = orjson.loads(await request.read())
         if not isinstance(fields, dict):
             raise ValueError("request body must be a JSON object")
-        stream = _response_request(fields)
+        stream, background, store = _response_request(fields)
     except (ValueError, TypeError) as exc:
         return web.Response(status=400, body=_error_body(400, str(exc)), content_type=_JSON)
     request_id = fields.get("request_id")
@@ -463,16 +517,18 @@ async def _create_response(request: web.Request) -> web.StreamResponse:
             await _until_disconnected(request)
         if b.status != 200:
             await _send(request, resp, b.status, _error_body(b.status, "fake error"), _JSON)
+        elif background:
+            await _start_background(request, resp, state, resp_id, fields, b, stream)
         elif stream:
             await _stream_response(request, resp, _encoded(resp_id, fields, b), b)
         else:
-            await _answer_response(request, resp, resp_id, fields, b)
+            await _answer_response(request, resp, state, resp_id, fields, b, store)
     return resp
 
 
 async def _answer_response(
-    request: web.Request, resp: web.StreamResponse, resp_id: str, fields: dict[str, Any],
-    b: Behavior,
+    request: web.Request, resp: web.StreamResponse, state: FakeUpstreamState, resp_id: str,
+    fields: dict[str, Any], b: Behavior, store: bool,
 ) -> None:  # fmt: skip
     if b.finish_reason == "error":  # vLLM's GenerationError
         await _send(request, resp, 500, _error_body(500, "Internal server error"), _JSON)
@@ -481,8 +537,67 @@ async def _answer_response(
         if delay := b.ttft if i == 0 else b.itl:
             await asyncio.sleep(delay)
     body = _response(resp_id, fields, "", b)
+    if store:
+        state.responses[resp_id] = StoredResponse(body, finished=True)
     out = b.raw_body if b.raw_body is not None else orjson.dumps(body)
     await _send(request, resp, 200, out, b.content_type or _JSON)
+
+
+async def _start_background(
+    request: web.Request, resp: web.StreamResponse, state: FakeUpstreamState, resp_id: str,
+    fields: dict[str, Any], b: Behavior, stream: bool,
+) -> None:  # fmt: skip
+    """``queued`` at once while a task does the work; a background stream is the task's events."""
+    stored = StoredResponse(_response(resp_id, fields, "queued"), stream=stream)
+    state.responses[resp_id] = stored
+    stored.task = asyncio.create_task(_run_in_background(state, stored, fields, b))
+    if stream:
+        await _stream_response(request, resp, _replay(state, stored, -1), b)
+    else:
+        await _send(request, resp, 200, orjson.dumps(stored.body), _JSON)
+
+
+async def _retrieve_response(request: web.Request) -> web.StreamResponse:
+    state = request.app[FAKE_STATE]
+    resp_id = request.match_info["response_id"]
+    stored = state.responses.get(resp_id)
+    if stored is None:
+        message = f"Response with id '{resp_id}' not found."
+        return web.Response(status=404, body=_error_body(404, message), content_type=_JSON)
+    if not _vllm_bool(dict(request.query), "stream"):
+        return _json(stored.body)
+    if not stored.stream:  # vLLM keeps the events of background streams only
+        message = f"Unknown response_id: {resp_id}"
+        return web.Response(status=400, body=_error_body(400, message), content_type=_JSON)
+    after = int(request.query.get("starting_after", "-1"))
+    resp = web.StreamResponse()
+    with _tracked(state):
+        await _stream_response(request, resp, _replay(state, stored, after), state.behavior)
+    return resp
+
+
+async def _cancel_response(request: web.Request) -> web.Response:
+    state = request.app[FAKE_STATE]
+    stored = state.responses.get(request.match_info["response_id"])
+    if stored is None:
+        return web.Response(status=404, body=_error_body(404, "not found"), content_type=_JSON)
+    if stored.body["status"] not in ("queued", "in_progress"):
+        message = "Cannot cancel a synchronous response."
+        return web.Response(status=400, body=_error_body(400, message), content_type=_JSON)
+    stored.body = {**stored.body, "status": "cancelled"}
+    if stored.task is not None:
+        stored.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stored.task
+    return _json(stored.body)
+
+
+async def _stop_background(app: web.Application) -> None:
+    for stored in app[FAKE_STATE].responses.values():
+        if stored.task is not None:
+            stored.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stored.task
 
 
 async def _models(request: web.Request) -> web.Response:
@@ -542,6 +657,9 @@ def make_fake_upstream(behavior: Behavior | None = None) -> web.Application:
     app.router.add_post("/v1/chat/completions", _generate)
     app.router.add_post("/v1/completions", _generate)
     app.router.add_post("/v1/responses", _create_response)
+    app.router.add_get("/v1/responses/{response_id}", _retrieve_response)
+    app.router.add_post("/v1/responses/{response_id}/cancel", _cancel_response)
+    app.on_cleanup.append(_stop_background)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/health", _health)
     app.router.add_post("/v1/embeddings", _embeddings)
