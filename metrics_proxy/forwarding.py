@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -17,9 +18,12 @@ from metrics_proxy.client_io import (
 from metrics_proxy.errors import CLIENT_BODY_TIMEOUT, UpstreamFailure, gone
 from metrics_proxy.headers import response_headers
 from metrics_proxy.recorder import ProxyMetricsRecorder
-from metrics_proxy.relay import PASS_THROUGH, relay
+from metrics_proxy.relay import PASS_THROUGH, BodyFilter, relay
 from metrics_proxy.upstream_client import ClientBodyTimeout, Upstream
 from metrics_proxy.websocket_relay import is_websocket_upgrade
+
+# What reads an answer on its way through, chosen by its status and Content-Type.
+AnswerReader = Callable[[int, str], BodyFilter]
 
 
 class Forwarder:
@@ -34,14 +38,18 @@ class Forwarder:
         self._recorder = recorder
         self._client_writes = client_writes
 
-    async def forward(self, request: web.Request) -> web.StreamResponse:
+    async def forward(
+        self, request: web.Request, read: AnswerReader | None = None
+    ) -> web.StreamResponse:
+        """Pass the request and its answer through; with ``read``, the answer is read on its
+        way (and asked for uncompressed, so that it can be)."""
         started = asyncio.get_running_loop().time()
         response: web.StreamResponse | None = None
         try:
             if is_websocket_upgrade(request):
                 return await self._upstream.websocket(request)
             body = request.content if request.body_exists else None
-            async with self._upstream.open(request, body) as upstream:
+            async with self._upstream.open(request, body, metered=read is not None) as upstream:
                 response = DeadlineResponse(
                     status=upstream.status,
                     reason=upstream.reason,
@@ -51,7 +59,10 @@ class Forwarder:
                 )
                 # Guarded: a client gone by now is no upstream failure.
                 await write_guard(response.prepare(request))
-                await self._copy(request, upstream, response)
+                body_filter = (
+                    PASS_THROUGH if read is None else read(upstream.status, upstream.content_type)
+                )
+                await self._copy(request, upstream, response, body_filter)
                 return response
         except ClientGone:
             return gone()
@@ -68,10 +79,14 @@ class Forwarder:
             return failure.response()
 
     async def _copy(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, response: web.StreamResponse
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        body_filter: BodyFilter,
     ) -> None:
         try:
-            await relay(upstream.content, response, PASS_THROUGH)
+            await relay(upstream.content, response, body_filter)
             await write_guard(response.write_eof())
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Headers are out: the only honest signal left is a broken connection.

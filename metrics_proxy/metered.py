@@ -18,6 +18,7 @@ from metrics_proxy.apis.base import (
     UsageMode,
     parse_request,
 )
+from metrics_proxy.background import HeldResponses
 from metrics_proxy.client_io import (
     ClientGone,
     ClientWriteLimits,
@@ -48,11 +49,13 @@ from metrics_proxy.upstream_client import Upstream
 class MeteredContext:
     """What every metered exchange shares: the upstream, the recorder, the queue, the
     server's lifecycle (a shutdown ends requests without it being the client's doing), how
-    long writes to the client may wait, and how request bodies are read."""
+    long writes to the client may wait, how request bodies are read, and where the records
+    of responses that run on after their exchange wait to be counted."""
 
     __slots__ = (
         "client_timeout",
         "client_writes",
+        "held",
         "lifecycle",
         "max_body",
         "queue",
@@ -72,6 +75,7 @@ class MeteredContext:
         usage_mode: UsageMode,
         client_timeout: float | None,
         max_body: int,
+        held: HeldResponses,
     ) -> None:
         self.upstream = upstream
         self.recorder = recorder
@@ -81,6 +85,7 @@ class MeteredContext:
         self.usage_mode = usage_mode
         self.client_timeout = client_timeout
         self.max_body = max_body
+        self.held = held
 
 
 async def _read_body(request: web.Request, context: MeteredContext) -> bytes:
@@ -118,7 +123,17 @@ async def handle_metered(
 class MeteredExchange:
     """One metered request from the queue to its single, final account."""
 
-    __slots__ = ("_api", "_context", "_injection", "_request", "_response", "_stream", "record")
+    __slots__ = (
+        "_api",
+        "_context",
+        "_injection",
+        "_meter",
+        "_pending_id",
+        "_request",
+        "_response",
+        "_stream",
+        "record",
+    )
 
     def __init__(
         self,
@@ -135,6 +150,8 @@ class MeteredExchange:
         self._injection = injection
         self._stream = stream
         self._response: web.StreamResponse | None = None
+        self._meter: StreamMeter | None = None  # an event stream's, once it is read
+        self._pending_id: str | None = None  # a non-streamed answer's running response
         self.record = record
 
     async def run(self, upstream_body: bytes) -> web.StreamResponse:
@@ -267,6 +284,7 @@ class MeteredExchange:
         record.finish_with(facts.finish_reason)
         record.report_usage(facts.usage)
         record.engine = facts.engine
+        self._pending_id = facts.pending_id
         if answer is not None and record.generation_tokens is None:
             record.generation_tokens = 0  # its one output is no generated token
         return True
@@ -289,7 +307,8 @@ class MeteredExchange:
     ) -> bool:
         """Meter and forward an event stream; an upstream failure ends it with an error
         event, so the stream itself always ends cleanly (True)."""
-        metering = _Metering(StreamMeter(self._api, self._injection), self.record, self._clock)
+        meter = self._meter = StreamMeter(self._api, self._injection)
+        metering = _Metering(meter, self.record, self._clock)
         try:
             try:
                 await relay(upstream.content, response, metering)
@@ -327,9 +346,28 @@ class MeteredExchange:
 
     def _settle(self) -> None:
         """The one place a metered request is accounted: the record settles (gauges and
-        every series), and its log line is written from it."""
-        if self.record.settle():
-            log_metered(self._request, self.record)
+        every series), and its log line is written from it. A response that runs on after
+        its exchange is held instead, to be counted once it is seen finished."""
+        record = self.record
+        if record.detached:
+            return  # held already
+        pending_id = self._running_response()
+        if pending_id is not None:
+            self._context.held.hold(pending_id, record)
+            log_metered(self._request, record)
+        elif record.settle():
+            log_metered(self._request, record)
+
+    def _running_response(self) -> str | None:
+        """The id of a response still running when its exchange ends: a background one,
+        answered ``queued``, or streamed to a client that left (or an upstream that broke)
+        before its final status."""
+        meter = self._meter
+        if meter is None:
+            return self._pending_id
+        if meter.finish_reason is not None or meter.upstream_error:
+            return None
+        return meter.pending_id
 
 
 class _Reading:

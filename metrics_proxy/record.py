@@ -23,7 +23,8 @@ class Meters(Protocol):
     def finalize_request(self, record: RequestRecord) -> None: ...
 
 
-_WAITING, _RUNNING, _DONE = 0, 1, 2
+# _DETACHED: it ran, gave back its gauges, and waits for its account (see detach).
+_WAITING, _RUNNING, _DONE, _DETACHED = 0, 1, 2, 3
 # Outcomes of requests vLLM's engine did not finish: no per-request histograms for them.
 _UNFINISHED = frozenset({FinishedReason.ABORT, FinishedReason.ERROR})
 
@@ -102,6 +103,10 @@ class RequestRecord:
     def settled(self) -> bool:
         return self._state == _DONE
 
+    @property
+    def detached(self) -> bool:
+        return self._state == _DETACHED
+
     def slot_acquired(self, now: float | None = None) -> None:
         if self._state != _WAITING:
             return
@@ -142,6 +147,17 @@ class RequestRecord:
         self.error_kind = kind
         self.finished_reason = FinishedReason.ERROR
 
+    def detach(self, now: float | None = None) -> None:
+        """Its exchange is over but the work runs on (a background response): the gauges it
+        holds go back now, as its slot did, and the account waits for :meth:`settle`."""
+        if self._state != _RUNNING:
+            return
+        self._state = _DETACHED
+        self.ended_at = self._meters.clock() if now is None else now  # until it settles
+        # Its later outputs go unseen: the decode (and TPOT) they end is not known.
+        self.last_output_at = None
+        self._meters.decrement_running()
+
     # --- its end ---------------------------------------------------------------------------
 
     def settle(self, now: float | None = None) -> bool:
@@ -154,10 +170,10 @@ class RequestRecord:
         self.ended_at = meters.clock() if now is None else now
         if state == _WAITING:
             meters.decrement_waiting()
-        else:
+        elif state == _RUNNING:
             meters.decrement_running()
         if not self.rejected:
-            self._count_tokens(ran=state == _RUNNING)
+            self._count_tokens(ran=state != _WAITING)
             meters.finalize_request(self)
         return True
 

@@ -13,10 +13,13 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from metrics_proxy.access_log import log_metered
 from metrics_proxy.admission import AdmissionQueue
 from metrics_proxy.apis import API_BY_ROUTE, Api
 from metrics_proxy.apis.base import UsageMode
+from metrics_proxy.apis.responses import RESPONSES
 from metrics_proxy.auth import BearerTokens, split_tokens
+from metrics_proxy.background import HeldResponses, RetrievalWatch, retrieved_id
 from metrics_proxy.client_io import ClientWriteLimits
 from metrics_proxy.config import Config, ConfigError, seconds_or_none
 from metrics_proxy.errors import CLIENT_GONE, json_error
@@ -48,6 +51,7 @@ METERED = web.AppKey("metered", MeteredContext)
 PROBE = web.AppKey("probe", UpstreamProbe)
 ADMIN_TOKENS = web.AppKey("admin_tokens", BearerTokens)
 API_KEYS = web.AppKey("api_keys", BearerTokens)
+HELD = web.AppKey("held", HeldResponses)
 
 _HEALTHY = orjson.dumps({"status": "ok"})
 
@@ -108,6 +112,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
             usage_mode=UsageMode(config.stream_usage),
             client_timeout=seconds_or_none(config.client_timeout),
             max_body=config.max_body_size,
+            held=app[HELD],
         )
         app[PROBE] = UpstreamProbe(session, config.upstream_url, clock=recorder.clock)
         yield
@@ -262,7 +267,21 @@ def _metered(api: Api) -> Handler:
 
 
 async def _forward(request: web.Request) -> web.StreamResponse:
+    response_id = retrieved_id(vllm_path(request.rel_url.raw_path))
+    if response_id is not None and request.app[HELD].holds(response_id):
+        return await _forward_held(request, response_id)
     return await request.app[FORWARDER].forward(request)
+
+
+async def _forward_held(request: web.Request, response_id: str) -> web.StreamResponse:
+    """An answer about a background response the proxy holds: passed through as any other,
+    and read on its way; the first that shows the response finished counts it."""
+    watch = RetrievalWatch(RESPONSES)
+    response = await request.app[FORWARDER].forward(request, watch.reader)
+    record = request.app[HELD].settle(response_id, watch.finish())
+    if record is not None:
+        log_metered(request, record)
+    return response
 
 
 def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) -> web.Application:
@@ -285,6 +304,7 @@ def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) 
         max_wait=config.max_queue_wait,
     )
     app[LIFECYCLE] = Lifecycle()
+    app[HELD] = HeldResponses(app[RECORDER].clock)
     app.cleanup_ctx.append(_upstream_session)
     router = app.router
     router.add_route("*", "/metrics", _method_guard("GET", _admin(_metrics_text)))

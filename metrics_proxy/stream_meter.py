@@ -39,6 +39,7 @@ class StreamMeter:
         "engine",
         "event_too_large",
         "finish_reason",
+        "pending_id",
         "upstream_error",
         "usage",
     )
@@ -55,6 +56,7 @@ class StreamMeter:
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.engine: EngineTimes | None = None  # the engine's own times, if it said
+        self.pending_id: str | None = None  # a response that runs on without this stream
         self.upstream_error = False
         self.event_too_large = False
 
@@ -130,6 +132,8 @@ class StreamMeter:
                 self.usage = facts.usage
                 if facts.engine is not None:
                     self.engine = facts.engine
+            if facts.pending_id is not None:
+                self.pending_id = facts.pending_id
             if facts.usage_key:  # only an event with usage can be one the proxy changed
                 undone = reader.undo(event.data, facts)
                 if undone is not None:

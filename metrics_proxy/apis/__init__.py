@@ -6,10 +6,16 @@ from metrics_proxy.apis.base import Api
 from metrics_proxy.apis.chat import CHAT
 from metrics_proxy.apis.completions import COMPLETIONS
 from metrics_proxy.apis.messages import MESSAGES
+from metrics_proxy.apis.responses import RESPONSES
 
 __all__ = ["API_BY_ROUTE", "METERED_PATHS", "Api"]
 
-API_BY_ROUTE: dict[str, Api] = {
-    route: api for api in (CHAT, COMPLETIONS, MESSAGES) for route in api.routes
-}
+# One API a line: the table grows by one line per API.
+_APIS: tuple[Api, ...] = (
+    CHAT,
+    COMPLETIONS,
+    MESSAGES,
+    RESPONSES,
+)
+API_BY_ROUTE: dict[str, Api] = {route: api for api in _APIS for route in api.routes}
 METERED_PATHS = tuple(API_BY_ROUTE)

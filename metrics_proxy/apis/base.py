@@ -135,6 +135,9 @@ class ResponseFacts:
     finish_reason: str | None  # the last non-null choices[*].finish_reason
     choices: int
     engine: EngineTimes | None = None
+    # The id of a response that runs on after this answer (a background response, still
+    # queued): it is counted when a later answer shows it finished, not now.
+    pending_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,10 @@ class EventFacts:
     # chunk once include_usage is on, and a client that did not ask must not see it.
     usage_key: bool = False
     engine: EngineTimes | None = None  # the engine's own times, where it reports them
+    # The id of a response that runs on whatever becomes of this stream (a background
+    # response): if the stream ends before its final status, it is counted when a later
+    # answer shows that status.
+    pending_id: str | None = None
 
 
 class BadRequestBody(ValueError):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import orjson
 
-from metrics_proxy.apis.base import ResponseFacts, Usage
+from metrics_proxy.apis.base import BodyReader, ResponseFacts, Usage
 
 __all__ = ["ResponseReader", "ResponseScanner"]
 
@@ -71,8 +71,9 @@ _NOT_A_VALUE = b",:]}"
 _VALUE, _VALUE_OR_CLOSE, _NAME, _NAME_OR_CLOSE, _NAME_SEPARATOR, _NEXT, _END = range(7)
 # What the value being read is, and why its bytes are kept.
 _IN_STRING, _IN_CONTAINER, _IN_SCALAR = range(3)
-_SKIP, _KEEP_NAME, _KEEP_REASON, _KEEP_USAGE = range(4)
-_KEEP_LIMITS = (0, _MAX_NAME + 2, _MAX_REASON + 2, _MAX_USAGE)  # by role; names are quoted
+_SKIP, _KEEP_NAME, _KEEP_REASON, _KEEP_USAGE, _KEEP_MEMBER = range(5)
+# By role; names are quoted. A member kept for another API is as small as a usage object.
+_KEEP_LIMITS = (0, _MAX_NAME + 2, _MAX_REASON + 2, _MAX_USAGE, _MAX_USAGE)
 
 
 class ResponseScanner:
@@ -86,7 +87,9 @@ class ResponseScanner:
 
     An API whose answer is shaped otherwise says how its `usage` reads (``read_usage``) and
     which top-level member holds its finish word (``top_reason``), as the Messages API's
-    `stop_reason`: nested members of that name, the model's own words, are never read.
+    `stop_reason`: nested members of that name, the model's own words, are never read. It may
+    also name other top-level ``members`` it reads: those are kept (each within the bound of a
+    usage object) for `members()`.
     """
 
     __slots__ = (
@@ -100,6 +103,7 @@ class ResponseScanner:
         "_in_string",
         "_kept",
         "_kept_size",
+        "_members",
         "_name",
         "_read_usage",
         "_reason",
@@ -107,15 +111,20 @@ class ResponseScanner:
         "_top_reason",
         "_usage",
         "_value",
+        "_wanted",
     )
 
     def __init__(
         self,
         read_usage: Callable[[object], Usage | None] = Usage.from_json,
         top_reason: str | None = None,
+        *,
+        members: tuple[str, ...] = (),
     ) -> None:
         self._read_usage = read_usage
         self._top_reason = top_reason
+        self._wanted = frozenset(members)
+        self._members: dict[str, object] = {}
         self._depth = 0  # containers open
         self._expect = _VALUE
         self._failed = False
@@ -148,6 +157,13 @@ class ResponseScanner:
         if self._failed or self._expect != _END:
             return _NO_FACTS
         return ResponseFacts(self._usage, self._reason, self._choices)
+
+    def members(self) -> dict[str, object] | None:
+        """The wanted top-level members seen, decoded (None where a value outgrew its bound);
+        None unless the body was one whole JSON object."""
+        if self._failed or self._expect != _END:
+            return None
+        return self._members
 
     def _token(self, chunk: bytes, pos: int) -> int:
         """One token at a watched level, at pos; return where the scan goes on."""
@@ -188,6 +204,8 @@ class ResponseScanner:
         name = self._name
         if depth == 3:
             role = _KEEP_REASON if name == "finish_reason" else _SKIP
+        elif name in self._wanted:
+            role = _KEEP_MEMBER
         elif name == "usage":
             role = _KEEP_USAGE
         elif name is not None and name == self._top_reason:
@@ -324,6 +342,8 @@ class ResponseScanner:
                 self._choice_reason = reason
         elif role == _KEEP_USAGE:
             self._usage = self._read_usage(value)
+        elif role == _KEEP_MEMBER and self._name is not None:
+            self._members[self._name] = value
 
     def _decoded(self) -> object:
         """The kept value, decoded; None when it outgrew its bound or is not JSON."""
@@ -349,15 +369,15 @@ class ResponseReader:
     def __init__(
         self,
         decode: Callable[[bytes], ResponseFacts],
-        new_scanner: Callable[[], ResponseScanner] = ResponseScanner,
+        scanner: Callable[[], BodyReader] = ResponseScanner,
     ) -> None:
-        """``decode`` reads a whole small body (the API's own decoder); ``new_scanner``
-        makes the scanner of a large one, for the API's shape."""
+        """``decode`` reads a whole small body (the API's own decoder); ``scanner`` makes
+        what reads a large one (the OpenAI shape's scanner unless the API has its own)."""
         self._decode = decode
-        self._new_scanner = new_scanner
+        self._new_scanner = scanner
         self._parts: list[bytes] = []
         self._size = 0
-        self._scanner: ResponseScanner | None = None
+        self._scanner: BodyReader | None = None
 
     def feed(self, chunk: bytes) -> None:
         scanner = self._scanner

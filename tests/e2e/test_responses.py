@@ -46,11 +46,6 @@ async def test_a_response_passes_through_as_the_server_sent_it(
         assert through.outputs == direct.outputs > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="/v1/responses is forwarded, not metered yet: it counts in no vllm: series",
-)
 @pytest.mark.parametrize("shape", SHAPES)
 async def test_a_response_is_counted_as_the_server_reported_it(
     http: aiohttp.ClientSession, real_server: RealServer, make_proxy: ProxyFactory, shape: str

@@ -19,8 +19,9 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NoReturn
 
 import orjson
@@ -107,6 +108,7 @@ class FakeUpstreamState:
     completed: int = 0  # ... written to the end
     closed_early: int = 0  # ... abandoned because the client went away
     resets: int = 0  # ... cut short by the fake itself (reset_after)
+    responses: dict[str, StoredResponse] = field(default_factory=dict)  # /v1/responses store
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def _notify(self) -> None:
@@ -453,6 +455,288 @@ async def _count_tokens(request: web.Request) -> web.Response:
     return _json({"input_tokens": tokens, "context_management": {"original_input_tokens": tokens}})
 
 
+# --- OpenAI's Responses API (/v1/responses), as vLLM 0.33 serves it -----------------------------
+
+
+@dataclass(eq=False)
+class StoredResponse:
+    """A response kept for ``GET /v1/responses/{id}`` (vLLM's store): its latest object, the
+    SSE events of a background stream so far, whether it is over, and the task running it."""
+
+    body: dict[str, Any]
+    stream: bool = False  # a background stream: its events are kept, to be streamed again
+    events: list[bytes] = field(default_factory=list)
+    finished: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+def _response_status(finish: str) -> tuple[str, dict[str, str] | None]:
+    """The status (and incomplete_details) vLLM gives an engine finish reason; "failed",
+    "cancelled" and "content_filter" stand for themselves, for tests."""
+    if finish in ("length", "content_filter"):
+        return "incomplete", {"reason": "max_output_tokens" if finish == "length" else finish}
+    if finish in ("failed", "cancelled", "error"):
+        return "failed" if finish == "error" else finish, None
+    return "completed", None
+
+
+def _response_usage(b: Behavior) -> dict[str, Any] | None:
+    if b.usage == "never":
+        return None
+    p, c = b.prompt_tokens, b.completion_tokens
+    return {
+        "input_tokens": p, "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": c, "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": p + c,
+    }  # fmt: skip
+
+
+def _response_output(b: Behavior) -> list[dict[str, Any]]:
+    text = "".join(f"tok{i} " for i in range(b.completion_tokens))
+    part: dict[str, Any] = {
+        "annotations": [],
+        "text": text,
+        "type": "output_text",
+        "logprobs": None,
+    }
+    return [{"id": "msg_fake", "content": [part], "role": "assistant", "type": "message"}]
+
+
+def _response(
+    resp_id: str, fields: dict[str, Any], status: str, b: Behavior | None = None
+) -> dict[str, Any]:
+    """A response object in vLLM's member order; with ``b``, the finished one: its output,
+    usage and the status ``b.finish_reason`` stands for."""
+    details: dict[str, str] | None = None
+    output: list[dict[str, Any]] = []
+    usage = None
+    if b is not None:
+        status, details = _response_status(b.finish_reason)
+        output, usage = _response_output(b), _response_usage(b)
+    return {
+        "id": resp_id, "created_at": CREATED, "incomplete_details": details,
+        "instructions": None, "metadata": None, "model": str(fields.get("model") or "fake-model"),
+        "object": "response", "output": output, "parallel_tool_calls": True,
+        "temperature": 1.0, "tool_choice": "auto", "tools": [], "top_p": 1.0,
+        "background": _vllm_bool(fields, "background"),
+        "max_output_tokens": fields.get("max_output_tokens") or 1024, "max_tool_calls": None,
+        "previous_response_id": None, "prompt": None, "reasoning": None,
+        "service_tier": "auto", "status": status, "text": None, "top_logprobs": None,
+        "truncation": "disabled", "usage": usage, "user": None,
+    }  # fmt: skip
+
+
+async def _response_events(
+    resp_id: str, fields: dict[str, Any], b: Behavior
+) -> AsyncIterator[dict[str, Any]]:
+    """vLLM's events for one response, deltas at the Behavior's pace. The last is
+    ``response.completed`` (vLLM sends it for an incomplete response too), OpenAI's
+    ``response.failed`` for "failed", or an ``error`` event for "error"."""
+    started = _response(resp_id, fields, "in_progress")
+    yield {"type": "response.created", "response": started}
+    yield {"type": "response.in_progress", "response": started}
+    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    yield {"type": "response.content_part.added", "item_id": "msg_fake", "part": part}
+    for i in range(b.completion_tokens):
+        if delay := b.ttft if i == 0 else b.itl:
+            await asyncio.sleep(delay)
+        yield {"type": "response.output_text.delta", "item_id": "msg_fake", "delta": f"tok{i} "}
+    if b.finish_reason == "error":
+        yield {"type": "error", "code": "server_error", "message": "fake error", "param": None}
+        return
+    final = _response(resp_id, fields, "", b)
+    kind = "response.failed" if final["status"] == "failed" else "response.completed"
+    yield {"type": kind, "response": final}
+
+
+def _sse_events(b: Behavior) -> Callable[[dict[str, Any], int], bytes]:
+    eol = b"\r\n" if b.crlf else b"\n"
+
+    def encode(event: dict[str, Any], number: int) -> bytes:
+        data = orjson.dumps({**event, "sequence_number": number})
+        kind: str = event["type"]
+        return b"event: " + kind.encode() + eol + b"data: " + data + eol + eol
+
+    return encode
+
+
+async def _stream_response(
+    request: web.Request, resp: web.StreamResponse, events: AsyncIterator[bytes], b: Behavior
+) -> None:
+    """Write SSE events as they come; reset_after/stall_after count the deltas written."""
+    resp.headers["Content-Type"] = b.content_type or "text/event-stream"
+    await resp.prepare(request)
+    deltas = 0
+    async for event in events:
+        if b"response.output_text.delta" in event.split(b"\n", 1)[0]:
+            if b.reset_after == deltas and request.transport is not None:
+                request.transport.abort()
+                raise _Reset
+            if b.stall_after == deltas:
+                await _until_disconnected(request)
+            deltas += 1
+        step = b.split or len(event)
+        for start in range(0, len(event), step):
+            await resp.write(event[start : start + step])
+    await resp.write_eof()
+
+
+async def _encoded(resp_id: str, fields: dict[str, Any], b: Behavior) -> AsyncIterator[bytes]:
+    encode = _sse_events(b)
+    number = 0
+    async for event in _response_events(resp_id, fields, b):
+        yield encode(event, number)
+        number += 1
+
+
+def _has_more(stored: StoredResponse, index: int, state: FakeUpstreamState) -> bool:
+    return len(stored.events) > index or stored.finished
+
+
+async def _replay(
+    state: FakeUpstreamState, stored: StoredResponse, after: int
+) -> AsyncIterator[bytes]:
+    """A background stream's events from index ``after + 1``, waiting for more until it is
+    over."""
+    index = after + 1
+    while True:
+        while index < len(stored.events):
+            yield stored.events[index]
+            index += 1
+        if stored.finished:
+            return
+        await state.wait_until(partial(_has_more, stored, index), 60)
+
+
+async def _run_in_background(
+    state: FakeUpstreamState, stored: StoredResponse, fields: dict[str, Any], b: Behavior
+) -> None:
+    """The work of a background response: its events (kept for a background stream), then
+    its final object in the store, as vLLM's background task does."""
+    resp_id = stored.body["id"]
+    try:
+        stored.body = {**stored.body, "status": "in_progress"}
+        async for event in _encoded(resp_id, fields, b):
+            if stored.stream:
+                stored.events.append(event)
+                state._notify()
+        stored.body = _response(resp_id, fields, "", b)
+    finally:
+        stored.finished = True
+        state._notify()
+
+
+def _response_request(fields: dict[str, Any]) -> tuple[bool, bool, bool]:
+    """(stream, background, store) as vLLM reads them; ValueError where it refuses."""
+    stream, background = _vllm_bool(fields, "stream"), _vllm_bool(fields, "background")
+    store = "store" not in fields or _vllm_bool(fields, "store")
+    if background and not store:
+        raise ValueError("background can only be used when `store` is true")
+    return stream, background, store
+
+
+async def _create_response(request: web.Request) -> web.StreamResponse:
+    state = request.app[FAKE_STATE]
+    try:
+        raw_behavior = request.headers.get(BEHAVIOR_HEADER)
+        b = state.behavior.override(raw_behavior) if raw_behavior else state.behavior
+        fields = orjson.loads(await request.read())
+        if not isinstance(fields, dict):
+            raise ValueError("request body must be a JSON object")
+        stream, background, store = _response_request(fields)
+    except (ValueError, TypeError) as exc:
+        return web.Response(status=400, body=_error_body(400, str(exc)), content_type=_JSON)
+    request_id = fields.get("request_id")
+    resp_id = request_id if isinstance(request_id, str) else f"resp_fake{len(state.requests)}"
+    resp = web.StreamResponse()
+    with _tracked(state):
+        if b.stall_before_headers:
+            await _until_disconnected(request)
+        if b.status != 200:
+            await _send(request, resp, b.status, _error_body(b.status, "fake error"), _JSON)
+        elif background:
+            await _start_background(request, resp, state, resp_id, fields, b, stream)
+        elif stream:
+            await _stream_response(request, resp, _encoded(resp_id, fields, b), b)
+        else:
+            await _answer_response(request, resp, state, resp_id, fields, b, store)
+    return resp
+
+
+async def _answer_response(
+    request: web.Request, resp: web.StreamResponse, state: FakeUpstreamState, resp_id: str,
+    fields: dict[str, Any], b: Behavior, store: bool,
+) -> None:  # fmt: skip
+    if b.finish_reason == "error":  # vLLM's GenerationError
+        await _send(request, resp, 500, _error_body(500, "Internal server error"), _JSON)
+        return
+    for i in range(b.completion_tokens):  # the engine works before the answer
+        if delay := b.ttft if i == 0 else b.itl:
+            await asyncio.sleep(delay)
+    body = _response(resp_id, fields, "", b)
+    if store:
+        state.responses[resp_id] = StoredResponse(body, finished=True)
+    out = b.raw_body if b.raw_body is not None else orjson.dumps(body)
+    await _send(request, resp, 200, out, b.content_type or _JSON)
+
+
+async def _start_background(
+    request: web.Request, resp: web.StreamResponse, state: FakeUpstreamState, resp_id: str,
+    fields: dict[str, Any], b: Behavior, stream: bool,
+) -> None:  # fmt: skip
+    """``queued`` at once while a task does the work; a background stream is the task's events."""
+    stored = StoredResponse(_response(resp_id, fields, "queued"), stream=stream)
+    state.responses[resp_id] = stored
+    stored.task = asyncio.create_task(_run_in_background(state, stored, fields, b))
+    if stream:
+        await _stream_response(request, resp, _replay(state, stored, -1), b)
+    else:
+        await _send(request, resp, 200, orjson.dumps(stored.body), _JSON)
+
+
+async def _retrieve_response(request: web.Request) -> web.StreamResponse:
+    state = request.app[FAKE_STATE]
+    resp_id = request.match_info["response_id"]
+    stored = state.responses.get(resp_id)
+    if stored is None:
+        message = f"Response with id '{resp_id}' not found."
+        return web.Response(status=404, body=_error_body(404, message), content_type=_JSON)
+    if not _vllm_bool(dict(request.query), "stream"):
+        return _json(stored.body)
+    if not stored.stream:  # vLLM keeps the events of background streams only
+        message = f"Unknown response_id: {resp_id}"
+        return web.Response(status=400, body=_error_body(400, message), content_type=_JSON)
+    after = int(request.query.get("starting_after", "-1"))
+    resp = web.StreamResponse()
+    with _tracked(state):
+        await _stream_response(request, resp, _replay(state, stored, after), state.behavior)
+    return resp
+
+
+async def _cancel_response(request: web.Request) -> web.Response:
+    state = request.app[FAKE_STATE]
+    stored = state.responses.get(request.match_info["response_id"])
+    if stored is None:
+        return web.Response(status=404, body=_error_body(404, "not found"), content_type=_JSON)
+    if stored.body["status"] not in ("queued", "in_progress"):
+        message = "Cannot cancel a synchronous response."
+        return web.Response(status=400, body=_error_body(400, message), content_type=_JSON)
+    stored.body = {**stored.body, "status": "cancelled"}
+    if stored.task is not None:
+        stored.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stored.task
+    return _json(stored.body)
+
+
+async def _stop_background(app: web.Application) -> None:
+    for stored in app[FAKE_STATE].responses.values():
+        if stored.task is not None:
+            stored.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stored.task
+
+
 async def _models(request: web.Request) -> web.Response:
     return _json({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
 
@@ -523,6 +807,10 @@ def make_fake_upstream(behavior: Behavior | None = None) -> web.Application:
     app.router.add_post("/v1/completions", _generate)
     app.router.add_post("/v1/messages", _messages)
     app.router.add_post("/v1/messages/count_tokens", _count_tokens)
+    app.router.add_post("/v1/responses", _create_response)
+    app.router.add_get("/v1/responses/{response_id}", _retrieve_response)
+    app.router.add_post("/v1/responses/{response_id}/cancel", _cancel_response)
+    app.on_cleanup.append(_stop_background)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/health", _health)
     app.router.add_post("/v1/embeddings", _embeddings)
