@@ -71,8 +71,9 @@ _NOT_A_VALUE = b",:]}"
 _VALUE, _VALUE_OR_CLOSE, _NAME, _NAME_OR_CLOSE, _NAME_SEPARATOR, _NEXT, _END = range(7)
 # What the value being read is, and why its bytes are kept.
 _IN_STRING, _IN_CONTAINER, _IN_SCALAR = range(3)
-_SKIP, _KEEP_NAME, _KEEP_REASON, _KEEP_USAGE = range(4)
-_KEEP_LIMITS = (0, _MAX_NAME + 2, _MAX_REASON + 2, _MAX_USAGE)  # by role; names are quoted
+_SKIP, _KEEP_NAME, _KEEP_REASON, _KEEP_USAGE, _KEEP_TOP_REASON = range(5)
+# By role; names and reasons are quoted.
+_KEEP_LIMITS = (0, _MAX_NAME + 2, _MAX_REASON + 2, _MAX_USAGE, _MAX_REASON + 2)
 
 
 class ResponseScanner:
@@ -83,6 +84,10 @@ class ResponseScanner:
     kept only for the top-level `usage`, a choice's `finish_reason` and member names (each
     within a bound). Like orjson, the last of duplicate members wins. Skipped values are not
     validated, but a body whose watched structure is not JSON reads as no facts.
+
+    APIs of another shape name the top-level member that holds their usage and how to read
+    it (``usage_member``, ``read_usage``), and the top-level member holding their finish
+    word, if any (``reason_member``).
     """
 
     __slots__ = (
@@ -97,13 +102,25 @@ class ResponseScanner:
         "_kept",
         "_kept_size",
         "_name",
+        "_read_usage",
         "_reason",
+        "_reason_member",
         "_role",
         "_usage",
+        "_usage_member",
         "_value",
     )
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        usage_member: str = "usage",
+        read_usage: Callable[[object], Usage | None] = Usage.from_json,
+        reason_member: str | None = None,
+    ) -> None:
+        self._usage_member = usage_member
+        self._read_usage = read_usage
+        self._reason_member = reason_member
         self._depth = 0  # containers open
         self._expect = _VALUE
         self._failed = False
@@ -176,8 +193,10 @@ class ResponseScanner:
         name = self._name
         if depth == 3:
             role = _KEEP_REASON if name == "finish_reason" else _SKIP
-        elif name == "usage":
+        elif name == self._usage_member:
             role = _KEEP_USAGE
+        elif name == self._reason_member:
+            role = _KEEP_TOP_REASON
         elif name == "choices":
             self._reason = None
             self._choices = 0
@@ -305,7 +324,9 @@ class ResponseScanner:
         elif role == _KEEP_REASON:
             self._choice_reason = value if type(value) is str else None
         elif role == _KEEP_USAGE:
-            self._usage = Usage.from_json(value)
+            self._usage = self._read_usage(value)
+        elif role == _KEEP_TOP_REASON:
+            self._reason = value if type(value) is str else None
 
     def _decoded(self) -> object:
         """The kept value, decoded; None when it outgrew its bound or is not JSON."""
@@ -326,11 +347,17 @@ class ResponseReader:
     """A response's facts, from its chunks as they pass: a small body is kept and decoded
     whole; past _DECODE_LIMIT it is scanned instead, and nothing more is kept."""
 
-    __slots__ = ("_decode", "_parts", "_scanner", "_size")
+    __slots__ = ("_decode", "_make_scanner", "_parts", "_scanner", "_size")
 
-    def __init__(self, decode: Callable[[bytes], ResponseFacts]) -> None:
-        """``decode`` reads a whole small body (the API's own decoder)."""
+    def __init__(
+        self,
+        decode: Callable[[bytes], ResponseFacts],
+        make_scanner: Callable[[], ResponseScanner] = ResponseScanner,
+    ) -> None:
+        """``decode`` reads a whole small body (the API's own decoder); ``make_scanner``
+        gives the scanner for a large one, set for the API's shape."""
         self._decode = decode
+        self._make_scanner = make_scanner
         self._parts: list[bytes] = []
         self._size = 0
         self._scanner: ResponseScanner | None = None
@@ -342,7 +369,7 @@ class ResponseReader:
             if self._size <= _DECODE_LIMIT:
                 self._parts.append(chunk)
                 return
-            scanner = self._scanner = ResponseScanner()
+            scanner = self._scanner = self._make_scanner()
             for part in self._parts:
                 scanner.feed(part)
             self._parts = []
