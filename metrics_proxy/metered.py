@@ -265,6 +265,7 @@ class MeteredExchange:
         record.report_usage(facts.usage)
         if answer is not None and record.generation_tokens is None:
             record.generation_tokens = 0  # its one output is no generated token
+            record.estimated = True  # but its prompt tokens went unreported: say so
         return True
 
     async def _copy(

@@ -181,7 +181,7 @@ async def test_a_request_the_upstream_closed_its_connection_on_is_sent_once_more
         # a new connection closing is the upstream failing, not a race
         (1, b"", CHAT),
         # a body streamed through cannot be sent again
-        (2, b"", "/v1/embeddings"),
+        (2, b"", "/tokenize"),
     ],
     ids=["answer-begun", "new-connection", "streamed-body"],
 )

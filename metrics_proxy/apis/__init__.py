@@ -5,8 +5,14 @@ from __future__ import annotations
 from metrics_proxy.apis.base import Api
 from metrics_proxy.apis.chat import CHAT
 from metrics_proxy.apis.completions import COMPLETIONS
+from metrics_proxy.apis.pooling import POOLING
 
 __all__ = ["API_BY_ROUTE", "METERED_PATHS", "Api"]
 
-API_BY_ROUTE: dict[str, Api] = {route: api for api in (CHAT, COMPLETIONS) for route in api.routes}
+METERED_APIS: tuple[Api, ...] = (
+    CHAT,
+    COMPLETIONS,
+    POOLING,
+)
+API_BY_ROUTE: dict[str, Api] = {route: api for api in METERED_APIS for route in api.routes}
 METERED_PATHS = tuple(API_BY_ROUTE)
