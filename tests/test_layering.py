@@ -56,6 +56,7 @@ PURE = (
     "apis/base.py",
     "apis/body_scan.py",
     "apis/chat.py",
+    "apis/cohere.py",
     "apis/completions.py",
     "apis/json_answer.py",
     "apis/openai.py",

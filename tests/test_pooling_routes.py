@@ -24,6 +24,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "/rerank": {"model": "m", "query": "q", "documents": ["a", "b"]},
     "/v1/rerank": {"model": "m", "query": "q", "documents": ["a"]},
     "/v2/rerank": {"model": "m", "query": "q", "documents": ["a", "b", "c"], "top_n": 2},
+    "/v2/embed": {"model": "m", "texts": ["a"], "embedding_types": ["float"]},
 }
 EMBEDDINGS = "/v1/embeddings"
 DECODE_LIMIT = 64 * 1024  # answers past this are scanned as they pass, not decoded whole
@@ -94,6 +95,15 @@ async def test_a_large_embeddings_answer_still_counts_its_usage(stack: Stack, sp
     through, direct = await through_and_direct(stack, EMBEDDINGS, body, behavior)
     assert through == direct
     assert len(through[1]) > DECODE_LIMIT
+    assert await counts(stack) == (7, 0, 0)
+
+
+async def test_a_large_cohere_embed_answer_finds_its_tokens_in_meta(stack: Stack) -> None:
+    body = orjson.dumps({"model": "m", "texts": ["a"] * 6000, "embedding_types": ["float"]})
+    through, direct = await through_and_direct(stack, "/v2/embed", body, '{"split": 4096}')
+    assert through == direct
+    assert len(through[1]) > DECODE_LIMIT
+    assert through[1].rstrip(b"}").endswith(b'"tokens":{"input_tokens":7')  # meta comes last
     assert await counts(stack) == (7, 0, 0)
 
 

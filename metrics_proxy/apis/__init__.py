@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from metrics_proxy.apis.base import Api
 from metrics_proxy.apis.chat import CHAT
+from metrics_proxy.apis.cohere import COHERE_CHAT, COHERE_EMBED
 from metrics_proxy.apis.completions import COMPLETIONS
 from metrics_proxy.apis.pooling import POOLING
 
@@ -13,6 +14,8 @@ METERED_APIS: tuple[Api, ...] = (
     CHAT,
     COMPLETIONS,
     POOLING,
+    COHERE_EMBED,
+    COHERE_CHAT,
 )
 API_BY_ROUTE: dict[str, Api] = {route: api for api in METERED_APIS for route in api.routes}
 METERED_PATHS = tuple(API_BY_ROUTE)

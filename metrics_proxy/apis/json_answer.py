@@ -25,7 +25,7 @@ from metrics_proxy.apis.base import (
 from metrics_proxy.apis.body_scan import ResponseReader, ResponseScanner
 from metrics_proxy.apis.openai import chunk_facts
 
-__all__ = ["NOT_STREAMED", "JsonAnswerApi", "UsageReader", "answer_facts"]
+__all__ = ["NOT_STREAMED", "JsonAnswerApi", "UsageReader", "answer_facts", "token_count"]
 
 # Reads an answer's usage member, decoded; None when it is absent or says no counts.
 UsageReader = Callable[[object], Usage | None]
@@ -35,6 +35,18 @@ NOT_STREAMED = RequestFacts(
     stream=False, wants_usage=False, wants_continuous_usage=False, n=1, max_tokens=None
 )
 _NO_FACTS = ResponseFacts(None, None, 0)
+# Counts written as JSON floats are taken up to here, where floats still hold every integer.
+_LARGEST_FLOAT_COUNT = 2.0**53
+
+
+def token_count(value: object) -> int | None:
+    """A token count: a non-negative integer, also written as a float (``12.0``, as pydantic
+    writes an int held in a float field); None for anything else."""
+    if type(value) is int:
+        return value if value >= 0 else None
+    if type(value) is float and 0 <= value < _LARGEST_FLOAT_COUNT and value.is_integer():
+        return int(value)
+    return None
 
 
 def answer_facts(usage_member: str, read_usage: UsageReader, body: bytes) -> ResponseFacts:

@@ -1,0 +1,108 @@
+"""vLLM's other routes that run the engine, through the proxy: Cohere's chat. Each takes a
+slot and counts its success, its latencies and the tokens its usage reports; the client gets
+the upstream's bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.support.fake_upstream import BEHAVIOR_HEADER, Behavior
+from tests.support.stack import Stack
+
+COHERE = "/cohere/v2/chat"
+MESSAGES = [{"role": "user", "content": "hi"}]
+DECODE_LIMIT = 64 * 1024
+
+
+async def through_and_direct(
+    stack: Stack, path: str, body: dict[str, Any], behavior: str = "{}"
+) -> tuple[tuple[int, bytes], tuple[int, bytes]]:
+    """(status, bytes) through the proxy and straight from the upstream, same request."""
+    data, headers = orjson.dumps(body), {BEHAVIOR_HEADER: behavior}
+    response = await stack.client.post(path, data=data, headers=headers)
+    through = (response.status, await response.read())
+    async with aiohttp.ClientSession() as session:
+        url = stack.upstream.make_url(path)
+        async with session.post(url, data=data, headers=headers) as direct:
+            return through, (direct.status, await direct.read())
+
+
+async def counts(stack: Stack) -> tuple[float, float, float]:
+    """(prompt tokens, generation tokens, estimated counts)."""
+    return (
+        await stack.value("vllm:prompt_tokens_total"),
+        await stack.value("vllm:generation_tokens_total"),
+        await stack.value("proxy_estimated_token_counts_total"),
+    )
+
+
+async def observed(stack: Stack, name: str) -> int:
+    return int((await stack.value(name))["count"])
+
+
+async def success(stack: Stack, reason: str) -> float:
+    return float(await stack.value("vllm:request_success_total", finished_reason=reason))
+
+
+@pytest.mark.parametrize(
+    ("finish", "reason"), [("stop", "stop"), ("length", "length"), ("tool_calls", "stop")]
+)
+async def test_a_cohere_chat_stream_is_metered(stack: Stack, finish: str, reason: str) -> None:
+    body = {"model": "m", "messages": MESSAGES, "stream": True}
+    behavior = orjson.dumps({"finish_reason": finish}).decode()
+    through, direct = await through_and_direct(stack, COHERE, body, behavior)
+    assert through == direct
+    assert through[1].count(b'"type":"content-delta"') == 5
+    assert stack.state.requests[0].body == orjson.dumps(body)
+    assert await counts(stack) == (7, 5, 0)  # from message-end's usage, written as 7.0 and 5.0
+    assert await success(stack, reason) == 1
+    assert await observed(stack, "vllm:time_to_first_token_seconds") == 1
+    assert await observed(stack, "vllm:inter_token_latency_seconds") == 4
+    assert await stack.value("http_requests_total", handler=COHERE, status="2xx") == 1
+    assert await stack.gauges() == (0, 0)
+
+
+async def test_a_cohere_chat_stream_that_fails_counts_as_an_error(stack: Stack) -> None:
+    body = {"model": "m", "messages": MESSAGES, "stream": True}
+    through, direct = await through_and_direct(stack, COHERE, body, '{"finish_reason": "error"}')
+    assert through == direct
+    assert b'"finish_reason":"ERROR"' in through[1]
+    assert await success(stack, "error") == 1
+    assert await stack.value("proxy_errors_total", kind="upstream_stream_error") == 1
+    assert await stack.gauges() == (0, 0)
+
+
+async def test_a_cohere_chat_stream_without_usage_is_estimated(stack: Stack) -> None:
+    body = {"model": "m", "messages": MESSAGES, "stream": "true"}
+    through, direct = await through_and_direct(stack, COHERE, body, '{"usage": "never"}')
+    assert through == direct
+    assert await counts(stack) == (0, 5, 1)  # the events carrying text
+    assert await success(stack, "stop") == 1
+
+
+async def test_a_cohere_chat_answer_is_metered(stack: Stack) -> None:
+    body = {"model": "m", "messages": MESSAGES, "max_tokens": 5}
+    through, direct = await through_and_direct(stack, COHERE, body, '{"finish_reason": "length"}')
+    assert through == direct
+    assert b'"finish_reason":"MAX_TOKENS"' in through[1]
+    assert await counts(stack) == (7, 5, 0)
+    assert await success(stack, "length") == 1
+    assert await observed(stack, "vllm:time_to_first_token_seconds") == 0
+    assert (await stack.value("vllm:request_params_max_tokens"))["sum"] == 5
+
+
+async def test_a_large_cohere_chat_answer_is_read_as_it_passes(stack: Stack) -> None:
+    content = [{"type": "text", "text": "word " * 20000}]
+    usage = {"tokens": {"input_tokens": 3.0, "output_tokens": 9.0}}
+    answer = {"id": "c", "message": {"role": "assistant", "content": content}}
+    raw = orjson.dumps(answer | {"finish_reason": "MAX_TOKENS", "usage": usage})
+    assert len(raw) > DECODE_LIMIT
+    stack.state.behavior = Behavior(raw_body=raw, split=5000)  # too large for a header
+    through, _ = await through_and_direct(stack, COHERE, {"model": "m", "messages": []})
+    assert through == (200, raw)
+    assert await counts(stack) == (3, 9, 0)
+    assert await success(stack, "length") == 1
