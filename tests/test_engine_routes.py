@@ -1,6 +1,7 @@
-"""vLLM's other routes that run the engine, through the proxy: Cohere's chat. Each takes a
-slot and counts its success, its latencies and the tokens its usage reports; the client gets
-the upstream's bytes."""
+"""vLLM's other routes that run the engine, through the proxy: Cohere's chat, tokens in and
+out, batched chat, the Decisions API and generative scoring. Each takes a slot and counts its
+success, its latencies and the tokens its usage reports; the client gets the upstream's
+bytes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tests.support.fake_upstream import BEHAVIOR_HEADER, Behavior
 from tests.support.stack import Stack
 
 COHERE = "/cohere/v2/chat"
+TOKENS = "/inference/v1/generate"
 MESSAGES = [{"role": "user", "content": "hi"}]
 DECODE_LIMIT = 64 * 1024
 
@@ -106,3 +108,60 @@ async def test_a_large_cohere_chat_answer_is_read_as_it_passes(stack: Stack) -> 
     assert through == (200, raw)
     assert await counts(stack) == (3, 9, 0)
     assert await success(stack, "length") == 1
+
+
+async def test_tokens_in_and_out_streamed_count_exactly(stack: Stack) -> None:
+    params = {"max_tokens": 5, "n": 2}
+    body = {"token_ids": [1, 2, 3], "sampling_params": params, "stream": True}
+    through, direct = await through_and_direct(stack, TOKENS, body)
+    assert through == direct  # the usage chunk the proxy asked for never reaches the client
+    assert b'"choices":[]' not in through[1]
+    sent = orjson.loads(stack.state.requests[0].body)
+    assert sent["stream_options"] == {"include_usage": True}
+    assert await counts(stack) == (7, 10, 0)
+    assert await observed(stack, "vllm:time_to_first_token_seconds") == 1
+    assert await observed(stack, "vllm:inter_token_latency_seconds") == 9
+    assert (await stack.value("vllm:request_params_n"))["sum"] == 2
+    assert (await stack.value("vllm:request_params_max_tokens"))["sum"] == 5
+    assert await stack.value("http_requests_total", handler=TOKENS, status="2xx") == 1
+
+
+@pytest.mark.parametrize(("usage", "expected"), [("honor", (7, 5, 0)), ("never", (0, 0, 1))])
+async def test_tokens_in_and_out_answered_whole(
+    stack: Stack, usage: str, expected: tuple[int, int, int]
+) -> None:
+    body = {"token_ids": [1, 2, 3], "sampling_params": {"max_tokens": 5}}
+    behavior = orjson.dumps({"usage": usage, "finish_reason": "length"}).decode()
+    through, direct = await through_and_direct(stack, TOKENS, body, behavior)
+    assert through == direct
+    assert await counts(stack) == expected
+    assert await success(stack, "length") == 1
+
+
+async def test_a_batch_of_chats_counts_every_conversation(stack: Stack) -> None:
+    body = {"model": "m", "messages": [MESSAGES, MESSAGES, MESSAGES]}
+    through, direct = await through_and_direct(stack, "/v1/chat/completions/batch", body)
+    assert through == direct
+    assert await counts(stack) == (7, 15, 0)
+    assert await success(stack, "stop") == 1
+    assert await observed(stack, "vllm:e2e_request_latency_seconds") == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/decisions", {"model": "m", "input": "hi", "questions": [{"type": "predicate"}]}),
+        ("/generative_scoring", {"query": "q", "items": ["a", "b"], "label_token_ids": [1]}),
+    ],
+)
+async def test_answers_that_generate_count_their_usage(
+    stack: Stack, path: str, body: dict[str, Any]
+) -> None:
+    through, direct = await through_and_direct(stack, path, body, '{"completion_tokens": 2}')
+    assert through == direct
+    assert await counts(stack) == (7, 2, 0)
+    assert await success(stack, "stop") == 1
+    for name in ("e2e_request_latency_seconds", "request_queue_time_seconds"):
+        assert await observed(stack, f"vllm:{name}") == 1
+    assert await stack.value("http_requests_total", handler=path, status="2xx") == 1
+    assert await stack.gauges() == (0, 0)

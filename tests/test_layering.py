@@ -58,6 +58,7 @@ PURE = (
     "apis/chat.py",
     "apis/cohere.py",
     "apis/completions.py",
+    "apis/generate_tokens.py",
     "apis/json_answer.py",
     "apis/openai.py",
     "apis/pooling.py",

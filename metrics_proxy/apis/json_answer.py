@@ -1,6 +1,7 @@
 """APIs that take a JSON request and give one JSON answer, never streamed: the usage is where
 the answer puts it, and there is no finish word (vLLM finishes such requests as ``stop``).
-vLLM's pooling APIs are of this kind. Pure: no I/O.
+vLLM's pooling APIs are of this kind, and so are two routes that generate without streaming:
+the Decisions API and generative scoring. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ from metrics_proxy.apis.base import (
 from metrics_proxy.apis.body_scan import ResponseReader, ResponseScanner
 from metrics_proxy.apis.openai import chunk_facts
 
-__all__ = ["NOT_STREAMED", "JsonAnswerApi", "UsageReader", "answer_facts", "token_count"]
+__all__ = [
+    "DECISIONS",
+    "GENERATIVE_SCORING",
+    "NOT_STREAMED",
+    "JsonAnswerApi",
+    "UsageReader",
+    "answer_facts",
+    "input_output_usage",
+    "token_count",
+]
 
 # Reads an answer's usage member, decoded; None when it is absent or says no counts.
 UsageReader = Callable[[object], Usage | None]
@@ -47,6 +57,15 @@ def token_count(value: object) -> int | None:
     if type(value) is float and 0 <= value < _LARGEST_FLOAT_COUNT and value.is_integer():
         return int(value)
     return None
+
+
+def input_output_usage(value: object) -> Usage | None:
+    """Usage as the Responses-style APIs write it (``input_tokens``, ``output_tokens``)."""
+    if type(value) is not dict:
+        return None
+    prompt = token_count(value.get("input_tokens"))
+    completion = token_count(value.get("output_tokens", 0))
+    return None if prompt is None or completion is None else Usage(prompt, completion)
 
 
 def answer_facts(usage_member: str, read_usage: UsageReader, body: bytes) -> ResponseFacts:
@@ -114,3 +133,11 @@ class JsonAnswerApi:
             partial(answer_facts, member, read),
             partial(ResponseScanner, usage_member=member, read_usage=read),
         )
+
+
+# The OpenAI Decisions API: answers to questions about an input, usage in Responses' words.
+DECISIONS = JsonAnswerApi(("/v1/decisions",), answer_is_output=False, read_usage=input_output_usage)
+# vLLM's generative scoring: the probability of label tokens after each query and item.
+GENERATIVE_SCORING = JsonAnswerApi(
+    ("/generative_scoring",), answer_is_output=False, read_usage=Usage.from_json
+)
