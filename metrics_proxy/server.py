@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from metrics_proxy.admission import AdmissionQueue
-from metrics_proxy.apis import API_BY_ROUTE, Api
+from metrics_proxy.apis import API_BY_ROUTE, Api, ApiChoice
 from metrics_proxy.apis.base import UsageMode
 from metrics_proxy.auth import BearerTokens, split_tokens
 from metrics_proxy.client_io import ClientWriteLimits
@@ -249,7 +249,7 @@ def _refused(request: web.Request, path: str, allowed: str | None) -> web.Respon
     return None
 
 
-def _metered(api: Api) -> Handler:
+def _metered(api: Api | ApiChoice) -> Handler:
     async def metered(request: web.Request) -> web.StreamResponse:
         return await handle_metered(request.app[METERED], api, request)
 

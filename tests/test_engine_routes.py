@@ -1,7 +1,7 @@
 """vLLM's other routes that run the engine, through the proxy: Cohere's chat, tokens in and
-out, batched chat, the Decisions API and generative scoring. Each takes a slot and counts its
-success, its latencies and the tokens its usage reports; the client gets the upstream's
-bytes."""
+out, batched chat, the Decisions API, generative scoring, and SageMaker's /invocations, which
+hands a body to chat, completions or pooling. Each takes a slot and counts its success, its
+latencies and the tokens its usage reports; the client gets the upstream's bytes."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tests.support.stack import Stack
 
 COHERE = "/cohere/v2/chat"
 TOKENS = "/inference/v1/generate"
+INVOCATIONS = "/invocations"
 MESSAGES = [{"role": "user", "content": "hi"}]
 DECODE_LIMIT = 64 * 1024
 
@@ -164,4 +165,31 @@ async def test_answers_that_generate_count_their_usage(
     for name in ("e2e_request_latency_seconds", "request_queue_time_seconds"):
         assert await observed(stack, f"vllm:{name}") == 1
     assert await stack.value("http_requests_total", handler=path, status="2xx") == 1
+    assert await stack.gauges() == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("body", "first_tokens", "generated"),
+    [
+        ({"messages": MESSAGES, "stream": True}, 1, 5),  # chat
+        ({"prompt": "hi", "stream": True}, 1, 5),  # completions
+        ({"input": ["a", "b"]}, 1, 0),  # embeddings: the answer is the output
+        ({"query": "q", "documents": ["a"]}, 1, 0),  # rerank
+        ({"messages": MESSAGES}, 0, 5),  # chat, not streamed
+    ],
+)
+async def test_invocations_meter_each_body_as_the_api_it_goes_to(
+    stack: Stack, body: dict[str, Any], first_tokens: int, generated: int
+) -> None:
+    through, direct = await through_and_direct(stack, INVOCATIONS, {"model": "m", **body})
+    assert through == direct
+    sent = orjson.loads(stack.state.requests[0].body)
+    if body.get("stream"):  # asked for usage in the client's stead, as on chat's own route
+        assert sent["stream_options"] == {"include_usage": True}
+    else:
+        assert sent == {"model": "m", **body}
+    assert await counts(stack) == (7, generated, 0)
+    assert await success(stack, "stop") == 1
+    assert await observed(stack, "vllm:time_to_first_token_seconds") == first_tokens
+    assert await stack.value("http_requests_total", handler=INVOCATIONS, status="2xx") == 1
     assert await stack.gauges() == (0, 0)

@@ -59,6 +59,7 @@ PURE = (
     "apis/cohere.py",
     "apis/completions.py",
     "apis/generate_tokens.py",
+    "apis/invocations.py",
     "apis/json_answer.py",
     "apis/openai.py",
     "apis/pooling.py",

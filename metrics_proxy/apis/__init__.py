@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from metrics_proxy.apis.base import Api
+from metrics_proxy.apis.base import Api, ApiChoice
 from metrics_proxy.apis.chat import CHAT, CHAT_BATCH
 from metrics_proxy.apis.cohere import COHERE_CHAT, COHERE_EMBED
 from metrics_proxy.apis.completions import COMPLETIONS
 from metrics_proxy.apis.generate_tokens import GENERATE_TOKENS
+from metrics_proxy.apis.invocations import INVOCATIONS
 from metrics_proxy.apis.json_answer import DECISIONS, GENERATIVE_SCORING
 from metrics_proxy.apis.pooling import POOLING
 
-__all__ = ["API_BY_ROUTE", "METERED_PATHS", "Api"]
+__all__ = ["API_BY_ROUTE", "METERED_PATHS", "Api", "ApiChoice"]
 
-METERED_APIS: tuple[Api, ...] = (
+METERED_APIS: tuple[Api | ApiChoice, ...] = (
     CHAT,
     COMPLETIONS,
     POOLING,
@@ -22,6 +23,9 @@ METERED_APIS: tuple[Api, ...] = (
     CHAT_BATCH,
     DECISIONS,
     GENERATIVE_SCORING,
+    INVOCATIONS,
 )
-API_BY_ROUTE: dict[str, Api] = {route: api for api in METERED_APIS for route in api.routes}
+API_BY_ROUTE: dict[str, Api | ApiChoice] = {
+    route: api for api in METERED_APIS for route in api.routes
+}
 METERED_PATHS = tuple(API_BY_ROUTE)
