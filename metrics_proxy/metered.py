@@ -12,6 +12,7 @@ from metrics_proxy.access_log import log_metered
 from metrics_proxy.admission import AdmissionQueue, QueueFull, QueueTimeout
 from metrics_proxy.apis.base import (
     Api,
+    ApiChoice,
     BodyReader,
     Injection,
     ResponseFacts,
@@ -97,9 +98,10 @@ async def _read_body(request: web.Request, context: MeteredContext) -> bytes:
 
 
 async def handle_metered(
-    context: MeteredContext, api: Api, request: web.Request
+    context: MeteredContext, api: Api | ApiChoice, request: web.Request
 ) -> web.StreamResponse:
-    """A request on one of ``api``'s routes: read and check its body, then run it."""
+    """A request on one of ``api``'s routes: read and check its body, then run it (as the
+    API its body is for, on a route that serves several)."""
     recorder = context.recorder
     arrival = recorder.clock()
     try:
@@ -111,6 +113,8 @@ async def handle_metered(
             raise
         recorder.count_error(failure.kind)
         return failure.response()
+    if isinstance(api, ApiChoice):
+        api = api.choose(obj)
     facts = api.read_request(obj)
     upstream_body, injection = api.prepare(body, obj, facts, context.usage_mode)
     record = recorder.start_request(arrival)
@@ -287,6 +291,7 @@ class MeteredExchange:
         self._pending_id = facts.pending_id
         if answer is not None and record.generation_tokens is None:
             record.generation_tokens = 0  # its one output is no generated token
+            record.estimated = True  # but its prompt tokens went unreported: say so
         return True
 
     async def _copy(

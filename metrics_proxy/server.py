@@ -15,7 +15,7 @@ from aiohttp import web
 
 from metrics_proxy.access_log import log_metered
 from metrics_proxy.admission import AdmissionQueue
-from metrics_proxy.apis import API_BY_ROUTE, Api
+from metrics_proxy.apis import API_BY_ROUTE, Api, ApiChoice
 from metrics_proxy.apis.base import UsageMode
 from metrics_proxy.apis.responses import RESPONSES
 from metrics_proxy.auth import BearerTokens, split_tokens
@@ -259,7 +259,7 @@ def _refused(request: web.Request, path: str, allowed: str | None) -> web.Respon
     return None
 
 
-def _metered(api: Api) -> Handler:
+def _metered(api: Api | ApiChoice) -> Handler:
     async def metered(request: web.Request) -> web.StreamResponse:
         return await handle_metered(request.app[METERED], api, request)
 

@@ -215,3 +215,23 @@ def test_feeding_after_the_body_went_wrong_is_ignored() -> None:
     scanner.feed(b"<html>")
     scanner.feed(b'{"usage":{"prompt_tokens":1}}')
     assert scanner.facts() == NO_FACTS
+
+
+def test_an_api_of_another_shape_names_its_usage_and_finish_members() -> None:
+    # Cohere's answers, say: the finish word at the top level, the counts in another member.
+    body = (
+        b'{"id":"c","finish_reason":"MAX_TOKENS","message":{"finish_reason":"x","meta":{"n":1}},'
+        b'"usage":{"prompt_tokens":9},"meta":{"api":"2","n":4}}'
+    )
+
+    def read_meta(value: object) -> Usage | None:
+        return Usage(value["n"], 0) if type(value) is dict and "n" in value else None
+
+    for cut in range(len(body) + 1):
+        scanner = ResponseScanner(
+            usage_member="meta", read_usage=read_meta, reason_member="finish_reason"
+        )
+        scanner.feed(body[:cut])
+        scanner.feed(body[cut:])
+        assert scanner.facts() == ResponseFacts(Usage(4, 0), "MAX_TOKENS", 0), cut
+    assert scan(body) == ResponseFacts(Usage(9, 0), None, 0)  # OpenAI's shape sees neither

@@ -46,7 +46,7 @@ ATTACKS: dict[str, tuple[bytes, bytes | None]] = {
         None,
     ),
     "broken chunks, metered": (post(b"/v1/chat/completions") + BROKEN_CHUNKS, None),
-    "bad size line, forwarded": (post(b"/v1/embeddings") + BAD_SIZE_LINE, None),
+    "bad size line, forwarded": (post(b"/tokenize") + BAD_SIZE_LINE, None),
     "bad method (logged at DEBUG only)": (b"CANARY{method} / HTTP/1.1\r\nHost: t\r\n\r\n", None),
 }
 # The body sent only once the handler runs (after 100 Continue): the framing error then reaches
@@ -58,7 +58,7 @@ ATTACKS_IN_THE_BODY: dict[str, tuple[bytes, bytes | None]] = {
         post(b"/v1/chat/completions", EXPECT),
         BAD_SIZE_LINE,
     ),
-    "bad size line after 100 Continue, forwarded": (post(b"/v1/embeddings", EXPECT), BAD_SIZE_LINE),
+    "bad size line after 100 Continue, forwarded": (post(b"/tokenize", EXPECT), BAD_SIZE_LINE),
 }
 
 

@@ -66,7 +66,6 @@ async def test_wrong_method_on_owned_route_is_405(
     [
         ("GET", "/v1/models", b""),
         ("GET", "/health", b""),
-        ("POST", "/v1/embeddings", b'{"input": "x", "model": "m"}'),
         ("POST", "/tokenize", b'{"prompt": "abc"}'),
     ],
 )

@@ -5,6 +5,7 @@ module fills in. Pure: no I/O, and nothing of any one API's JSON.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from metrics_proxy.json_members import WHITESPACE
 __all__ = [
     "NO_INJECTION",
     "Api",
+    "ApiChoice",
     "BadRequestBody",
     "BodyReader",
     "EngineTimes",
@@ -214,6 +216,16 @@ class Api(Protocol):
 
     def body_reader(self) -> BodyReader:
         """A reader for a non-streamed answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiChoice:
+    """A route that serves several APIs, each request going to the one its body is for
+    (SageMaker's ``/invocations``): chosen from the decoded body before anything is sent, so
+    that the request is read, changed and metered as that API's."""
+
+    routes: tuple[str, ...]
+    choose: Callable[[dict[str, Any]], Api]
 
 
 def parse_request(body: bytes) -> dict[str, Any]:

@@ -71,9 +71,9 @@ _NOT_A_VALUE = b",:]}"
 _VALUE, _VALUE_OR_CLOSE, _NAME, _NAME_OR_CLOSE, _NAME_SEPARATOR, _NEXT, _END = range(7)
 # What the value being read is, and why its bytes are kept.
 _IN_STRING, _IN_CONTAINER, _IN_SCALAR = range(3)
-_SKIP, _KEEP_NAME, _KEEP_REASON, _KEEP_USAGE, _KEEP_MEMBER = range(5)
-# By role; names are quoted. A member kept for another API is as small as a usage object.
-_KEEP_LIMITS = (0, _MAX_NAME + 2, _MAX_REASON + 2, _MAX_USAGE, _MAX_USAGE)
+_SKIP, _KEEP_NAME, _KEEP_REASON, _KEEP_USAGE, _KEEP_TOP_REASON, _KEEP_MEMBER = range(6)
+# By role; names and reasons are quoted. A member kept for an API is as small as a usage object.
+_KEEP_LIMITS = (0, _MAX_NAME + 2, _MAX_REASON + 2, _MAX_USAGE, _MAX_REASON + 2, _MAX_USAGE)
 
 
 class ResponseScanner:
@@ -85,11 +85,10 @@ class ResponseScanner:
     within a bound). Like orjson, the last of duplicate members wins. Skipped values are not
     validated, but a body whose watched structure is not JSON reads as no facts.
 
-    An API whose answer is shaped otherwise says how its `usage` reads (``read_usage``) and
-    which top-level member holds its finish word (``top_reason``), as the Messages API's
-    `stop_reason`: nested members of that name, the model's own words, are never read. It may
-    also name other top-level ``members`` it reads: those are kept (each within the bound of a
-    usage object) for `members()`.
+    APIs of another shape name the top-level member that holds their usage and how to read
+    it (``usage_member``, ``read_usage``), and the top-level member holding their finish
+    word, if any (``reason_member``). They may also name other top-level ``members`` they
+    read: those are kept (each within the bound of a usage object) for `members()`.
     """
 
     __slots__ = (
@@ -107,22 +106,25 @@ class ResponseScanner:
         "_name",
         "_read_usage",
         "_reason",
+        "_reason_member",
         "_role",
-        "_top_reason",
         "_usage",
+        "_usage_member",
         "_value",
         "_wanted",
     )
 
     def __init__(
         self,
-        read_usage: Callable[[object], Usage | None] = Usage.from_json,
-        top_reason: str | None = None,
         *,
+        usage_member: str = "usage",
+        read_usage: Callable[[object], Usage | None] = Usage.from_json,
+        reason_member: str | None = None,
         members: tuple[str, ...] = (),
     ) -> None:
+        self._usage_member = usage_member
         self._read_usage = read_usage
-        self._top_reason = top_reason
+        self._reason_member = reason_member
         self._wanted = frozenset(members)
         self._members: dict[str, object] = {}
         self._depth = 0  # containers open
@@ -206,10 +208,10 @@ class ResponseScanner:
             role = _KEEP_REASON if name == "finish_reason" else _SKIP
         elif name in self._wanted:
             role = _KEEP_MEMBER
-        elif name == "usage":
+        elif name == self._usage_member:
             role = _KEEP_USAGE
-        elif name is not None and name == self._top_reason:
-            role = _KEEP_REASON
+        elif name == self._reason_member:
+            role = _KEEP_TOP_REASON
         elif name == "choices":
             self._reason = None
             self._choices = 0
@@ -335,13 +337,11 @@ class ResponseScanner:
             self._name = value if type(value) is str else None
             self._expect = _NAME_SEPARATOR
         elif role == _KEEP_REASON:
-            reason = value if type(value) is str else None
-            if self._depth == 1:  # the API's top_reason
-                self._reason = reason
-            else:
-                self._choice_reason = reason
+            self._choice_reason = value if type(value) is str else None
         elif role == _KEEP_USAGE:
             self._usage = self._read_usage(value)
+        elif role == _KEEP_TOP_REASON:
+            self._reason = value if type(value) is str else None
         elif role == _KEEP_MEMBER and self._name is not None:
             self._members[self._name] = value
 
@@ -364,17 +364,17 @@ class ResponseReader:
     """A response's facts, from its chunks as they pass: a small body is kept and decoded
     whole; past _DECODE_LIMIT it is scanned instead, and nothing more is kept."""
 
-    __slots__ = ("_decode", "_new_scanner", "_parts", "_scanner", "_size")
+    __slots__ = ("_decode", "_make_scanner", "_parts", "_scanner", "_size")
 
     def __init__(
         self,
         decode: Callable[[bytes], ResponseFacts],
-        scanner: Callable[[], BodyReader] = ResponseScanner,
+        make_scanner: Callable[[], BodyReader] = ResponseScanner,
     ) -> None:
-        """``decode`` reads a whole small body (the API's own decoder); ``scanner`` makes
-        what reads a large one (the OpenAI shape's scanner unless the API has its own)."""
+        """``decode`` reads a whole small body (the API's own decoder); ``make_scanner``
+        gives the scanner for a large one, set for the API's shape."""
         self._decode = decode
-        self._new_scanner = scanner
+        self._make_scanner = make_scanner
         self._parts: list[bytes] = []
         self._size = 0
         self._scanner: BodyReader | None = None
@@ -386,7 +386,7 @@ class ResponseReader:
             if self._size <= _DECODE_LIMIT:
                 self._parts.append(chunk)
                 return
-            scanner = self._scanner = self._new_scanner()
+            scanner = self._scanner = self._make_scanner()
             for part in self._parts:
                 scanner.feed(part)
             self._parts = []

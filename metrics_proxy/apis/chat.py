@@ -21,3 +21,5 @@ def carries_output(choice: dict[str, Any]) -> bool:
 
 
 CHAT = OpenAIApi(("/v1/chat/completions",), carries_output)
+# Several conversations in one request, one choice each; vLLM refuses to stream it.
+CHAT_BATCH = OpenAIApi(("/v1/chat/completions/batch",), carries_output)

@@ -107,7 +107,7 @@ def response_facts(body: bytes) -> ResponseFacts:
 
 
 # A large message's usage and stop_reason are top-level members, after its content.
-_scan_message = partial(ResponseScanner, read_usage=message_usage, top_reason="stop_reason")
+_scan_message = partial(ResponseScanner, read_usage=message_usage, reason_member="stop_reason")
 
 
 class _BodyReader:

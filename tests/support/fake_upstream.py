@@ -247,7 +247,7 @@ def _completion_body(chat: bool, model: str, n: int, b: Behavior) -> bytes:
 async def _stream(
     request: web.Request, resp: web.StreamResponse, body: dict[str, Any], b: Behavior, n: int
 ) -> None:
-    chat, model = request.path == "/v1/chat/completions", str(body.get("model") or "fake-model")
+    chat, model = _is_chat(request), str(body.get("model") or "fake-model")
     include_usage, continuous_usage = _usage_options(body)
     # vLLM only honours continuous_usage_stats together with include_usage.
     with_usage = b.usage in ("always", "force") or (b.usage == "honor" and include_usage)
@@ -313,7 +313,7 @@ async def _generate(request: web.Request) -> web.StreamResponse:
         _usage_options(body)  # validated whether streaming or not, as pydantic does
     except (ValueError, TypeError) as exc:
         return web.Response(status=400, body=_error_body(400, str(exc)), content_type=_JSON)
-    chat, model = request.path == "/v1/chat/completions", str(body.get("model") or "fake-model")
+    chat, model = _is_chat(request), str(body.get("model") or "fake-model")
     n, ctype = int(body.get("n") or 1), b.content_type or _JSON
     resp = web.StreamResponse()
     with _tracked(state):
@@ -745,12 +745,6 @@ async def _health(request: web.Request) -> web.Response:
     return web.Response()
 
 
-async def _embeddings(request: web.Request) -> web.Response:
-    data = [{"object": "embedding", "index": 0, "embedding": [0.0, 0.5, 1.0]}]
-    usage = {"prompt_tokens": 3, "total_tokens": 3}
-    return _json({"object": "list", "data": data, "model": "fake-model", "usage": usage})
-
-
 async def _tokenize(request: web.Request) -> web.Response:
     return _json({"count": len(await request.read())})
 
@@ -787,6 +781,353 @@ async def _realtime(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+# --- vLLM's pooling routes and its other engine routes --------------------------------------
+# Each answers in vLLM's shape. A JSON answer comes once the request is done, after `ttft`; it
+# is written in `split`-byte pieces, and `reset_after` / `stall_after` count those pieces. The
+# streams (tokens in and out, Cohere's chat) take the knobs as chat's stream does.
+
+_POOLING_ANSWERS: dict[str, tuple[str, dict[str, Any]]] = {  # path: (id, one datum)
+    "/v1/embeddings": ("embd-fake", {"object": "embedding", "embedding": [0.0, 0.5, 1.0]}),
+    "/pooling": ("pool-fake", {"object": "pooling", "data": [0.0, 0.5, 1.0]}),
+    "/classify": ("classify-fake", {"label": "yes", "probs": [0.25, 0.75], "num_classes": 2}),
+    "/score": ("score-fake", {"object": "score", "score": 0.5}),
+    "/v1/score": ("score-fake", {"object": "score", "score": 0.5}),
+}
+_RERANK_PATHS = ("/rerank", "/v1/rerank", "/v2/rerank")
+_POOLING_PATHS = (*_POOLING_ANSWERS, *_RERANK_PATHS, "/v2/embed")
+_COHERE_WORDS = {"stop": "COMPLETE", "length": "MAX_TOKENS", "tool_calls": "TOOL_CALL"}
+_INVOKED_CHAT = web.RequestKey("fake_invoked_chat", bool)  # /invocations got a chat body
+
+
+def _is_chat(request: web.Request) -> bool:
+    return request.path == "/v1/chat/completions" or request.get(_INVOKED_CHAT, False)
+
+
+async def _read_steered(request: web.Request) -> tuple[Behavior, dict[str, Any]]:
+    """The request's Behavior and its JSON object body; ValueError for a bad one."""
+    raw_behavior = request.headers.get(BEHAVIOR_HEADER)
+    state = request.app[FAKE_STATE]
+    b = state.behavior.override(raw_behavior) if raw_behavior else state.behavior
+    body = orjson.loads(await request.read())
+    if not isinstance(body, dict):
+        raise ValueError("request body must be a JSON object")
+    return b, body
+
+
+def _bad_request(exc: Exception) -> web.Response:
+    return web.Response(status=400, body=_error_body(400, str(exc)), content_type=_JSON)
+
+
+async def _send_pieces(
+    request: web.Request, resp: web.StreamResponse, body: bytes, b: Behavior
+) -> None:
+    resp.headers["Content-Type"] = b.content_type or _JSON
+    resp.content_length = len(body)
+    await resp.prepare(request)
+    step = b.split or len(body) or 1
+    for count, start in enumerate(range(0, len(body), step)):
+        if b.reset_after == count and request.transport is not None:
+            request.transport.abort()
+            raise _Reset
+        if b.stall_after == count:
+            await _until_disconnected(request)
+        await resp.write(body[start : start + step])
+    await resp.write_eof()
+
+
+async def _json_answer(
+    request: web.Request, b: Behavior, make_body: Callable[[], bytes]
+) -> web.StreamResponse:
+    """One JSON answer, sent as vLLM sends it once the request is done."""
+    resp = web.StreamResponse()
+    with _tracked(request.app[FAKE_STATE]):
+        if b.stall_before_headers:
+            await _until_disconnected(request)
+        if b.ttft:
+            await asyncio.sleep(b.ttft)
+        if b.status != 200:
+            error = _error_body(b.status, "fake error")
+            await _send(request, resp, b.status, error, b.content_type or _JSON)
+        else:
+            body = b.raw_body if b.raw_body is not None else make_body()
+            await _send_pieces(request, resp, body, b)
+    return resp
+
+
+def _input_count(body: dict[str, Any]) -> int:
+    """How many inputs a pooling request holds; vLLM answers one datum for each."""
+    for name in ("input", "texts", "documents", "text_2", "data_2", "items"):
+        value = body.get(name)
+        if isinstance(value, list) and value and not isinstance(value[0], int):
+            return len(value)
+    return 1
+
+
+def _invoked_pooling_path(body: dict[str, Any]) -> str:
+    """The pooling route whose request type this /invocations body validates as."""
+    if "query" in body and "documents" in body:
+        return "/rerank"
+    if any(name in body for name in ("text_1", "queries", "data_1")):
+        return "/score"
+    return "/v1/embeddings"
+
+
+def _pooling_answer(path: str, body: dict[str, Any], b: Behavior) -> dict[str, Any]:
+    model, count, p = str(body.get("model") or "fake-model"), _input_count(body), b.prompt_tokens
+    if path in _RERANK_PATHS:  # a rerank usage of vLLM's that says only total_tokens
+        results = [
+            {"index": i, "document": {"text": f"doc{i}"}, "relevance_score": 0.5}
+            for i in range(count)
+        ]
+        usage = {"total_tokens": p}
+        return {"id": "rerank-fake", "model": model, "usage": usage, "results": results}
+    if path == "/v2/embed":
+        meta = {"api_version": {"version": "2"}, "tokens": {"input_tokens": p}}
+        embeddings = {"float": [[0.0, 0.5, 1.0]] * count}
+        return {"id": "embd-fake", "embeddings": embeddings, "texts": None, "meta": meta}
+    answer_id, datum = _POOLING_ANSWERS[path]
+    data = [{"index": i, **datum} for i in range(count)]
+    answer: dict[str, Any] = {"id": answer_id, "object": "list", "created": CREATED}
+    return answer | {"model": model, "data": data, "usage": _usage(p, 0)}
+
+
+def _pooling_body(path: str, body: dict[str, Any], b: Behavior) -> bytes:
+    answer = _pooling_answer(path, body, b)
+    if b.usage == "never":
+        answer.pop("usage", None)
+        answer.get("meta", {}).pop("tokens", None)
+    return orjson.dumps(answer)
+
+
+async def _pooling(request: web.Request) -> web.StreamResponse:
+    try:
+        b, body = await _read_steered(request)
+    except (ValueError, TypeError) as exc:
+        return _bad_request(exc)
+    path = request.path
+    if path == "/invocations":
+        path = _invoked_pooling_path(body)
+    return await _json_answer(request, b, lambda: _pooling_body(path, body, b))
+
+
+async def _invocations(request: web.Request) -> web.StreamResponse:
+    """SageMaker's route: chat, completions or pooling, by what the body holds."""
+    try:
+        _, body = await _read_steered(request)
+    except (ValueError, TypeError) as exc:
+        return _bad_request(exc)
+    if isinstance(body.get("messages"), list):
+        request[_INVOKED_CHAT] = True
+        return await _generate(request)
+    if body.get("prompt") is not None or body.get("prompt_embeds") is not None:
+        return await _generate(request)
+    return await _pooling(request)
+
+
+async def _chat_batch(request: web.Request) -> web.StreamResponse:
+    """Several conversations in one request, one choice each; never streamed."""
+    try:
+        b, body = await _read_steered(request)
+        if _vllm_bool(body, "stream"):
+            raise ValueError("Streaming is not supported for batch chat completions")
+    except (ValueError, TypeError) as exc:
+        return _bad_request(exc)
+    messages, model = body.get("messages"), str(body.get("model") or "fake-model")
+    conversations = len(messages) if isinstance(messages, list) else 1
+    return await _json_answer(request, b, lambda: _completion_body(True, model, conversations, b))
+
+
+def _decisions_body(body: dict[str, Any], b: Behavior) -> bytes:
+    questions = body.get("questions")
+    count = len(questions) if isinstance(questions, list) else 0
+    answers = [{"type": "predicate", "name": f"q{i}", "probability": 0.5} for i in range(count)]
+    p, c = b.prompt_tokens, b.completion_tokens
+    usage: dict[str, Any] = {"input_tokens": p, "input_tokens_details": {"cached_tokens": 0}}
+    usage |= {"output_tokens": c, "output_tokens_details": {"reasoning_tokens": 0}}
+    answer: dict[str, Any] = {"model": str(body.get("model") or "fake-model"), "answers": answers}
+    if b.usage != "never":
+        answer["usage"] = usage | {"total_tokens": p + c}
+    return orjson.dumps(answer)
+
+
+async def _decisions(request: web.Request) -> web.StreamResponse:
+    try:
+        b, body = await _read_steered(request)
+    except (ValueError, TypeError) as exc:
+        return _bad_request(exc)
+    return await _json_answer(request, b, lambda: _decisions_body(body, b))
+
+
+def _generative_scoring_body(body: dict[str, Any], b: Behavior) -> bytes:
+    items = body.get("items")
+    count = len(items) if isinstance(items, list) else 0
+    data = [{"index": i, "object": "score", "score": 0.5} for i in range(count)]
+    answer: dict[str, Any] = {"id": "generative-scoring-fake", "object": "list", "created": CREATED}
+    answer |= {"model": str(body.get("model") or "fake-model"), "data": data}
+    if b.usage != "never":
+        answer["usage"] = _usage(b.prompt_tokens, b.completion_tokens)
+    return orjson.dumps(answer)
+
+
+async def _generative_scoring(request: web.Request) -> web.StreamResponse:
+    try:
+        b, body = await _read_steered(request)
+    except (ValueError, TypeError) as exc:
+        return _bad_request(exc)
+    return await _json_answer(request, b, lambda: _generative_scoring_body(body, b))
+
+
+async def _event_stream(
+    request: web.Request,
+    resp: web.StreamResponse,
+    b: Behavior,
+    steps: tuple[list[bytes], Callable[[int], list[bytes]], list[bytes]],
+) -> None:
+    """An SSE stream steered by `b` as chat's is: the first events, those of each token step
+    (`ttft`, `itl`, `reset_after`, `stall_after`), the last ones, then `[DONE]`."""
+    first, step_events, last = steps
+    eol = b"\r\n" if b.crlf else b"\n"
+
+    async def event(data: bytes) -> None:
+        out = (b": ping" + eol + eol if b.keepalive else b"") + b"data: " + data + eol + eol
+        size = b.split or len(out)
+        for start in range(0, len(out), size):
+            await resp.write(out[start : start + size])
+
+    resp.headers["Content-Type"] = b.content_type or "text/event-stream"
+    resp.headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    for data in first:
+        await event(data)
+    for i in range(b.completion_tokens):
+        if b.reset_after == i and request.transport is not None:
+            request.transport.abort()
+            raise _Reset
+        if b.stall_after == i:
+            await _until_disconnected(request)
+        if delay := b.ttft if i == 0 else b.itl:
+            await asyncio.sleep(delay)
+        for data in step_events(i):
+            await event(data)
+    for data in last:
+        await event(data)
+    if b.done:
+        await event(b"[DONE]")
+    await resp.write_eof()
+
+
+def _token_steps(
+    body: dict[str, Any], b: Behavior, n: int
+) -> tuple[list[bytes], Callable[[int], list[bytes]], list[bytes]]:
+    """/inference/v1/generate's stream: a chunk of token ids per output and step, usage on
+    each (continuous_usage_stats) and in a last usage-only chunk when asked."""
+    include_usage, continuous_usage = _usage_options(body)
+    with_usage = b.usage == "always" or (b.usage == "honor" and include_usage)
+    last_step = b.completion_tokens - 1
+
+    def step(i: int) -> list[bytes]:
+        finish = b.finish_reason if i == last_step else None
+        chunks = []
+        for j in range(n):
+            choice = {"index": j, "logprobs": None, "finish_reason": finish, "token_ids": [100 + i]}
+            chunk: dict[str, Any] = {"request_id": "generate-tokens-fake", "choices": [choice]}
+            if with_usage and continuous_usage:
+                chunk["usage"] = _usage(b.prompt_tokens, i + 1)
+            chunks.append(orjson.dumps(chunk))
+        return chunks
+
+    usage = _usage(b.prompt_tokens, n * b.completion_tokens)
+    final = {"request_id": "generate-tokens-fake", "choices": [], "usage": usage}
+    return [], step, [orjson.dumps(final)] if with_usage else []
+
+
+def _tokens_body(n: int, b: Behavior) -> bytes:
+    token_ids = [100 + i for i in range(b.completion_tokens)]
+    choices = [
+        {"index": j, "logprobs": None, "finish_reason": b.finish_reason, "token_ids": token_ids}
+        for j in range(n)
+    ]
+    answer: dict[str, Any] = {"request_id": "generate-tokens-fake", "choices": choices}
+    if b.usage != "never":
+        answer["usage"] = _usage(b.prompt_tokens, n * b.completion_tokens)
+    return orjson.dumps(answer | {"prompt_logprobs": None, "kv_transfer_params": None})
+
+
+async def _generate_tokens(request: web.Request) -> web.StreamResponse:
+    """Tokens in, tokens out: `token_ids` and `sampling_params`, OpenAI's stream options."""
+    try:
+        b, body = await _read_steered(request)
+        params = body.get("sampling_params")
+        if not isinstance(params, dict) or not isinstance(body.get("token_ids"), list):
+            raise ValueError("token_ids and sampling_params are required")
+        stream = _vllm_bool(body, "stream")
+        _usage_options(body)
+    except (ValueError, TypeError) as exc:
+        return _bad_request(exc)
+    n = int(params.get("n") or 1)
+    if not stream:
+        return await _json_answer(request, b, lambda: _tokens_body(n, b))
+    resp = web.StreamResponse()
+    with _tracked(request.app[FAKE_STATE]):
+        await _event_stream(request, resp, b, _token_steps(body, b, n))
+    return resp
+
+
+def _cohere_usage(b: Behavior) -> dict[str, Any]:
+    # Cohere's usage fields are floats: vLLM's pydantic writes 7 as 7.0.
+    counts = {"input_tokens": float(b.prompt_tokens), "output_tokens": float(b.completion_tokens)}
+    return {"billed_units": counts, "tokens": counts}
+
+
+def _cohere_end(b: Behavior) -> dict[str, Any]:
+    """The message-end's delta: Cohere's finish word and the usage, or the error."""
+    if b.finish_reason == "error":
+        return {"error": "fake error", "finish_reason": "ERROR"}
+    delta: dict[str, Any] = {"finish_reason": _COHERE_WORDS.get(b.finish_reason, "COMPLETE")}
+    if b.usage != "never":
+        delta["usage"] = _cohere_usage(b)
+    return delta
+
+
+def _cohere_steps(b: Behavior) -> tuple[list[bytes], Callable[[int], list[bytes]], list[bytes]]:
+    """Cohere's typed events, `type` last as vLLM's pydantic writes them."""
+    start = {"id": "cohere-fake", "delta": {"message": {"role": "assistant"}}}
+    block = {"message": {"content": {"type": "text", "text": ""}}}
+    first: list[dict[str, Any]] = [start | {"type": "message-start"}]
+    first.append({"index": 0, "delta": block, "type": "content-start"})
+
+    def step(i: int) -> list[bytes]:
+        delta = {"message": {"content": {"text": f"tok{i} "}}}
+        return [orjson.dumps({"index": 0, "delta": delta, "type": "content-delta"})]
+
+    end = {"id": "cohere-fake", "delta": _cohere_end(b), "type": "message-end"}
+    last = [{"index": 0, "type": "content-end"}, end]
+    return [orjson.dumps(e) for e in first], step, [orjson.dumps(e) for e in last]
+
+
+def _cohere_body(b: Behavior) -> bytes:
+    text = "".join(f"tok{i} " for i in range(b.completion_tokens))
+    message = {"role": "assistant", "content": [{"type": "text", "text": text}]}
+    end = _cohere_end(b)
+    answer = {"id": "cohere-fake", "finish_reason": end["finish_reason"], "message": message}
+    return orjson.dumps(answer | ({"usage": end["usage"]} if "usage" in end else {}))
+
+
+async def _cohere_chat(request: web.Request) -> web.StreamResponse:
+    """Cohere's v2 chat: its typed events when streamed, its answer object when not."""
+    try:
+        b, body = await _read_steered(request)
+        stream = _vllm_bool(body, "stream")
+    except (ValueError, TypeError) as exc:
+        return _bad_request(exc)
+    if not stream:
+        return await _json_answer(request, b, lambda: _cohere_body(b))
+    resp = web.StreamResponse()
+    with _tracked(request.app[FAKE_STATE]):
+        await _event_stream(request, resp, b, _cohere_steps(b))
+    return resp
+
+
 @web.middleware
 async def _record(request: web.Request, handler: Handler) -> web.StreamResponse:
     body = await request.read()  # cached by aiohttp, so handlers can read it again
@@ -813,7 +1154,14 @@ def make_fake_upstream(behavior: Behavior | None = None) -> web.Application:
     app.on_cleanup.append(_stop_background)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/health", _health)
-    app.router.add_post("/v1/embeddings", _embeddings)
+    for path in _POOLING_PATHS:
+        app.router.add_post(path, _pooling)
+    app.router.add_post("/v1/chat/completions/batch", _chat_batch)
+    app.router.add_post("/inference/v1/generate", _generate_tokens)
+    app.router.add_post("/cohere/v2/chat", _cohere_chat)
+    app.router.add_post("/v1/decisions", _decisions)
+    app.router.add_post("/generative_scoring", _generative_scoring)
+    app.router.add_post("/invocations", _invocations)
     app.router.add_post("/tokenize", _tokenize)
     app.router.add_route("*", "/echo-headers", _echo_headers)
     app.router.add_get("/slow-body", _slow_body)
