@@ -123,6 +123,8 @@ async def one(
         truth.errors["timeout"] += 1
         truth.generation_tokens += tokens
         truth.estimated += 1
+    elif kind in NEW_ROUTES:
+        await other_api(session, url.rsplit(CHAT, 1)[0], kind, tokens, split, truth)
     elif kind == "malformed":
         async with session.post(url, data=b'{"messages": [') as r:
             assert r.status == 400
@@ -131,10 +133,48 @@ async def one(
         raise AssertionError(kind)
 
 
+# The other metered APIs, in the same storm: (path, body, streamed answer's end).
+NEW_ROUTES: dict[str, tuple[str, bytes, bytes | None]] = {
+    "messages": (
+        "/v1/messages",
+        orjson.dumps({"model": "m", "max_tokens": 50, "messages": [], "stream": True}),
+        b'"message_stop"}\n\n',
+    ),
+    "responses": (
+        "/v1/responses",
+        orjson.dumps({"model": "m", "input": "hi", "stream": True}),
+        None,
+    ),
+    "embeddings": ("/v1/embeddings", orjson.dumps({"model": "m", "input": ["a", "b"]}), None),
+    "rerank": ("/v2/rerank", orjson.dumps({"model": "m", "query": "q", "documents": ["d"]}), None),
+}
+
+
+async def other_api(
+    session: aiohttp.ClientSession, base: str, kind: str, tokens: int, split: int, truth: Truth
+) -> None:
+    """A request to another metered API, answered in full: its tokens count exactly."""
+    path, data, end = NEW_ROUTES[kind]
+    headers = steer(completion_tokens=tokens, split=split)
+    async with session.post(base + path, data=data, headers=headers) as r:
+        assert r.status == 200, (kind, r.status)
+        answer = await r.read()
+    if end is not None:
+        assert answer.endswith(end), answer[-80:]
+    truth.reasons["stop"] += 1
+    truth.prompt_tokens += 7
+    if kind in ("messages", "responses"):
+        truth.generation_tokens += tokens
+
+
 KINDS = {
     "stream": 30, "plain": 15, "leave_mid_stream": 10, "leave_early": 10, "upstream_429": 5,
     "upstream_500": 5, "reset": 8, "stall": 7, "malformed": 10,
+    "messages": 6, "responses": 6, "embeddings": 6, "rerank": 4,
 }  # fmt: skip
+
+
+OTHER_PATHS = frozenset(path for path, _, _ in NEW_ROUTES.values())
 
 
 async def storm(stack: Stack, rng: random.Random) -> Truth:
@@ -163,7 +203,7 @@ async def test_fault_storm_leaves_exact_numbers(make_stack: StackFactory) -> Non
         await stack.wait_for("vllm:num_requests_waiting", 0, timeout=10)
         # The upstream saw every request it got end: completed, reset by itself, or closed.
         state = stack.state
-        generated = [r for r in state.requests if r.path == CHAT]
+        generated = [r for r in state.requests if r.path == CHAT or r.path in OTHER_PATHS]
         await state.wait_until(
             lambda s: s.completed + s.resets + s.closed_early == len(generated) and s.active == 0,
             timeout=10,
