@@ -230,13 +230,14 @@ def response_facts(body: bytes) -> ResponseFacts:
 class _ChunkReader:
     """Reads chat or completion chunks; each says all it has to say on its own."""
 
-    __slots__ = ("_injection", "_server_sends_usage", "facts")
+    __slots__ = ("_counts_on_every_chunk", "_injection", "_server_sends_usage", "facts")
 
     def __init__(self, carries_output: OutputTest, injection: Injection) -> None:
         # Called for every streamed event: a partial costs no Python frame of its own.
         self.facts: Callable[[bytes], EventFacts | None] = partial(chunk_facts, carries_output)
         self._injection = injection
         self._server_sends_usage = False
+        self._counts_on_every_chunk = False  # counts seen on a chunk that finishes nothing
 
     def undo(self, data: bytes, facts: EventFacts) -> bytes | None:
         """Take out what the proxy's request caused, nothing else: the usage-only chunk
@@ -251,11 +252,16 @@ class _ChunkReader:
             return b"" if drop else None
         if facts.usage is None:  # null (or unreadable): OpenAI's mark of include_usage
             strip = injection.strip_null_usage or injection.strip_chunk_usage
-        elif injection.strip_chunk_usage:
-            strip = True
+        elif facts.finish_reason is None:
+            self._counts_on_every_chunk = True
+            strip = injection.strip_chunk_usage
         else:
+            # Counts on a finish chunk are continuous_usage_stats' when the chunks before it
+            # had them too; a server that puts them on its finish chunk alone (transformers
+            # serve) sends them whatever the proxy asked.
+            strip = injection.strip_chunk_usage and self._counts_on_every_chunk
+        if facts.usage is not None and not strip and not injection.strip_chunk_usage:
             self._server_sends_usage = True
-            strip = False
         return strip_usage_field(data) if strip else None
 
 

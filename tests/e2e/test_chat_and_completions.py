@@ -39,21 +39,6 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 MODES = ("include", "continuous", "none")  # --stream-usage
 
-# With --stream-usage continuous the proxy asks for usage on every chunk itself, so usage a
-# server puts on its finish chunk unasked cannot be told from its answer to that (README).
-STRIPS_FORCED_USAGE = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="--stream-usage continuous cuts `usage` out of the finish chunk, though the server "
-    "put it there unasked (it would have reached the client without the proxy)",
-)
-LOSES_USAGE_IN_CONTINUOUS = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="--stream-usage continuous cuts `usage` out of the finish chunk of a client that "
-    "asked for include_usage: it gets none where the server put it",
-)
-
 
 def body(path: str, **extra: Any) -> dict[str, Any]:
     if path == CHAT:
@@ -125,12 +110,7 @@ def _passthrough_cases() -> list[Any]:
     for mode in MODES:
         for path in PATHS:
             for shape in SHAPES:
-                marks = []
-                if shape == "stream" and mode == "continuous":
-                    marks.append(STRIPS_FORCED_USAGE)
-                if shape == "stream-usage" and mode == "continuous":
-                    marks.append(LOSES_USAGE_IN_CONTINUOUS)
-                cases.append(pytest.param(path, shape, mode, marks=marks))
+                cases.append(pytest.param(path, shape, mode))
     return cases
 
 
