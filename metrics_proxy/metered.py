@@ -324,7 +324,9 @@ class MeteredExchange:
         except (TimeoutError, aiohttp.ClientError) as exc:
             failure = UpstreamFailure.of(exc)
             self._count(failure.kind)
-            await write_guard(response.write(failure.event(self._api.error_event_name)))
+            # Whole events the meter held back go out; half an event never does.
+            kept = meter.released_at_close + failure.event(self._api.error_event_name)
+            await write_guard(response.write(kept))
             return True
         await self._end_events(metering.meter, response)
         return True

@@ -4,7 +4,7 @@ says; it knows nothing of any API's JSON itself."""
 
 from __future__ import annotations
 
-from metrics_proxy.apis.base import Api, EngineTimes, Injection, Usage
+from metrics_proxy.apis.base import Api, EngineTimes, EventFacts, Injection, Usage
 from metrics_proxy.sse import Event, SSEDecoder
 
 # The most bytes of one unfinished event (or line) held back: past it the upstream is not
@@ -13,6 +13,15 @@ MAX_UNFINISHED_EVENT = 16 * 1024 * 1024
 
 
 _NO_OUTPUTS: tuple[int, ...] = ()
+
+
+class _Held:
+    """An event the reader holds back until the next one: its data as it stands."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 class StreamMeter:
@@ -34,12 +43,16 @@ class StreamMeter:
         "_emitted",
         "_held",
         "_held_size",
+        "_kept_back",
         "_reader",
+        "_releases",
+        "_waiting",
         "done",
         "engine",
         "event_too_large",
         "finish_reason",
         "pending_id",
+        "released_at_close",
         "upstream_error",
         "usage",
     )
@@ -51,6 +64,14 @@ class StreamMeter:
         # something to forward, so a long event is not copied again on every chunk.
         self._held: list[bytes] = []
         self._held_size = 0
+        # Whole events held back until the next one says what they become (the reader's
+        # holds/release), as (their bytes on the wire, their data); and, for the events of
+        # one feed, those before which they go out, by position.
+        self._kept_back: list[tuple[bytes, bytes]] = []
+        self._waiting: list[bytes] = []  # the data of those held back, as read
+        self._releases: dict[int, list[bytes]] = {}
+        # What close() let go of those: whole events, to send even when the stream broke.
+        self.released_at_close = b""
         self._emitted = 0  # stream offset up to which bytes were forwarded (or dropped)
         self.done = False
         self.finish_reason: str | None = None
@@ -84,7 +105,14 @@ class StreamMeter:
         events = self._decoder.flush()
         outputs, changes = self._meter(events) if events else (_NO_OUTPUTS, None)
         held = self._take_held(b"")
-        return self._settle(held, events, changes, self._decoder.boundary), outputs
+        out = self._settle(held, events, changes, self._decoder.boundary)
+        if self._waiting:  # the end came after them
+            waiting, self._waiting = self._waiting, []
+            self.released_at_close = self._let_go(
+                self._reader.release(waiting, None, None) or waiting
+            )
+            out += self.released_at_close
+        return out, outputs
 
     def _hold(self, piece: bytes) -> None:
         if not piece:
@@ -95,6 +123,8 @@ class StreamMeter:
             self.event_too_large = True
             self._held = []
             self._held_size = 0
+            self._kept_back = []
+            self._waiting = []
             self._decoder = SSEDecoder()  # drop what it holds of the event too
 
     def _take_held(self, chunk: bytes) -> bytes:
@@ -108,15 +138,19 @@ class StreamMeter:
         self._held_size = 0
         return held[0] if len(held) == 1 else b"".join(held)
 
-    def _meter(self, events: list[Event]) -> tuple[tuple[int, ...], dict[int, bytes] | None]:
+    def _meter(
+        self, events: list[Event]
+    ) -> tuple[tuple[int, ...], dict[int, bytes | _Held] | None]:
         """Read each event: the outputs they carried, and the events whose bytes change, by
         position, with their new data (b"" drops the event)."""
         reader = self._reader
         read = reader.facts
         outputs = _NO_OUTPUTS
-        changes: dict[int, bytes] | None = None
+        changes: dict[int, bytes | _Held] | None = None
         for position, event in enumerate(events):
             facts = read(event.data)
+            if self._waiting and self._released_by(position, facts, event.data):
+                changes = {} if changes is None else changes
             if facts is None:
                 continue
             if facts.done:
@@ -134,19 +168,45 @@ class StreamMeter:
                     self.engine = facts.engine
             if facts.pending_id is not None:
                 self.pending_id = facts.pending_id
+            change: bytes | _Held | None = None
             if facts.usage_key:  # only an event with usage can be one the proxy changed
-                undone = reader.undo(event.data, facts)
-                if undone is not None:
-                    if changes is None:
-                        changes = {}
-                    changes[position] = undone
+                change = reader.undo(event.data, facts)
+            if facts.finish_reason is not None and reader.holds(facts):
+                data = event.data if change is None else change
+                assert isinstance(data, bytes)
+                self._waiting.append(data)
+                change = _Held(data)
+            if change is not None:
+                if changes is None:
+                    changes = {}
+                changes[position] = change
         return outputs, changes
+
+    def _released_by(self, position: int, facts: EventFacts | None, data: bytes) -> bool:
+        """Ask the reader whether this event lets the events held back go (before it)."""
+        released = self._reader.release(list(self._waiting), facts, data)
+        if released is None:
+            return False
+        # Those held earlier in this same feed are on the wire once the feed is settled.
+        self._releases[position] = released
+        self._waiting = []
+        return True
+
+    def _let_go(self, released: list[bytes]) -> bytes:
+        """The events held back, on the wire, with their data as released."""
+        out = [
+            segment.replace(data, new, 1) if new != data else segment
+            for (segment, data), new in zip(self._kept_back, released, strict=True)
+            if new
+        ]
+        self._kept_back = []
+        return b"".join(out)
 
     def _settle(
         self,
         held: bytes,
         events: list[Event],
-        changes: dict[int, bytes] | None,
+        changes: dict[int, bytes | _Held] | None,
         boundary: int,
     ) -> bytes:
         """Bytes up to ``boundary``, with the changes applied; keep the rest."""
@@ -158,13 +218,23 @@ class StreamMeter:
         out: list[bytes] = []
         copied = 0  # held[:copied] is dealt with
         span_start = 0  # an event's span runs from the previous event's end to its own
+        releases, self._releases = self._releases, {}
         for position, event in enumerate(events):
             end = event.end - base
+            released = releases.get(position)
+            if released is not None:
+                out.append(held[copied:span_start])
+                out.append(self._let_go(released))
+                copied = span_start
             change = changes.get(position)
             if change is not None:
                 out.append(held[copied:span_start])
-                if change:
-                    segment = held[span_start:end]
+                segment = held[span_start:end]
+                if isinstance(change, _Held):
+                    self._kept_back.append(
+                        (segment.replace(event.data, change.data, 1), change.data)
+                    )
+                elif change:
                     out.append(segment.replace(event.data, change, 1))
                 copied = end
             span_start = end

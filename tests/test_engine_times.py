@@ -33,7 +33,11 @@ async def test_the_engines_times_count_as_vllm_would_count_them(
     body: dict[str, Any] = {"messages": [], "stream": stream}
     response = await stack.client.post(CHAT, json=body)
     raw = await response.read()
-    assert b'"metrics"' not in raw or not stream  # the usage chunk the proxy asked for is gone
+    if stream:  # the usage chunk the proxy asked for is gone; its metrics are back in place
+        events = [e for e in raw.split(b"\n\n") if e.startswith(b"data: {")]
+        assert all(b'"choices":[]' not in e for e in events)
+        assert b'"metrics":{"queue_time_ms":2000.0' in events[-1]
+        assert b'"finish_reason":"stop"' in events[-1]
     got = await sums(stack)
     assert 2.0 <= got["queue"] < 2.5  # the engine's 2 s behind the proxy's own (~0)
     # Even a non-streamed answer: the engine saw its first token, the proxy could not.

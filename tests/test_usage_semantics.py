@@ -193,3 +193,36 @@ async def test_continuous_mode_still_hides_vllms_counts_on_a_one_chunk_finish(
         direct = await answer(session, stack.upstream.make_url(CHAT), body)
     assert through == direct
     assert b'"usage"' not in through[1]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("split", [0, 1, 9])
+async def test_the_fingerprint_the_usage_chunk_took_goes_back_to_the_finish_chunks(
+    make_stack: StackFactory, n: int, split: int
+) -> None:
+    # include_usage moves vLLM's system_fingerprint from each finish chunk to the usage chunk
+    # the proxy then drops: a client that did not ask gets it where vLLM would have put it.
+    stack = await make_stack(Behavior(system_fingerprint="fp_7", split=split))
+    body = orjson.dumps({"model": "m", "messages": [], "stream": True, "n": n})
+    async with aiohttp.ClientSession() as session:
+        through = await answer(session, stack.client.make_url(CHAT), body)
+        direct = await answer(session, stack.upstream.make_url(CHAT), body)
+    assert through == direct
+    assert through[1].count(b'"system_fingerprint":"fp_7"') == n
+    assert await stack.value("vllm:prompt_tokens_total") == 7
+
+
+async def test_a_finish_chunk_held_back_still_goes_out_when_the_stream_breaks(
+    make_stack: StackFactory,
+) -> None:
+    # The upstream dies between the finish chunk (held for the fingerprint) and the usage
+    # chunk: the client still gets the finish chunk, then the error event.
+    stack = await make_stack(Behavior(system_fingerprint="fp", completion_tokens=3, reset_after=3))
+    body = orjson.dumps({"model": "m", "messages": [], "stream": True})
+    async with aiohttp.ClientSession() as session:
+        status, raw = await answer(session, stack.client.make_url(CHAT), body)
+    assert status == 200
+    events = [e for e in raw.split(b"\n\n") if e]
+    assert b'"finish_reason":"stop"' in events[-2]
+    assert b'"error"' in events[-1]
+    assert await stack.value("vllm:request_success_total", finished_reason="error") == 1

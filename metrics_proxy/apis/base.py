@@ -25,6 +25,7 @@ __all__ = [
     "EventFacts",
     "EventReader",
     "Injection",
+    "NothingHeld",
     "RequestFacts",
     "ResponseFacts",
     "Usage",
@@ -184,6 +185,30 @@ class EventReader(Protocol):
         """An event as the client would have had it without the proxy's change: None to
         keep it as it is, the new data, or b"" to drop the event whole. Asked only of
         events with a ``usage`` member, the only ones a change of the proxy's shows in."""
+
+    def holds(self, facts: EventFacts) -> bool:
+        """Whether a finishing event must wait for the next one: what the proxy's change
+        moved off it may come back from there (asked only of events with a finish)."""
+
+    def release(
+        self, held: list[bytes], facts: EventFacts | None, data: bytes | None
+    ) -> list[bytes] | None:
+        """The data of the events held back, as they go out now that ``data`` (None: the
+        end) came after them, in order; None to hold them on."""
+
+
+class NothingHeld:
+    """For readers of APIs whose events never wait for the next one."""
+
+    __slots__ = ()
+
+    def holds(self, facts: EventFacts) -> bool:
+        return False
+
+    def release(
+        self, held: list[bytes], facts: EventFacts | None, data: bytes | None
+    ) -> list[bytes] | None:
+        return held  # holds() never said to hold one
 
 
 class Api(Protocol):

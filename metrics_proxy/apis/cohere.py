@@ -21,6 +21,7 @@ from metrics_proxy.apis.base import (
     EventFacts,
     EventReader,
     Injection,
+    NothingHeld,
     RequestFacts,
     ResponseFacts,
     Usage,
@@ -130,7 +131,7 @@ def event_facts(data: bytes) -> EventFacts | None:
     return _OUTPUT if _carries_output(kind, delta) else None
 
 
-class _ChatEvents:
+class _ChatEvents(NothingHeld):
     """Cohere's events each say all they have to say; the proxy changes none of them."""
 
     __slots__ = ()

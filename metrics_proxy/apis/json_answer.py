@@ -18,6 +18,7 @@ from metrics_proxy.apis.base import (
     EventFacts,
     EventReader,
     Injection,
+    NothingHeld,
     RequestFacts,
     ResponseFacts,
     Usage,
@@ -83,7 +84,7 @@ def _carries_no_output(choice: dict[str, Any]) -> bool:
     return False
 
 
-class _UntouchedEvents:
+class _UntouchedEvents(NothingHeld):
     """These upstreams never stream. Should one answer with events all the same, they pass
     as they are, and only ``[DONE]``, an error and usage are read from them."""
 

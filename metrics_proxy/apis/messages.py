@@ -20,6 +20,7 @@ from metrics_proxy.apis.base import (
     EventFacts,
     EventReader,
     Injection,
+    NothingHeld,
     RequestFacts,
     ResponseFacts,
     Usage,
@@ -142,7 +143,7 @@ def _carries_output(delta: object) -> bool:
     return bool(value) and type(value) is str
 
 
-class _EventReader:
+class _EventReader(NothingHeld):
     """Reads one streamed message: its input tokens wait in ``message_start`` for the
     output tokens of ``message_delta``, and are reported with them."""
 

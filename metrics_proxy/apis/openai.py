@@ -24,7 +24,7 @@ from metrics_proxy.apis.base import (
     UsageMode,
 )
 from metrics_proxy.apis.body_scan import ResponseReader
-from metrics_proxy.json_members import drop_member, skip_whitespace
+from metrics_proxy.json_members import WHITESPACE, drop_member, skip_whitespace
 
 __all__ = [
     "OpenAIApi",
@@ -263,6 +263,56 @@ class _ChunkReader:
         if facts.usage is not None and not strip and not injection.strip_chunk_usage:
             self._server_sends_usage = True
         return strip_usage_field(data) if strip else None
+
+    def holds(self, facts: EventFacts) -> bool:
+        """A finish chunk waits for the next chunk when the proxy will drop the usage chunk
+        it asked for: include_usage moves vLLM's `system_fingerprint` (and per-request
+        `metrics`) from the finish chunks to that usage chunk, and back they go."""
+        return (
+            self._injection.strip_final_usage
+            and not self._server_sends_usage
+            and not facts.usage_only
+        )
+
+    def release(
+        self, held: list[bytes], facts: EventFacts | None, data: bytes | None
+    ) -> list[bytes] | None:
+        if facts is not None and facts.finish_reason is not None and not facts.usage_only:
+            return None  # another choice's finish chunk: they all wait for the usage chunk
+        if facts is None or data is None or not facts.usage_only:
+            return held
+        moved = _moved_members(data)
+        return [_with_members(chunk, moved) for chunk in held] if moved else held
+
+
+# What vLLM moves from the finish chunks to the usage chunk once include_usage is on.
+_MOVED_TO_USAGE_CHUNK = ("system_fingerprint", "metrics")
+
+
+def _moved_members(usage_chunk: bytes) -> list[tuple[bytes, bytes]]:
+    """The members include_usage moved onto the usage chunk, as (name, JSON value)."""
+    try:
+        obj = orjson.loads(usage_chunk)
+    except orjson.JSONDecodeError:
+        return []
+    if type(obj) is not dict:
+        return []
+    return [
+        (name.encode(), orjson.dumps(obj[name]))
+        for name in _MOVED_TO_USAGE_CHUNK
+        if obj.get(name) is not None
+    ]
+
+
+def _with_members(chunk: bytes, members: list[tuple[bytes, bytes]]) -> bytes:
+    """The chunk with each member it lacks added as its last, every other byte kept."""
+    end = chunk.rstrip(WHITESPACE)
+    if not end.endswith(b"}"):
+        return chunk
+    added = b"".join(
+        b',"' + name + b'":' + value for name, value in members if b'"' + name + b'"' not in chunk
+    )
+    return end[:-1] + added + b"}" + chunk[len(end) :] if added else chunk
 
 
 class OpenAIApi:

@@ -17,6 +17,7 @@ from metrics_proxy.apis.base import (
     EventFacts,
     EventReader,
     Injection,
+    NothingHeld,
     RequestFacts,
     ResponseFacts,
     Usage,
@@ -160,7 +161,7 @@ def _opening(response: object) -> EventFacts:
     return EventFacts(False, (), None, None, False, False, pending_id=response_id)
 
 
-class _EventReader:
+class _EventReader(NothingHeld):
     """Each event says all it has to say on its own, and the proxy changes none."""
 
     __slots__ = ()

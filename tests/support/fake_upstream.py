@@ -64,6 +64,8 @@ class Behavior:
     raw_body: bytes | None = None  # non-stream: send exactly these bytes as the body
     # vLLM's --enable-per-request-metrics: this `metrics` object on the usage chunk / response
     engine_metrics: dict[str, float] | None = None
+    # vLLM's system_fingerprint: on each finish chunk, or on the usage chunk with include_usage
+    system_fingerprint: str | None = None
     error_after: int | None = None  # /v1/messages stream: an error event after N token steps
 
     def __post_init__(self) -> None:
@@ -268,6 +270,9 @@ async def _stream(
             obj["usage"] = _usage(b.prompt_tokens, done_tokens)
         if choice is None and b.engine_metrics is not None:
             obj["metrics"] = b.engine_metrics
+        finishing = choice is not None and choice["finish_reason"] is not None
+        if b.system_fingerprint is not None and (choice is None or (finishing and not with_usage)):
+            obj["system_fingerprint"] = b.system_fingerprint
         await event(orjson.dumps(obj))
 
     resp.headers["Content-Type"] = b.content_type or "text/event-stream"
