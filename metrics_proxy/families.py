@@ -278,8 +278,8 @@ PROXY_CLIENT_DISCONNECTS = FamilySpec(
 PROXY_ESTIMATED_TOKEN_COUNTS = FamilySpec(
     "proxy_estimated_token_counts_total",
     "counter",
-    "Finished requests whose generation tokens were estimated from stream chunks "
-    "because the upstream reported no usage for them.",
+    "Finished requests whose token counts were estimated because the upstream reported "
+    "no usage for them (generation tokens from the chunks that carried output).",
     MODEL_ENGINE,
 )
 
