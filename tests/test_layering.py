@@ -62,6 +62,7 @@ PURE = (
     "config.py",
     "families.py",
     "json_members.py",
+    "multipart_scan.py",
     "record.py",
     "routes.py",
     "setting_rules.py",
