@@ -197,10 +197,13 @@ class FormScanner:
         else:
             found = data.find(b"\r\n\r\n", pos)
             if found < 0:
-                if len(data) - pos > _MAX_HEADERS:
+                # Past this, a block within the bound would have ended in what is here.
+                if len(data) - pos >= _MAX_HEADERS + 4:
                     return self._unreadable()
                 self._waiting = True
                 return pos
+            if found - pos > _MAX_HEADERS:
+                return self._unreadable()
             block, end = data[pos:found], found + 4
         named = _part_name(block)
         if named is None:

@@ -133,9 +133,14 @@ def test_a_disposition_is_read_in_any_spelling_vllm_reads() -> None:
         form(part("stream", b"true", head=b"Bad Header: x\r\n")),
         form(part("stream", b"true", head=b"X-Lone-CR: a\rb\r\n")),
         form(b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name*="stream"\r\n\r\n1\r\n'),
+        form(
+            b"--"
+            + BOUNDARY
+            + b"\r\nContent-Disposition: form-data; name=x; name*=utf-8''stream\r\n\r\n1\r\n"
+        ),
         form(b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="a\\"b"\r\n\r\n1\r\n'),
         form(b"--" + BOUNDARY + b"\r\nContent-Disposition: attachment; name=stream\r\n\r\n1\r\n"),
-        form(b"--" + BOUNDARY + b"\r\nX-Long: " + b"x" * 17_000 + b"\r\n\r\n"),
+        form(part("stream", b"true", head=b"X-Long: " + b"x" * 17_000 + b"\r\n")),
     ],
 )
 def test_a_form_it_cannot_read_as_vllm_does_passes_untouched(body: bytes) -> None:
@@ -144,6 +149,23 @@ def test_a_form_it_cannot_read_as_vllm_does_passes_untouched(body: bytes) -> Non
         assert scan.out == body
         assert scan.seen == []
         assert not scan.scanner.readable
+
+
+@pytest.mark.parametrize(("size", "readable"), [(16 * 1024, True), (16 * 1024 + 1, False)])
+def test_the_bound_on_a_header_block_does_not_depend_on_the_chunks(
+    size: int, readable: bool
+) -> None:
+    def with_block(pad: int) -> bytes:
+        return form(part("stream", b"true", head=b"X-Pad: " + b"x" * pad + b"\r\n"))
+
+    start = len(b"--" + BOUNDARY + b"\r\n")
+    shortest = with_block(0)
+    body = with_block(size - (shortest.index(b"\r\n\r\n") - start))
+    assert body.index(b"\r\n\r\n") - start == size
+    for step in (1, 2, 3, 4096, len(body)):
+        scan = Scan(body, step)
+        assert scan.scanner.readable is readable, step
+        assert scan.out == (with_added(body) if readable else body)
 
 
 def test_a_form_without_its_end_gets_nothing_added_and_loses_nothing() -> None:
