@@ -168,6 +168,15 @@ def test_the_bound_on_a_header_block_does_not_depend_on_the_chunks(
         assert scan.out == (with_added(body) if readable else body)
 
 
+def test_a_header_block_that_never_ends_is_not_kept_growing() -> None:
+    scanner = FormScanner(BOUNDARY, WANTED, lambda fields: b"")
+    head = b"--" + BOUNDARY + b"\r\nX-Pad: "
+    assert scanner.feed(head) == head
+    for _ in range(20):
+        assert scanner.feed(b"x" * 1024) == b"x" * 1024  # forwarded as it comes...
+    assert not scanner.readable  # ... and given up on past the bound
+
+
 def test_a_form_without_its_end_gets_nothing_added_and_loses_nothing() -> None:
     body = b"".join([part("stream", b"true"), part("file", AUDIO, "a.wav")])
     for cut in (len(body), len(body) - 2, len(body) - 5):  # a delimiter's start held, then given
