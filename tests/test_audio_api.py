@@ -132,6 +132,18 @@ async def test_a_stream_is_counted_exactly_and_reaches_the_client_unchanged(
     await assert_exact(stack, path)
 
 
+@pytest.mark.parametrize(
+    "behavior", ['{"split": 1}', '{"split": 7}', '{"crlf": true, "keepalive": true, "split": 3}']
+)
+async def test_how_the_upstream_frames_its_events_changes_nothing(
+    stack: Stack, behavior: str
+) -> None:
+    body = audio_form(("stream", "true"))
+    through = await proxied(stack, TRANSCRIPTIONS, body, behavior)
+    assert through == (await direct(stack, TRANSCRIPTIONS, body, behavior))[1]
+    await assert_exact(stack, TRANSCRIPTIONS)
+
+
 async def test_a_client_that_asked_for_usage_gets_it_and_its_form_goes_unchanged(
     stack: Stack,
 ) -> None:

@@ -372,8 +372,10 @@ async def _audio_stream(
     with_usage = b.usage == "always" or (b.usage == "honor" and include_usage)
     continuous = with_usage and continuous_usage
 
+    eol = b"\r\n" if b.crlf else b"\n"
+
     async def event(data: bytes) -> None:
-        out = b"data: " + data + b"\n\n"
+        out = (b": ping" + eol + eol if b.keepalive else b"") + b"data: " + data + eol + eol
         step = b.split or len(out)
         for start in range(0, len(out), step):
             await resp.write(out[start : start + step])
