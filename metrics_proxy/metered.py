@@ -11,13 +11,16 @@ from aiohttp import web
 from metrics_proxy.access_log import log_metered
 from metrics_proxy.admission import AdmissionQueue, QueueFull, QueueTimeout
 from metrics_proxy.apis.base import (
+    NO_INJECTION,
     Api,
     ApiChoice,
     BodyReader,
+    FormApi,
     Injection,
     ResponseFacts,
     UsageMode,
     parse_request,
+    streams_its_body,
 )
 from metrics_proxy.background import HeldResponses
 from metrics_proxy.client_io import (
@@ -28,6 +31,7 @@ from metrics_proxy.client_io import (
     write_guard,
 )
 from metrics_proxy.errors import (
+    CLIENT_BODY_TIMEOUT,
     CLIENT_GONE,
     JSON,
     RequestFailure,
@@ -38,13 +42,14 @@ from metrics_proxy.errors import (
     json_error,
 )
 from metrics_proxy.families import DisconnectStage, ErrorKind, FinishedReason, RejectionReason
+from metrics_proxy.form_body import FormBody
 from metrics_proxy.headers import response_headers
 from metrics_proxy.lifecycle import Lifecycle
 from metrics_proxy.record import RequestRecord
 from metrics_proxy.recorder import ProxyMetricsRecorder
 from metrics_proxy.relay import relay
 from metrics_proxy.stream_meter import MAX_UNFINISHED_EVENT, StreamMeter
-from metrics_proxy.upstream_client import Upstream
+from metrics_proxy.upstream_client import ClientBodyTimeout, StreamedBody, Upstream
 
 
 class MeteredContext:
@@ -102,6 +107,8 @@ async def handle_metered(
 ) -> web.StreamResponse:
     """A request on one of ``api``'s routes: read and check its body, then run it (as the
     API its body is for, on a route that serves several)."""
+    if not isinstance(api, ApiChoice) and streams_its_body(api):
+        return await _handle_form(context, api, request)
     recorder = context.recorder
     arrival = recorder.clock()
     try:
@@ -158,7 +165,7 @@ class MeteredExchange:
         self._pending_id: str | None = None  # a non-streamed answer's running response
         self.record = record
 
-    async def run(self, upstream_body: bytes) -> web.StreamResponse:
+    async def run(self, upstream_body: bytes | StreamedBody) -> web.StreamResponse:
         queue = self._context.queue
         try:
             await queue.acquire()
@@ -178,8 +185,8 @@ class MeteredExchange:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return gone()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            return self._fail(UpstreamFailure.of(exc))
+        except (TimeoutError, aiohttp.ClientError, ClientBodyTimeout) as exc:
+            return self._fail(self._failure(exc))
         finally:
             queue.release()
             self._settle()
@@ -208,8 +215,13 @@ class MeteredExchange:
         self._settle()
         return response
 
-    def _fail(self, failure: UpstreamFailure) -> web.StreamResponse:
+    def _failure(self, exc: Exception) -> UpstreamFailure | RequestFailure:
+        return UpstreamFailure.of(exc)
+
+    def _fail(self, failure: UpstreamFailure | RequestFailure) -> web.StreamResponse:
         self._count(failure.kind)
+        if isinstance(failure, RequestFailure):
+            self.record.rejected = True  # the client's body never all reached the engine
         if self._response is not None:
             # Headers are out: nothing more can be said, and a cut connection is the honest end.
             abort_connection(self._request)
@@ -217,18 +229,20 @@ class MeteredExchange:
         self.record.status = failure.status
         # A request that never reached the upstream ran on no engine: proxy_errors_total and
         # http_* count it, no vLLM request series does.
-        self.record.rejected = not failure.reached
+        if isinstance(failure, UpstreamFailure) and not failure.reached:
+            self.record.rejected = True
         return failure.response()
 
     def _count(self, kind: ErrorKind) -> None:
         self.record.fail(kind)
         self._context.recorder.count_error(kind)
 
-    async def _exchange(self, upstream_body: bytes) -> web.StreamResponse:
+    async def _exchange(self, upstream_body: bytes | StreamedBody) -> web.StreamResponse:
         request = self._request
         record = self.record
         started = asyncio.get_running_loop().time()
         async with self._context.upstream.open(request, upstream_body, metered=True) as upstream:
+            self._answered()
             record.status = upstream.status
             response = self._response = self._response_for(upstream, started)
             await write_guard(response.prepare(request))
@@ -242,6 +256,9 @@ class MeteredExchange:
             if complete:
                 await write_guard(response.write_eof())
             return response
+
+    def _answered(self) -> None:
+        """The upstream answered; a JSON request's facts were known before it went."""
 
     def _is_event_stream(self, upstream: aiohttp.ClientResponse) -> bool:
         # A streaming request answered under another type (a misconfigured upstream) is
@@ -442,3 +459,68 @@ class _Metering:
         self._record.report_usage(self.meter.usage)
         self._record.engine = self.meter.engine
         return out
+
+
+# --- APIs whose request body streams upstream as it arrives (multipart forms) -------------
+
+
+async def _handle_form(
+    context: MeteredContext, api: FormApi, request: web.Request
+) -> web.StreamResponse:
+    """A form: checked on its headers alone, queued, then sent upstream as it arrives (an
+    audio file is too large to read first); what it asks for is read on the way."""
+    recorder = context.recorder
+    arrival = recorder.clock()
+    try:
+        body = FormBody(request, api, context.usage_mode, context.max_body)
+    except Exception as exc:
+        failure = RequestFailure.of(exc, context.max_body)
+        if failure is None:
+            raise
+        recorder.count_error(failure.kind)
+        return failure.response()
+    exchange = _FormExchange(context, request, recorder.start_request(arrival), api, body)
+    return await exchange.run(body)
+
+
+class _FormExchange(MeteredExchange):
+    """A metered exchange whose request facts are known once its body has passed."""
+
+    __slots__ = ("_body",)
+
+    def __init__(
+        self,
+        context: MeteredContext,
+        request: web.Request,
+        record: RequestRecord,
+        api: Api,
+        body: FormBody,
+    ) -> None:
+        super().__init__(context, request, record, api, NO_INJECTION, stream=False)
+        self._body = body
+
+    def _answered(self) -> None:
+        """An upstream reads a form whole before it answers: the body has passed."""
+        body = self._body
+        facts = body.facts()
+        self._stream = facts.stream
+        self._injection = body.injection
+        self.record.n = facts.n
+        self.record.max_tokens = facts.max_tokens
+
+    def _aborted(self) -> None:
+        super()._aborted()
+        if not self._body.complete:
+            self.record.rejected = True  # its form never reached the upstream whole
+
+    def _failure(self, exc: Exception) -> UpstreamFailure | RequestFailure:
+        """The body's own failures first: aiohttp reports them as the upstream's."""
+        if self._body.too_large:
+            limit = self._context.max_body
+            message = f"Request body is larger than the proxy's limit of {limit} bytes"
+            # As for a JSON body: the rest of the body is read and dropped (aiohttp's
+            # lingering) so that the client, still sending, gets to read the answer.
+            return RequestFailure(ErrorKind.BODY_TOO_LARGE, 413, message, close=False)
+        if isinstance(exc, ClientBodyTimeout):
+            return CLIENT_BODY_TIMEOUT
+        return super()._failure(exc)

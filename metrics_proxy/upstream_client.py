@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
 
 import aiohttp
 from aiohttp import StreamReader, web
@@ -32,6 +33,19 @@ def client_timeout(config: Config) -> aiohttp.ClientTimeout:
 
 # aiohttp's StreamWriter waits for the socket to drain only past 64 KiB of buffered output.
 _UNDRAINED_WRITE = 0x10000
+
+
+class ReadBody(Protocol):
+    """A client's body that the proxy reads on its way upstream, piece by piece as it comes
+    (b"" at its end). ``reframed``: the proxy may change its length, so it goes chunked
+    rather than under the client's Content-Length."""
+
+    reframed: bool
+
+    async def readany(self) -> bytes: ...
+
+
+StreamedBody = StreamReader | ReadBody
 
 
 class Upstream:
@@ -73,7 +87,7 @@ class Upstream:
         )
 
     def open(
-        self, request: web.Request, body: bytes | StreamReader | None, *, metered: bool = False
+        self, request: web.Request, body: bytes | StreamedBody | None, *, metered: bool = False
     ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         """The upstream's response, its headers received.
 
@@ -92,7 +106,7 @@ class Upstream:
         return self._open_once(request, body, metered)
 
     def _open_once(
-        self, request: web.Request, body: bytes | StreamReader | None, metered: bool
+        self, request: web.Request, body: bytes | StreamedBody | None, metered: bool
     ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         headers = request_headers(request.headers)
         if metered:
@@ -102,15 +116,21 @@ class Upstream:
             headers["Authorization"] = self._authorization
         if body is None or (isinstance(body, bytes) and len(body) <= _UNDRAINED_WRITE):
             return self._request(request, headers, body)
-        # Keep the client's framing (no switch to chunked for a streamed body).
-        length = len(body) if isinstance(body, bytes) else request.content_length
+        # Keep the client's framing (no switch to chunked for a streamed body), unless the
+        # proxy changes the body's length on the way.
+        if isinstance(body, bytes):
+            length: int | None = len(body)
+        elif isinstance(body, StreamReader) or not body.reframed:
+            length = request.content_length
+        else:
+            length = None
         if length is not None:
             headers["Content-Length"] = str(length)
         return self._open_paced(request, headers, body)
 
     @asynccontextmanager
     async def _open_paced(
-        self, request: web.Request, headers: CIMultiDict[str], body: bytes | StreamReader
+        self, request: web.Request, headers: CIMultiDict[str], body: bytes | StreamedBody
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         timeout = asyncio.timeout(None)
         deadline = _BodyDeadline(timeout, self._write_timeout, self._client_timeout)
@@ -172,7 +192,7 @@ class _BodyDeadline:
         timeout.reschedule(None if seconds is None else asyncio.get_running_loop().time() + seconds)
 
 
-async def _paced(body: bytes | StreamReader, deadline: _BodyDeadline) -> AsyncIterator[bytes]:
+async def _paced(body: bytes | StreamedBody, deadline: _BodyDeadline) -> AsyncIterator[bytes]:
     """Hand the body to aiohttp piece by piece; aiohttp resumes this generator only once the
     previous piece is written and drained, so each step's deadline covers exactly it."""
     if isinstance(body, bytes):

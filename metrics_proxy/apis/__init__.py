@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from metrics_proxy.apis.audio import AUDIO
 from metrics_proxy.apis.base import Api, ApiChoice
 from metrics_proxy.apis.chat import CHAT, CHAT_BATCH
 from metrics_proxy.apis.cohere import COHERE_CHAT, COHERE_EMBED
@@ -29,6 +30,7 @@ METERED_APIS: tuple[Api | ApiChoice, ...] = (
     DECISIONS,
     GENERATIVE_SCORING,
     INVOCATIONS,
+    AUDIO,
 )
 API_BY_ROUTE: dict[str, Api | ApiChoice] = {
     route: api for api in METERED_APIS for route in api.routes

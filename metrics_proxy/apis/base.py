@@ -5,10 +5,10 @@ module fills in. Pure: no I/O, and nothing of any one API's JSON.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import orjson
 
@@ -24,6 +24,8 @@ __all__ = [
     "EngineTimes",
     "EventFacts",
     "EventReader",
+    "FormApi",
+    "FormFields",
     "Injection",
     "NothingHeld",
     "RequestFacts",
@@ -31,6 +33,7 @@ __all__ = [
     "Usage",
     "UsageMode",
     "parse_request",
+    "streams_its_body",
     "vllm_finished_reason",
 ]
 
@@ -251,6 +254,37 @@ class ApiChoice:
 
     routes: tuple[str, ...]
     choose: Callable[[dict[str, Any]], Api]
+
+
+# A form's fields as read on the way: the last value of each, None when one is there but
+# cannot be read (a file part, an overlong value).
+FormFields = Mapping[str, bytes | None]
+
+
+class FormApi(Api, Protocol):
+    """An API whose requests are multipart forms (an audio file and a few small fields): the
+    body streams upstream as it arrives, never held whole, and only ``form_fields`` are read
+    from it on the way. What the proxy asks the upstream for goes in as fields at the form's
+    end. ``read_request`` and ``prepare`` are for JSON and never asked."""
+
+    streamed_body: bool  # True; what tells it from a JSON API (streams_its_body)
+    form_fields: frozenset[str]
+
+    def read_form(self, fields: FormFields, readable: bool) -> RequestFacts:
+        """What a form asks for, from its ``form_fields``; ``readable`` is False when the
+        form could not be followed the way the upstream reads it. Never raises."""
+
+    def prepare_form(
+        self, facts: RequestFacts, mode: UsageMode
+    ) -> tuple[tuple[tuple[str, str], ...], Injection]:
+        """The fields (name, value) to add so that the upstream's counts are exact, and
+        what to hide."""
+
+
+def streams_its_body(api: Api) -> TypeGuard[FormApi]:
+    """Whether ``api``'s requests stream upstream as they arrive (forms) rather than being
+    read whole first (JSON)."""
+    return getattr(api, "streamed_body", False) is True
 
 
 def parse_request(body: bytes) -> dict[str, Any]:

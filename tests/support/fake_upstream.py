@@ -25,7 +25,9 @@ from functools import partial
 from typing import Any, NoReturn
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import BodyPartReader, MultipartReader, WSMsgType, web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.streams import StreamReader
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
@@ -742,6 +744,133 @@ async def _stop_background(app: web.Application) -> None:
                 await stored.task
 
 
+# The audio APIs: a multipart form in (the audio file and small fields), chat-like chunks out.
+_AUDIO_CHUNKS = {
+    "/v1/audio/transcriptions": ("trsc-fake", "transcription.chunk"),
+    "/v1/audio/translations": ("trsl-fake", "translation.chunk"),
+}
+
+
+async def _audio_form(request: web.Request) -> dict[str, Any]:
+    """The form as vLLM's FastAPI hands it over: the last of a repeated field, a file part
+    as its bytes, an empty value as no value."""
+    if request.content_type != "multipart/form-data":
+        raise ValueError("file: Field required")
+    body = await request.read()  # read once already, by _record: parsed again from the bytes
+    loop = asyncio.get_running_loop()
+    # A reader of its own, large enough never to ask for flow control.
+    stream = StreamReader(BaseProtocol(loop), len(body) + 1, loop=loop)
+    stream.feed_data(body)
+    stream.feed_eof()
+    reader = MultipartReader(request.headers, stream)
+    fields: dict[str, Any] = {}
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader) or part.name is None:
+            raise ValueError('The Content-Disposition header field "name" must be provided.')
+        value = bytes(await part.read())
+        if part.filename is not None:
+            fields[part.name] = value
+        elif value:
+            fields[part.name] = value.decode()
+        else:
+            fields.pop(part.name, None)
+    if not isinstance(fields.get("file"), bytes):
+        raise ValueError("file: Expected an UploadFile")
+    return fields
+
+
+def _audio_flags(fields: dict[str, Any]) -> tuple[bool, bool, bool]:
+    """stream, stream_include_usage, stream_continuous_usage_stats, validated as vLLM does."""
+    stream = _vllm_bool(fields, "stream")
+    include = _vllm_bool(fields, "stream_include_usage")
+    continuous = _vllm_bool(fields, "stream_continuous_usage_stats")
+    if (include or continuous) and not stream:
+        raise ValueError("Stream options can only be defined when `stream=True`.")
+    return stream, include, continuous
+
+
+async def _audio_stream(
+    request: web.Request, resp: web.StreamResponse, fields: dict[str, Any], b: Behavior
+) -> None:
+    chunk_id, kind = _AUDIO_CHUNKS[request.path]
+    model = str(fields.get("model") or "fake-model")
+    _, include_usage, continuous_usage = _audio_flags(fields)
+    with_usage = b.usage == "always" or (b.usage == "honor" and include_usage)
+    continuous = with_usage and continuous_usage
+
+    eol = b"\r\n" if b.crlf else b"\n"
+
+    async def event(data: bytes) -> None:
+        out = (b": ping" + eol + eol if b.keepalive else b"") + b"data: " + data + eol + eol
+        step = b.split or len(out)
+        for start in range(0, len(out), step):
+            await resp.write(out[start : start + step])
+
+    def chunk(choices: list[Any], tokens: int | None) -> bytes:
+        obj = {"id": chunk_id, "object": kind, "created": CREATED, "model": model}
+        obj["choices"] = choices
+        if tokens is not None:
+            obj["usage"] = _usage(b.prompt_tokens, tokens)
+        return orjson.dumps(obj)
+
+    resp.headers["Content-Type"] = b.content_type or "text/event-stream"
+    await resp.prepare(request)
+    for i in range(b.completion_tokens + 1):
+        if b.reset_after == i and request.transport is not None:
+            request.transport.abort()
+            raise _Reset
+        if b.stall_after == i:
+            await _until_disconnected(request)
+        if i == b.completion_tokens:
+            break
+        if delay := b.ttft if i == 0 else b.itl:
+            await asyncio.sleep(delay)
+        choice: dict[str, Any] = {"delta": {"content": f"tok{i} "}}
+        if i == b.completion_tokens - 1:  # vLLM sets these on the last chunk only
+            choice |= {"finish_reason": b.finish_reason, "stop_reason": None}
+        await event(chunk([choice], i + 1 if continuous else None))
+    if with_usage:
+        await event(chunk([], b.completion_tokens))
+    if b.done:
+        await event(b"[DONE]")
+    await resp.write_eof()
+
+
+def _audio_body(request: web.Request, b: Behavior) -> bytes:
+    """A transcription's usage is the audio's duration, never tokens; a translation has none."""
+    body: dict[str, Any] = {"text": "".join(f"tok{i} " for i in range(b.completion_tokens))}
+    if request.path == "/v1/audio/transcriptions":
+        body["usage"] = {"type": "duration", "seconds": 3}
+    return orjson.dumps(body)
+
+
+async def _audio(request: web.Request) -> web.StreamResponse:
+    """vLLM's audio routes; ``raw_body`` is the answer's body whether it streams or not."""
+    state = request.app[FAKE_STATE]
+    try:
+        raw_behavior = request.headers.get(BEHAVIOR_HEADER)
+        b = state.behavior.override(raw_behavior) if raw_behavior else state.behavior
+        fields = await _audio_form(request)
+        stream = _audio_flags(fields)[0]
+    except (ValueError, TypeError) as exc:
+        return web.Response(status=400, body=_error_body(400, str(exc)), content_type=_JSON)
+    resp = web.StreamResponse()
+    with _tracked(state):
+        if b.stall_before_headers:
+            await _until_disconnected(request)
+        if b.status != 200:
+            error = _error_body(b.status, "fake error")
+            await _send(request, resp, b.status, error, b.content_type or _JSON)
+        elif b.raw_body is not None:
+            ctype = b.content_type or ("text/event-stream" if stream else _JSON)
+            await _send(request, resp, 200, b.raw_body, ctype)
+        elif stream:
+            await _audio_stream(request, resp, fields, b)
+        else:
+            await _send(request, resp, 200, _audio_body(request, b), b.content_type or _JSON)
+    return resp
+
+
 async def _models(request: web.Request) -> web.Response:
     return _json({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
 
@@ -1151,6 +1280,8 @@ def make_fake_upstream(behavior: Behavior | None = None) -> web.Application:
     app[FAKE_STATE] = FakeUpstreamState(behavior or Behavior())
     app.router.add_post("/v1/chat/completions", _generate)
     app.router.add_post("/v1/completions", _generate)
+    app.router.add_post("/v1/audio/transcriptions", _audio)
+    app.router.add_post("/v1/audio/translations", _audio)
     app.router.add_post("/v1/messages", _messages)
     app.router.add_post("/v1/messages/count_tokens", _count_tokens)
     app.router.add_post("/v1/responses", _create_response)
