@@ -311,15 +311,11 @@ async def _stream(
 async def _generate(request: web.Request) -> web.StreamResponse:
     state = request.app[FAKE_STATE]
     try:
-        raw_behavior = request.headers.get(BEHAVIOR_HEADER)
-        b = state.behavior.override(raw_behavior) if raw_behavior else state.behavior
-        body = orjson.loads(await request.read())
-        if not isinstance(body, dict):
-            raise ValueError("request body must be a JSON object")
+        b, body = await _read_steered(request)
         stream = _vllm_bool(body, "stream")
         _usage_options(body)  # validated whether streaming or not, as pydantic does
     except (ValueError, TypeError) as exc:
-        return web.Response(status=400, body=_error_body(400, str(exc)), content_type=_JSON)
+        return _bad_request(exc)
     chat, model = _is_chat(request), str(body.get("model") or "fake-model")
     n, ctype = int(body.get("n") or 1), b.content_type or _JSON
     resp = web.StreamResponse()
@@ -434,11 +430,7 @@ async def _message_stream(
 async def _messages(request: web.Request) -> web.StreamResponse:
     state = request.app[FAKE_STATE]
     try:
-        raw_behavior = request.headers.get(BEHAVIOR_HEADER)
-        b = state.behavior.override(raw_behavior) if raw_behavior else state.behavior
-        body = orjson.loads(await request.read())
-        if not isinstance(body, dict):
-            raise ValueError("request body must be a JSON object")
+        b, body = await _read_steered(request)
         stream = _vllm_bool(body, "stream")
     except (ValueError, TypeError) as exc:
         return web.Response(status=400, body=_anthropic_error(400, str(exc)), content_type=_JSON)
@@ -645,14 +637,10 @@ def _response_request(fields: dict[str, Any]) -> tuple[bool, bool, bool]:
 async def _create_response(request: web.Request) -> web.StreamResponse:
     state = request.app[FAKE_STATE]
     try:
-        raw_behavior = request.headers.get(BEHAVIOR_HEADER)
-        b = state.behavior.override(raw_behavior) if raw_behavior else state.behavior
-        fields = orjson.loads(await request.read())
-        if not isinstance(fields, dict):
-            raise ValueError("request body must be a JSON object")
+        b, fields = await _read_steered(request)
         stream, background, store = _response_request(fields)
     except (ValueError, TypeError) as exc:
-        return web.Response(status=400, body=_error_body(400, str(exc)), content_type=_JSON)
+        return _bad_request(exc)
     request_id = fields.get("request_id")
     resp_id = request_id if isinstance(request_id, str) else f"resp_fake{len(state.requests)}"
     resp = web.StreamResponse()
@@ -848,12 +836,11 @@ async def _audio(request: web.Request) -> web.StreamResponse:
     """vLLM's audio routes; ``raw_body`` is the answer's body whether it streams or not."""
     state = request.app[FAKE_STATE]
     try:
-        raw_behavior = request.headers.get(BEHAVIOR_HEADER)
-        b = state.behavior.override(raw_behavior) if raw_behavior else state.behavior
+        b = _steered(request)
         fields = await _audio_form(request)
         stream = _audio_flags(fields)[0]
     except (ValueError, TypeError) as exc:
-        return web.Response(status=400, body=_error_body(400, str(exc)), content_type=_JSON)
+        return _bad_request(exc)
     resp = web.StreamResponse()
     with _tracked(state):
         if b.stall_before_headers:
@@ -937,11 +924,16 @@ def _is_chat(request: web.Request) -> bool:
     return request.path == "/v1/chat/completions" or request.get(_INVOKED_CHAT, False)
 
 
-async def _read_steered(request: web.Request) -> tuple[Behavior, dict[str, Any]]:
-    """The request's Behavior and its JSON object body; ValueError for a bad one."""
+def _steered(request: web.Request) -> Behavior:
+    """The fake's Behavior, as this request's header overrides it."""
     raw_behavior = request.headers.get(BEHAVIOR_HEADER)
     state = request.app[FAKE_STATE]
-    b = state.behavior.override(raw_behavior) if raw_behavior else state.behavior
+    return state.behavior.override(raw_behavior) if raw_behavior else state.behavior
+
+
+async def _read_steered(request: web.Request) -> tuple[Behavior, dict[str, Any]]:
+    """The request's Behavior and its JSON object body; ValueError for a bad one."""
+    b = _steered(request)
     body = orjson.loads(await request.read())
     if not isinstance(body, dict):
         raise ValueError("request body must be a JSON object")
