@@ -354,7 +354,8 @@ class MeteredExchange:
             self._count(ErrorKind.UPSTREAM_EVENT_TOO_LARGE)
             message = f"Upstream sent an unfinished event of over {MAX_UNFINISHED_EVENT} bytes"
             event = error_event(message, "upstream_error", 502, self._api.error_event_name)
-            await write_guard(response.write(event))
+            # Whole events the meter held back go first, as they came.
+            await write_guard(response.write(meter.released_at_close + event))
         elif meter.upstream_error:
             self._count(ErrorKind.UPSTREAM_STREAM_ERROR)
         elif meter.finish_reason is not None or meter.done:
@@ -447,7 +448,7 @@ class _Metering:
             output = self._record.output
             for index in outputs:
                 output(index, now)
-        elif meter.event_too_large:
+        if meter.event_too_large:
             self.stopped = True
         return out
 

@@ -10,6 +10,9 @@ from metrics_proxy.sse import Event, SSEDecoder
 # The most bytes of one unfinished event (or line) held back: past it the upstream is not
 # sending SSE a client could use, and holding more would let it fill the proxy's memory.
 MAX_UNFINISHED_EVENT = 16 * 1024 * 1024
+# The most whole events held back at once for the next one to decide (a finish chunk per
+# output): past it they go as they came, and memory stays bounded whatever an upstream sends.
+MAX_KEPT_BACK = 256
 
 
 _NO_OUTPUTS: tuple[int, ...] = ()
@@ -39,6 +42,7 @@ class StreamMeter:
     """
 
     __slots__ = (
+        "_closing",
         "_decoder",
         "_emitted",
         "_held",
@@ -72,6 +76,7 @@ class StreamMeter:
         self._releases: dict[int, list[bytes]] = {}
         # What close() let go of those: whole events, to send even when the stream broke.
         self.released_at_close = b""
+        self._closing = False
         self._emitted = 0  # stream offset up to which bytes were forwarded (or dropped)
         self.done = False
         self.finish_reason: str | None = None
@@ -102,16 +107,16 @@ class StreamMeter:
         """The end of the stream: meter an unterminated last event, release held bytes."""
         if self.event_too_large:
             return b"", _NO_OUTPUTS
+        self._closing = True
         events = self._decoder.flush()
         outputs, changes = self._meter(events) if events else (_NO_OUTPUTS, None)
         held = self._take_held(b"")
         out = self._settle(held, events, changes, self._decoder.boundary)
         if self._waiting:  # the end came after them
             waiting, self._waiting = self._waiting, []
-            self.released_at_close = self._let_go(
-                self._reader.release(waiting, None, None) or waiting
-            )
-            out += self.released_at_close
+            released = self._let_go(self._reader.release(waiting, None, None) or waiting)
+            self.released_at_close += released
+            out += released
         return out, outputs
 
     def _hold(self, piece: bytes) -> None:
@@ -123,6 +128,8 @@ class StreamMeter:
             self.event_too_large = True
             self._held = []
             self._held_size = 0
+            # Whole events held back still go, as they came, before the error event.
+            self.released_at_close = b"".join(segment for segment, _ in self._kept_back)
             self._kept_back = []
             self._waiting = []
             self._decoder = SSEDecoder()  # drop what it holds of the event too
@@ -172,6 +179,11 @@ class StreamMeter:
             if facts.usage_key:  # only an event with usage can be one the proxy changed
                 change = reader.undo(event.data, facts)
             if facts.finish_reason is not None and reader.holds(facts):
+                if len(self._waiting) >= MAX_KEPT_BACK:
+                    # Too many held: those go now, as they came, before this one (in order).
+                    self._releases[position] = self._waiting
+                    self._waiting = []
+                    changes = {} if changes is None else changes
                 data = event.data if change is None else change
                 assert isinstance(data, bytes)
                 self._waiting.append(data)
@@ -184,7 +196,7 @@ class StreamMeter:
 
     def _released_by(self, position: int, facts: EventFacts | None, data: bytes) -> bool:
         """Ask the reader whether this event lets the events held back go (before it)."""
-        released = self._reader.release(list(self._waiting), facts, data)
+        released = self._reader.release(self._waiting, facts, data)
         if released is None:
             return False
         # Those held earlier in this same feed are on the wire once the feed is settled.
@@ -212,8 +224,8 @@ class StreamMeter:
         """Bytes up to ``boundary``, with the changes applied; keep the rest."""
         base = self._emitted
         self._emitted = boundary
-        self._hold(held[boundary - base :])
         if changes is None:
+            self._hold(held[boundary - base :])
             return held[: boundary - base]
         out: list[bytes] = []
         copied = 0  # held[:copied] is dealt with
@@ -224,7 +236,10 @@ class StreamMeter:
             released = releases.get(position)
             if released is not None:
                 out.append(held[copied:span_start])
-                out.append(self._let_go(released))
+                let_go = self._let_go(released)
+                if self._closing:  # to send even when the stream broke: whole events
+                    self.released_at_close += let_go
+                out.append(let_go)
                 copied = span_start
             change = changes.get(position)
             if change is not None:
@@ -239,4 +254,7 @@ class StreamMeter:
                 copied = end
             span_start = end
         out.append(held[copied : boundary - base])
+        # The unfinished tail is held last: should it outgrow its bound, what this feed let
+        # go of (and what is still held back) is already settled.
+        self._hold(held[boundary - base :])
         return b"".join(out)

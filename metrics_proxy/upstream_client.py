@@ -126,14 +126,22 @@ class Upstream:
             length = None
         if length is not None:
             headers["Content-Length"] = str(length)
-        return self._open_paced(request, headers, body)
+        return self._open_paced(request, headers, body, metered)
 
     @asynccontextmanager
     async def _open_paced(
-        self, request: web.Request, headers: CIMultiDict[str], body: bytes | StreamedBody
+        self,
+        request: web.Request,
+        headers: CIMultiDict[str],
+        body: bytes | StreamedBody,
+        metered: bool,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         timeout = asyncio.timeout(None)
-        deadline = _BodyDeadline(timeout, self._write_timeout, self._client_timeout)
+        # A metered body streamed through (a form) holds a concurrency slot while it comes:
+        # the client gets --client-timeout for all of it, as for a body read before queueing,
+        # not for each piece, or a trickle would hold the slot for ever.
+        whole = self._client_timeout if metered else None
+        deadline = _BodyDeadline(timeout, self._write_timeout, self._client_timeout, whole)
         try:
             # A generator for large bytes too: aiohttp warns about (and blocks on) those.
             async with timeout, self._request(request, headers, _paced(body, deadline)) as upstream:
@@ -157,12 +165,20 @@ class _BodyDeadline:
     running: an upstream that answers before reading everything must not see its response
     cut. A client that stops sending its body still ends the exchange."""
 
-    __slots__ = ("_client", "_timeout", "_waiting_for_client", "_write")
+    __slots__ = ("_client", "_client_by", "_timeout", "_waiting_for_client", "_whole", "_write")
 
-    def __init__(self, timeout: asyncio.Timeout, write: float | None, client: float | None) -> None:
+    def __init__(
+        self,
+        timeout: asyncio.Timeout,
+        write: float | None,
+        client: float | None,
+        whole: float | None = None,
+    ) -> None:
         self._timeout = timeout
         self._write = write
         self._client = client
+        self._whole = whole  # seconds for the whole body, counted from its first wait
+        self._client_by: float | None = None  # the loop time the whole body is due by
         self._waiting_for_client = False
 
     @property
@@ -174,7 +190,14 @@ class _BodyDeadline:
         self._arm(self._write, waiting_for_client=False)
 
     def awaiting_client(self) -> None:
-        self._arm(self._client, waiting_for_client=True)
+        seconds = self._client
+        if self._whole is not None:
+            now = asyncio.get_running_loop().time()
+            if self._client_by is None:
+                self._client_by = now + self._whole
+            left = self._client_by - now
+            seconds = left if seconds is None else min(seconds, left)
+        self._arm(seconds, waiting_for_client=True)
 
     def sent(self) -> None:
         self._arm(None, waiting_for_client=False)

@@ -443,3 +443,30 @@ async def test_an_upstream_5xx_passes_and_counts_as_an_error(stack: Stack) -> No
     )
     assert await stack.value("vllm:request_success_total", finished_reason="error") == 1
     assert await stack.gauges() == (0, 0)
+
+
+async def test_a_form_trickled_to_keep_its_slot_gets_408_in_time(make_stack: StackFactory) -> None:
+    # Each piece comes within --client-timeout, but not the whole form: a form holds its
+    # concurrency slot while it comes, so it gets --client-timeout for all of it.
+    stack = await make_stack(client_timeout=0.5, max_concurrency=1)
+    body = audio_form(("stream", "true"))
+    head = (
+        f"POST {TRANSCRIPTIONS} HTTP/1.1\r\nHost: x\r\nContent-Type: {CONTENT_TYPE}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.client.port)
+    try:
+        writer.write(head + body[:100])
+        async with asyncio.timeout(10):
+            answer = asyncio.ensure_future(read_message(reader))
+            for offset in range(100, 120):  # a byte every 0.3 s: under the per-piece limit
+                done, _ = await asyncio.wait({answer}, timeout=0.3)
+                if done:
+                    break
+                writer.write(body[offset : offset + 1])
+            message = await answer
+    finally:
+        writer.close()
+    assert message.status == 408
+    assert offset < 110  # ended within about 0.5 s, not when the trickle stopped
+    assert await stack.gauges() == (0, 0)

@@ -6,7 +6,7 @@ import pytest
 
 from metrics_proxy.apis.base import NO_INJECTION, Injection
 from metrics_proxy.apis.chat import CHAT
-from metrics_proxy.stream_meter import StreamMeter
+from metrics_proxy.stream_meter import MAX_KEPT_BACK, MAX_UNFINISHED_EVENT, StreamMeter
 
 ROLE = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
 TOKENS = [
@@ -93,3 +93,38 @@ def test_per_chunk_usage_is_cut_and_counts_stay_exact() -> None:
     assert out.count(b'"content":"t') == 3
     assert meter.usage is not None
     assert meter.usage.completion_tokens == 3
+
+
+HOLD_FOR_FINGERPRINT = Injection(strip_final_usage=True, strip_chunk_usage=False)
+
+
+def finish_chunk(index: int) -> bytes:
+    return b'data: {"choices":[{"index":%d,"delta":{},"finish_reason":"stop"}]}\n\n' % index
+
+
+def test_what_is_held_back_for_the_next_chunk_is_bounded() -> None:
+    # An upstream that sends nothing but finish chunks cannot make the meter keep them all.
+    meter = StreamMeter(CHAT, HOLD_FOR_FINGERPRINT)
+    stream = b"".join(finish_chunk(i) for i in range(MAX_KEPT_BACK * 4))
+    out, _ = meter.feed(stream)
+    assert len(out) >= len(stream) - MAX_KEPT_BACK * len(finish_chunk(9999))
+    out += meter.close()[0]
+    assert out == stream  # every one goes out, in order, unchanged
+
+
+def test_a_held_finish_chunk_goes_out_even_when_an_oversized_event_follows() -> None:
+    meter = StreamMeter(CHAT, HOLD_FOR_FINGERPRINT)
+    assert meter.feed(TOKENS[0] + finish_chunk(0)) == (TOKENS[0], (0,))  # the finish waits
+    piece = b"data: " + b"x" * (MAX_UNFINISHED_EVENT + 1)
+    assert meter.feed(piece) == (b"", ())
+    assert meter.event_too_large
+    assert meter.released_at_close == finish_chunk(0)
+
+
+def test_a_held_finish_chunk_is_kept_apart_from_half_an_event_at_the_end() -> None:
+    # The stream breaks inside the usage chunk: closing reads that half as an event, and the
+    # finish chunk it releases is whole, to send before the error event.
+    meter = StreamMeter(CHAT, HOLD_FOR_FINGERPRINT)
+    meter.feed(TOKENS[0] + finish_chunk(0) + b'data: {"choices":[],"usage":{"prompt')
+    meter.close()
+    assert meter.released_at_close == finish_chunk(0)
