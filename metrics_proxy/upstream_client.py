@@ -71,7 +71,11 @@ class Upstream:
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         """Relay a WebSocket upgrade to the same path upstream."""
         return await relay_websocket(
-            request, self._session, self.url_for(request), self._authorization
+            request,
+            self._session,
+            self.url_for(request),
+            self._authorization,
+            self._timeout.connect,
         )
 
     def _request(

@@ -38,6 +38,7 @@ async def relay_websocket(
     session: aiohttp.ClientSession,
     upstream_url: URL,
     authorization: str,
+    connect_timeout: float | None,
 ) -> web.StreamResponse:
     """Open the upstream WebSocket first (so a refusal reaches the client as the upstream's
     HTTP answer would: 502), then accept the client's and pump both ways."""
@@ -49,11 +50,15 @@ async def relay_websocket(
     protocols = tuple(
         p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
     )
-    upstream = await session.ws_connect(
-        upstream_url, headers=headers, protocols=protocols, autoping=True
-    )
+    # The handshake is bounded like any connect (the session itself sets no total).
+    async with asyncio.timeout(connect_timeout):
+        upstream = await session.ws_connect(
+            upstream_url, headers=headers, protocols=protocols, autoping=True
+        )
     async with upstream:
-        client = web.WebSocketResponse(protocols=protocols, autoping=True)
+        # The client gets the subprotocol the upstream chose, not one of its own offers.
+        chosen = (upstream.protocol,) if upstream.protocol else ()
+        client = web.WebSocketResponse(protocols=chosen, autoping=True)
         await client.prepare(request)
         pumps = (
             asyncio.ensure_future(_pump(client, upstream)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -46,3 +48,23 @@ async def test_an_upstream_that_refuses_the_upgrade_is_502(stack: Stack) -> None
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await stack.client.ws_connect("/v1/models")
     assert refused.value.status == 502
+
+
+async def test_an_upstream_silent_on_the_handshake_is_504_in_time(
+    make_stack: StackFactory,
+) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # reads the upgrade, answers nothing, until the proxy leaves
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        stack = await make_stack(upstream_url=f"http://127.0.0.1:{port}", connect_timeout=0.3)
+        async with asyncio.timeout(5):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await stack.client.ws_connect("/v1/realtime")
+        assert refused.value.status == 504
+    finally:
+        server.close()
+        await server.wait_closed()
