@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
-from tests.support.fake_upstream import BEHAVIOR_HEADER, Behavior
+from tests.support.fake_upstream import Behavior
 from tests.support.stack import Stack
 
 COHERE = "/cohere/v2/chat"
@@ -24,27 +23,7 @@ DECODE_LIMIT = 64 * 1024
 async def through_and_direct(
     stack: Stack, path: str, body: dict[str, Any], behavior: str = "{}"
 ) -> tuple[tuple[int, bytes], tuple[int, bytes]]:
-    """(status, bytes) through the proxy and straight from the upstream, same request."""
-    data, headers = orjson.dumps(body), {BEHAVIOR_HEADER: behavior}
-    response = await stack.client.post(path, data=data, headers=headers)
-    through = (response.status, await response.read())
-    async with aiohttp.ClientSession() as session:
-        url = stack.upstream.make_url(path)
-        async with session.post(url, data=data, headers=headers) as direct:
-            return through, (direct.status, await direct.read())
-
-
-async def counts(stack: Stack) -> tuple[float, float, float]:
-    """(prompt tokens, generation tokens, estimated counts)."""
-    return (
-        await stack.value("vllm:prompt_tokens_total"),
-        await stack.value("vllm:generation_tokens_total"),
-        await stack.value("proxy_estimated_token_counts_total"),
-    )
-
-
-async def observed(stack: Stack, name: str) -> int:
-    return int((await stack.value(name))["count"])
+    return await stack.through_and_direct(path, orjson.dumps(body), behavior)
 
 
 async def success(stack: Stack, reason: str) -> float:
@@ -61,10 +40,10 @@ async def test_a_cohere_chat_stream_is_metered(stack: Stack, finish: str, reason
     assert through == direct
     assert through[1].count(b'"type":"content-delta"') == 5
     assert stack.state.requests[0].body == orjson.dumps(body)
-    assert await counts(stack) == (7, 5, 0)  # from message-end's usage, written as 7.0 and 5.0
+    assert await stack.counts() == (7, 5, 0)  # from message-end's usage, written as 7.0 and 5.0
     assert await success(stack, reason) == 1
-    assert await observed(stack, "vllm:time_to_first_token_seconds") == 1
-    assert await observed(stack, "vllm:inter_token_latency_seconds") == 4
+    assert await stack.observed("vllm:time_to_first_token_seconds") == 1
+    assert await stack.observed("vllm:inter_token_latency_seconds") == 4
     assert await stack.value("http_requests_total", handler=COHERE, status="2xx") == 1
     assert await stack.gauges() == (0, 0)
 
@@ -83,7 +62,7 @@ async def test_a_cohere_chat_stream_without_usage_is_estimated(stack: Stack) -> 
     body = {"model": "m", "messages": MESSAGES, "stream": "true"}
     through, direct = await through_and_direct(stack, COHERE, body, '{"usage": "never"}')
     assert through == direct
-    assert await counts(stack) == (0, 5, 1)  # the events carrying text
+    assert await stack.counts() == (0, 5, 1)  # the events carrying text
     assert await success(stack, "stop") == 1
 
 
@@ -92,9 +71,9 @@ async def test_a_cohere_chat_answer_is_metered(stack: Stack) -> None:
     through, direct = await through_and_direct(stack, COHERE, body, '{"finish_reason": "length"}')
     assert through == direct
     assert b'"finish_reason":"MAX_TOKENS"' in through[1]
-    assert await counts(stack) == (7, 5, 0)
+    assert await stack.counts() == (7, 5, 0)
     assert await success(stack, "length") == 1
-    assert await observed(stack, "vllm:time_to_first_token_seconds") == 0
+    assert await stack.observed("vllm:time_to_first_token_seconds") == 0
     assert (await stack.value("vllm:request_params_max_tokens"))["sum"] == 5
 
 
@@ -107,7 +86,7 @@ async def test_a_large_cohere_chat_answer_is_read_as_it_passes(stack: Stack) -> 
     stack.state.behavior = Behavior(raw_body=raw, split=5000)  # too large for a header
     through, _ = await through_and_direct(stack, COHERE, {"model": "m", "messages": []})
     assert through == (200, raw)
-    assert await counts(stack) == (3, 9, 0)
+    assert await stack.counts() == (3, 9, 0)
     assert await success(stack, "length") == 1
 
 
@@ -119,9 +98,9 @@ async def test_tokens_in_and_out_streamed_count_exactly(stack: Stack) -> None:
     assert b'"choices":[]' not in through[1]
     sent = orjson.loads(stack.state.requests[0].body)
     assert sent["stream_options"] == {"include_usage": True}
-    assert await counts(stack) == (7, 10, 0)
-    assert await observed(stack, "vllm:time_to_first_token_seconds") == 1
-    assert await observed(stack, "vllm:inter_token_latency_seconds") == 9
+    assert await stack.counts() == (7, 10, 0)
+    assert await stack.observed("vllm:time_to_first_token_seconds") == 1
+    assert await stack.observed("vllm:inter_token_latency_seconds") == 9
     assert (await stack.value("vllm:request_params_n"))["sum"] == 2
     assert (await stack.value("vllm:request_params_max_tokens"))["sum"] == 5
     assert await stack.value("http_requests_total", handler=TOKENS, status="2xx") == 1
@@ -135,7 +114,7 @@ async def test_tokens_in_and_out_answered_whole(
     behavior = orjson.dumps({"usage": usage, "finish_reason": "length"}).decode()
     through, direct = await through_and_direct(stack, TOKENS, body, behavior)
     assert through == direct
-    assert await counts(stack) == expected
+    assert await stack.counts() == expected
     assert await success(stack, "length") == 1
 
 
@@ -143,9 +122,9 @@ async def test_a_batch_of_chats_counts_every_conversation(stack: Stack) -> None:
     body = {"model": "m", "messages": [MESSAGES, MESSAGES, MESSAGES]}
     through, direct = await through_and_direct(stack, "/v1/chat/completions/batch", body)
     assert through == direct
-    assert await counts(stack) == (7, 15, 0)
+    assert await stack.counts() == (7, 15, 0)
     assert await success(stack, "stop") == 1
-    assert await observed(stack, "vllm:e2e_request_latency_seconds") == 1
+    assert await stack.observed("vllm:e2e_request_latency_seconds") == 1
 
 
 @pytest.mark.parametrize(
@@ -160,10 +139,10 @@ async def test_answers_that_generate_count_their_usage(
 ) -> None:
     through, direct = await through_and_direct(stack, path, body, '{"completion_tokens": 2}')
     assert through == direct
-    assert await counts(stack) == (7, 2, 0)
+    assert await stack.counts() == (7, 2, 0)
     assert await success(stack, "stop") == 1
     for name in ("e2e_request_latency_seconds", "request_queue_time_seconds"):
-        assert await observed(stack, f"vllm:{name}") == 1
+        assert await stack.observed(f"vllm:{name}") == 1
     assert await stack.value("http_requests_total", handler=path, status="2xx") == 1
     assert await stack.gauges() == (0, 0)
 
@@ -188,8 +167,8 @@ async def test_invocations_meter_each_body_as_the_api_it_goes_to(
         assert sent["stream_options"] == {"include_usage": True}
     else:
         assert sent == {"model": "m", **body}
-    assert await counts(stack) == (7, generated, 0)
+    assert await stack.counts() == (7, generated, 0)
     assert await success(stack, "stop") == 1
-    assert await observed(stack, "vllm:time_to_first_token_seconds") == first_tokens
+    assert await stack.observed("vllm:time_to_first_token_seconds") == first_tokens
     assert await stack.value("http_requests_total", handler=INVOCATIONS, status="2xx") == 1
     assert await stack.gauges() == (0, 0)

@@ -30,46 +30,20 @@ EMBEDDINGS = "/v1/embeddings"
 DECODE_LIMIT = 64 * 1024  # answers past this are scanned as they pass, not decoded whole
 
 
-async def through_and_direct(
-    stack: Stack, path: str, body: bytes, behavior: str = "{}"
-) -> tuple[tuple[int, bytes], tuple[int, bytes]]:
-    """(status, bytes) through the proxy and straight from the upstream, same request."""
-    headers = {BEHAVIOR_HEADER: behavior}
-    response = await stack.client.post(path, data=body, headers=headers)
-    through = (response.status, await response.read())
-    async with aiohttp.ClientSession() as session:
-        url = stack.upstream.make_url(path)
-        async with session.post(url, data=body, headers=headers) as direct:
-            return through, (direct.status, await direct.read())
-
-
-async def counts(stack: Stack) -> tuple[float, float, float]:
-    """(prompt tokens, generation tokens, estimated counts)."""
-    return (
-        await stack.value("vllm:prompt_tokens_total"),
-        await stack.value("vllm:generation_tokens_total"),
-        await stack.value("proxy_estimated_token_counts_total"),
-    )
-
-
-async def observed(stack: Stack, name: str) -> int:
-    return int((await stack.value(name))["count"])
-
-
 @pytest.mark.parametrize("path", list(BODIES))
 async def test_a_pooling_request_counts_as_vllm_counts_it(stack: Stack, path: str) -> None:
     body = orjson.dumps(BODIES[path])
-    through, direct = await through_and_direct(stack, path, body)
+    through, direct = await stack.through_and_direct(path, body)
     assert through == direct
     assert through[0] == 200
     assert stack.state.requests[0].body == body  # nothing changed on the way
-    assert await counts(stack) == (7, 0, 0)
+    assert await stack.counts() == (7, 0, 0)
     assert await stack.value("vllm:request_success_total", finished_reason="stop") == 1
     for name in ("time_to_first_token", "e2e_request_latency"):
-        assert await observed(stack, f"vllm:{name}_seconds") == 1
+        assert await stack.observed(f"vllm:{name}_seconds") == 1
     for name in ("queue", "prefill", "inference"):
-        assert await observed(stack, f"vllm:request_{name}_time_seconds") == 1
-    assert await observed(stack, "vllm:inter_token_latency_seconds") == 0
+        assert await stack.observed(f"vllm:request_{name}_time_seconds") == 1
+    assert await stack.observed("vllm:inter_token_latency_seconds") == 0
     assert await stack.value("http_requests_total", handler=path, status="2xx") == 1
     assert await stack.gauges() == (0, 0)
 
@@ -92,27 +66,27 @@ async def test_the_answer_is_the_requests_first_token(make_stack: StackFactory) 
 async def test_a_large_embeddings_answer_still_counts_its_usage(stack: Stack, split: int) -> None:
     body = orjson.dumps({"model": "m", "input": [f"text {i}" for i in range(3000)]})
     behavior = orjson.dumps({"split": split}).decode()
-    through, direct = await through_and_direct(stack, EMBEDDINGS, body, behavior)
+    through, direct = await stack.through_and_direct(EMBEDDINGS, body, behavior)
     assert through == direct
     assert len(through[1]) > DECODE_LIMIT
-    assert await counts(stack) == (7, 0, 0)
+    assert await stack.counts() == (7, 0, 0)
 
 
 async def test_a_large_cohere_embed_answer_finds_its_tokens_in_meta(stack: Stack) -> None:
     body = orjson.dumps({"model": "m", "texts": ["a"] * 6000, "embedding_types": ["float"]})
-    through, direct = await through_and_direct(stack, "/v2/embed", body, '{"split": 4096}')
+    through, direct = await stack.through_and_direct("/v2/embed", body, '{"split": 4096}')
     assert through == direct
     assert len(through[1]) > DECODE_LIMIT
     assert through[1].rstrip(b"}").endswith(b'"tokens":{"input_tokens":7')  # meta comes last
-    assert await counts(stack) == (7, 0, 0)
+    assert await stack.counts() == (7, 0, 0)
 
 
 @pytest.mark.parametrize("inputs", [1, 3000], ids=["small", "large"])
 async def test_an_answer_without_usage_is_honestly_estimated(stack: Stack, inputs: int) -> None:
     body = orjson.dumps({"model": "m", "input": ["a"] * inputs})
-    through, direct = await through_and_direct(stack, EMBEDDINGS, body, '{"usage": "never"}')
+    through, direct = await stack.through_and_direct(EMBEDDINGS, body, '{"usage": "never"}')
     assert through == direct
-    assert await counts(stack) == (0, 0, 1)
+    assert await stack.counts() == (0, 0, 1)
     assert await stack.value("vllm:request_success_total", finished_reason="stop") == 1
 
 
@@ -130,9 +104,9 @@ async def test_rerank_usage_in_either_shape(
     answer = {"id": "rerank-1", "model": "m", "usage": usage, "results": []}
     behavior = orjson.dumps({"raw_body": orjson.dumps(answer).decode()}).decode()
     body = orjson.dumps(BODIES["/rerank"])
-    through, _ = await through_and_direct(stack, "/rerank", body, behavior)
+    through, _ = await stack.through_and_direct("/rerank", body, behavior)
     assert through == (200, orjson.dumps(answer))
-    assert await counts(stack) == (prompt, 0, 0)
+    assert await stack.counts() == (prompt, 0, 0)
 
 
 @pytest.mark.parametrize(("status", "counted"), [(400, 0), (500, 1)])
@@ -140,13 +114,13 @@ async def test_an_upstream_error_passes_through_and_is_no_success(
     stack: Stack, status: int, counted: int
 ) -> None:
     body = orjson.dumps(BODIES[EMBEDDINGS])
-    through, direct = await through_and_direct(stack, EMBEDDINGS, body, f'{{"status": {status}}}')
+    through, direct = await stack.through_and_direct(EMBEDDINGS, body, f'{{"status": {status}}}')
     assert through == direct
     assert through[0] == status
     assert await stack.value("vllm:request_success_total", finished_reason="stop") == 0
     assert await stack.value("vllm:request_success_total", finished_reason="error") == counted
     assert await stack.value("proxy_errors_total", kind="upstream_status") == 1
-    assert await observed(stack, "vllm:time_to_first_token_seconds") == 0
+    assert await stack.observed("vllm:time_to_first_token_seconds") == 0
     assert await stack.value("http_requests_total", handler=EMBEDDINGS, status=f"{status // 100}xx")
     assert await stack.gauges() == (0, 0)
 
@@ -187,7 +161,7 @@ async def test_a_client_leaving_before_the_answer_is_an_abort(make_stack: StackF
     await stack.state.wait_for_closed(1)
     await stack.wait_for("proxy_client_disconnects_total", 1, stage="before_headers")
     assert await stack.value("vllm:request_success_total", finished_reason="abort") == 1
-    assert await observed(stack, "vllm:time_to_first_token_seconds") == 0
+    assert await stack.observed("vllm:time_to_first_token_seconds") == 0
     assert await stack.gauges() == (0, 0)
 
 
@@ -207,7 +181,7 @@ async def test_pooling_requests_wait_for_a_slot_like_chat(make_stack: StackFacto
     assert response.status == 200
     await response.read()
     assert await stack.gauges() == (0, 0)
-    assert await observed(stack, "vllm:request_queue_time_seconds") == 2
+    assert await stack.observed("vllm:request_queue_time_seconds") == 2
 
 
 async def test_bad_input_is_an_openai_error_and_never_sent(stack: Stack) -> None:

@@ -7,13 +7,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from metrics_proxy.config import Config
 from metrics_proxy.server import create_app
-from tests.support.fake_upstream import FAKE_STATE, Behavior, FakeUpstreamState, make_fake_upstream
+from tests.support.fake_upstream import (
+    BEHAVIOR_HEADER,
+    FAKE_STATE,
+    Behavior,
+    FakeUpstreamState,
+    make_fake_upstream,
+)
 
 
 @dataclass
@@ -37,6 +44,30 @@ class Stack:
             if all(sample["labels"].get(k) == v for k, v in labels.items()):
                 return sample.get("value", sample)
         raise KeyError((name, labels))
+
+    async def counts(self) -> tuple[float, float, float]:
+        """(prompt tokens, generation tokens, estimated counts)."""
+        return (
+            await self.value("vllm:prompt_tokens_total"),
+            await self.value("vllm:generation_tokens_total"),
+            await self.value("proxy_estimated_token_counts_total"),
+        )
+
+    async def observed(self, name: str) -> int:
+        """How many observations a histogram holds."""
+        return int((await self.value(name))["count"])
+
+    async def through_and_direct(
+        self, path: str, body: bytes, behavior: str = "{}"
+    ) -> tuple[tuple[int, bytes], tuple[int, bytes]]:
+        """(status, bytes) through the proxy and straight from the upstream, same request."""
+        headers = {BEHAVIOR_HEADER: behavior}
+        response = await self.client.post(path, data=body, headers=headers)
+        through = (response.status, await response.read())
+        async with aiohttp.ClientSession() as session:
+            url = self.upstream.make_url(path)
+            async with session.post(url, data=body, headers=headers) as direct:
+                return through, (direct.status, await direct.read())
 
     async def gauges(self) -> tuple[float, float]:
         """(waiting, running)."""
