@@ -147,6 +147,20 @@ NEW_ROUTES: dict[str, tuple[str, bytes, bytes | None]] = {
     ),
     "embeddings": ("/v1/embeddings", orjson.dumps({"model": "m", "input": ["a", "b"]}), None),
     "rerank": ("/v2/rerank", orjson.dumps({"model": "m", "query": "q", "documents": ["d"]}), None),
+    "cohere": (
+        "/cohere/v2/chat",
+        orjson.dumps(
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        ),
+        None,
+    ),
+    "generate": (
+        "/inference/v1/generate",
+        orjson.dumps(
+            {"token_ids": [1, 2, 3], "sampling_params": {"max_tokens": 9}, "stream": True}
+        ),
+        b"data: [DONE]\n\n",
+    ),
 }
 
 
@@ -163,14 +177,14 @@ async def other_api(
         assert answer.endswith(end), answer[-80:]
     truth.reasons["stop"] += 1
     truth.prompt_tokens += 7
-    if kind in ("messages", "responses"):
+    if kind in ("messages", "responses", "cohere", "generate"):
         truth.generation_tokens += tokens
 
 
 KINDS = {
     "stream": 30, "plain": 15, "leave_mid_stream": 10, "leave_early": 10, "upstream_429": 5,
     "upstream_500": 5, "reset": 8, "stall": 7, "malformed": 10,
-    "messages": 6, "responses": 6, "embeddings": 6, "rerank": 4,
+    "messages": 6, "responses": 6, "embeddings": 6, "rerank": 4, "cohere": 4, "generate": 4,
 }  # fmt: skip
 
 
