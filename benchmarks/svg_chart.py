@@ -15,6 +15,7 @@ COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 class Panel:
     title: str
     series: dict[str, list[tuple[float, float]]]  # name -> (x, y) points, in x order
+    limit: float | None = None  # a dashed horizontal line (a target), labelled
 
 
 def nice_ceiling(value: float) -> float:
@@ -42,8 +43,8 @@ def line_chart(
     width: int = 420,
     height: int = 300,
 ) -> str:
-    """The SVG document: panels side by side, a shared legend below. Points above ``y_cap`` are
-    drawn at the cap (and the cap is labelled "≥")."""
+    """The SVG document: panels side by side, a shared legend below. The x ticks are the data's
+    x values. Points above ``y_cap`` are drawn at the cap (labelled "≥"), below 0 at 0."""
     left, right, top, bottom = 56, 16, 46, 44
     names = list(dict.fromkeys(name for panel in panels for name in panel.series))
     colour = {name: COLOURS[i % len(COLOURS)] for i, name in enumerate(names)}
@@ -61,7 +62,8 @@ def line_chart(
         plot_w, plot_h = width - left - right, height - top - bottom
         xs = [x for points in panel.series.values() for x, _ in points]
         ys = [y for points in panel.series.values() for _, y in points if not math.isnan(y)]
-        x_max = nice_ceiling(max(xs, default=1.0))
+        x_ticks = sorted({0.0, *xs})
+        x_max = max(xs, default=1.0) * 1.08 or 1.0
         y_top = max(ys, default=1.0)
         capped = y_cap is not None and y_top > y_cap
         y_max = nice_ceiling(min(y_top, y_cap) if y_cap is not None else y_top)
@@ -84,10 +86,20 @@ def line_chart(
                 'stroke="#ddd"/>'
             )
             out.append(f'<text x="{x0 - 4}" y="{py(y) + 4:.1f}" text-anchor="end">{label}</text>')
-            x = x_max * tick / 5
+        for x in x_ticks:
             out.append(
                 f'<text x="{px(x):.1f}" y="{top + plot_h + 14}" text-anchor="middle">'
                 f"{_number(x)}</text>"
+            )
+        if panel.limit is not None and panel.limit <= y_max:
+            y = py(panel.limit)
+            out.append(
+                f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + plot_w}" y2="{y:.1f}" stroke="#888" '
+                'stroke-dasharray="5,4"/>'
+            )
+            out.append(
+                f'<text x="{x0 + 4}" y="{y - 4:.1f}" fill="#666">'
+                f"limit {_number(panel.limit)}</text>"
             )
         out.append(
             f'<rect x="{x0}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" '
