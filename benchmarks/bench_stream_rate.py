@@ -383,7 +383,8 @@ def render(
         lines += [
             "",
             f"The proxy's own figures at {own['rate'] / 1000:g}k chunks/s, from its "
-            "/internal/metrics (raw _sum/_count over that run, not bucket percentiles):",
+            "/internal/metrics (raw _sum/_count summed over its runs at that rate, "
+            "not bucket percentiles):",
             "",
             "| figure | the proxy's | compared with |",
             "| --- | --- | --- |",
