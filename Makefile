@@ -56,8 +56,11 @@ test: lint typecheck unit
 # Benchmarks live apart from the tests; their figures go into BENCHMARKS.md.
 # bench_proxy.py starts its own fake upstream, proxies and nginx (when on PATH) on 127.0.0.1,
 # drives them with wrk (or its own Python load) and rewrites its BENCHMARKS.md section.
+# bench_stream_rate.py paces C streams at an engine's step (5k-30k chunks/s) through each lane,
+# rewrites its section and redraws the saturation curve BENCHMARKS.md shows.
 bench: $(INSTALLED)
 	$(PY) benchmarks/bench_metrics.py && $(PY) benchmarks/bench_proxy.py --write
+	$(PY) benchmarks/bench_stream_rate.py --write --svg benchmarks/results/stream_rate.svg
 
 bench-metrics: $(INSTALLED)
 	$(PY) benchmarks/bench_metrics.py

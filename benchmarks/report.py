@@ -206,10 +206,11 @@ class Report:
         return "\n".join(lines) + "\n"
 
     @staticmethod
-    def write(path: Path, section: str) -> None:
-        """Replace this report's section of BENCHMARKS.md (or append it), keeping the rest."""
+    def write(path: Path, section: str, title: str = SECTION) -> None:
+        """Replace the section headed ``title`` of BENCHMARKS.md (or append it), keeping the
+        rest."""
         text = path.read_text()
-        start = text.find("\n" + SECTION + "\n")
+        start = text.find("\n" + title + "\n")
         if start < 0:
             path.write_text(text.rstrip("\n") + "\n\n" + section)
             return
