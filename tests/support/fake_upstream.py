@@ -248,6 +248,20 @@ def _completion_body(chat: bool, model: str, n: int, b: Behavior) -> bytes:
     return orjson.dumps(body)
 
 
+async def _paced_steps(request: web.Request, b: Behavior) -> AsyncIterator[int]:
+    """Steps 0..completion_tokens of a stream (the last carries no token and ends it), each
+    after the Behavior's faults for it and, before a token, its pacing (ttft, then itl)."""
+    for i in range(b.completion_tokens + 1):
+        if b.reset_after == i and request.transport is not None:
+            request.transport.abort()
+            raise _Reset
+        if b.stall_after == i:
+            await _until_disconnected(request)
+        if i < b.completion_tokens and (delay := b.ttft if i == 0 else b.itl):
+            await asyncio.sleep(delay)
+        yield i
+
+
 async def _stream(
     request: web.Request, resp: web.StreamResponse, body: dict[str, Any], b: Behavior, n: int
 ) -> None:
@@ -284,16 +298,9 @@ async def _stream(
         for j in range(n):
             delta = {"role": "assistant", "content": ""}
             await chunk({"index": j, "delta": delta, "logprobs": None, "finish_reason": None}, 0)
-    for i in range(b.completion_tokens + 1):
-        if b.reset_after == i and request.transport is not None:
-            request.transport.abort()
-            raise _Reset
-        if b.stall_after == i:
-            await _until_disconnected(request)
+    async for i in _paced_steps(request, b):
         if i == b.completion_tokens:
             break
-        if delay := b.ttft if i == 0 else b.itl:
-            await asyncio.sleep(delay)
         finish = b.finish_reason if i == b.completion_tokens - 1 else None
         content: dict[str, Any] = (
             {"delta": {"content": f"tok{i} "}} if chat else {"text": f"tok{i} "}
@@ -394,12 +401,7 @@ async def _message_stream(
     resp.headers["Content-Type"] = b.content_type or "text/event-stream"
     await resp.prepare(request)
     await event("message_start", _message_start(model, b))
-    for i in range(b.completion_tokens + 1):
-        if b.reset_after == i and request.transport is not None:
-            request.transport.abort()
-            raise _Reset
-        if b.stall_after == i:
-            await _until_disconnected(request)
+    async for i in _paced_steps(request, b):
         if b.error_after == i:  # vLLM's converter ends the stream with this on any failure
             error = {"type": "internal_error", "message": "fake engine failure"}
             await event("error", {"type": "error", "error": error})
@@ -407,8 +409,6 @@ async def _message_stream(
             return
         if i == b.completion_tokens:
             break
-        if delay := b.ttft if i == 0 else b.itl:
-            await asyncio.sleep(delay)
         if i == 0:
             block = {"type": "text", "text": ""}
             await event(
@@ -803,16 +803,9 @@ async def _audio_stream(
 
     resp.headers["Content-Type"] = b.content_type or "text/event-stream"
     await resp.prepare(request)
-    for i in range(b.completion_tokens + 1):
-        if b.reset_after == i and request.transport is not None:
-            request.transport.abort()
-            raise _Reset
-        if b.stall_after == i:
-            await _until_disconnected(request)
+    async for i in _paced_steps(request, b):
         if i == b.completion_tokens:
             break
-        if delay := b.ttft if i == 0 else b.itl:
-            await asyncio.sleep(delay)
         choice: dict[str, Any] = {"delta": {"content": f"tok{i} "}}
         if i == b.completion_tokens - 1:  # vLLM sets these on the last chunk only
             choice |= {"finish_reason": b.finish_reason, "stop_reason": None}
@@ -1125,14 +1118,9 @@ async def _event_stream(
     await resp.prepare(request)
     for data in first:
         await event(data)
-    for i in range(b.completion_tokens):
-        if b.reset_after == i and request.transport is not None:
-            request.transport.abort()
-            raise _Reset
-        if b.stall_after == i:
-            await _until_disconnected(request)
-        if delay := b.ttft if i == 0 else b.itl:
-            await asyncio.sleep(delay)
+    async for i in _paced_steps(request, b):
+        if i == b.completion_tokens:
+            break
         for data in step_events(i):
             await event(data)
     for data in last:
