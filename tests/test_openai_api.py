@@ -12,23 +12,7 @@ from metrics_proxy.apis import completions as completions_api
 from metrics_proxy.apis.base import EventFacts as ChunkFacts
 from metrics_proxy.apis.base import Usage
 from metrics_proxy.apis.openai import chunk_facts as read_chunk
-
-_HEAD = b'{"id":"chatcmpl-5e1f","object":"chat.completion.chunk","created":1732650000,"model":"m",'
-# A vLLM chat stream with include_usage, as recorded: role preamble, content, finish, usage.
-PAYLOADS = [
-    _HEAD + b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
-    b'"logprobs":null,"finish_reason":null}]}',
-    _HEAD + b'"choices":[{"index":0,"delta":{"content":"Caf\xc3\xa9"},'
-    b'"logprobs":null,"finish_reason":null}]}',
-    _HEAD + b'"choices":[{"index":0,"delta":{"content":" \\"ol\\u00e9\\"\\n"},'
-    b'"logprobs":null,"finish_reason":null}]}',
-    _HEAD + b'"choices":[{"index":0,"delta":{"content":" \xf0\x9f\x98\x80"},'
-    b'"logprobs":null,"finish_reason":null}]}',
-    _HEAD + b'"choices":[{"index":0,"delta":{"content":""},"logprobs":null,'
-    b'"finish_reason":"stop","stop_reason":null}]}',
-    _HEAD + b'"choices":[],"usage":{"prompt_tokens":12,"total_tokens":16,"completion_tokens":4}}',
-    b"[DONE]",
-]
+from tests.support.vllm_chunks import PAYLOADS
 
 
 def either_output(choice: dict[str, Any]) -> bool:

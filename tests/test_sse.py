@@ -7,23 +7,8 @@ from collections.abc import Iterable
 import pytest
 
 from metrics_proxy.sse import Event, SSEDecoder
+from tests.support.vllm_chunks import PAYLOADS
 
-_HEAD = b'{"id":"chatcmpl-5e1f","object":"chat.completion.chunk","created":1732650000,"model":"m",'
-# A vLLM chat stream with include_usage, as recorded: role preamble, content, finish, usage.
-PAYLOADS = [
-    _HEAD + b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},'
-    b'"logprobs":null,"finish_reason":null}]}',
-    _HEAD + b'"choices":[{"index":0,"delta":{"content":"Caf\xc3\xa9"},'
-    b'"logprobs":null,"finish_reason":null}]}',
-    _HEAD + b'"choices":[{"index":0,"delta":{"content":" \\"ol\\u00e9\\"\\n"},'
-    b'"logprobs":null,"finish_reason":null}]}',
-    _HEAD + b'"choices":[{"index":0,"delta":{"content":" \xf0\x9f\x98\x80"},'
-    b'"logprobs":null,"finish_reason":null}]}',
-    _HEAD + b'"choices":[{"index":0,"delta":{"content":""},"logprobs":null,'
-    b'"finish_reason":"stop","stop_reason":null}]}',
-    _HEAD + b'"choices":[],"usage":{"prompt_tokens":12,"total_tokens":16,"completion_tokens":4}}',
-    b"[DONE]",
-]
 LF_STREAM = b"".join(b"data: " + payload + b"\n\n" for payload in PAYLOADS)
 STREAMS = {
     "lf": LF_STREAM,
