@@ -60,7 +60,7 @@ class DeadlineResponse(web.StreamResponse):
     other write gets a deadline; past it the connection is cut and ClientStalled raised.
     """
 
-    __slots__ = ("_limits", "_request_deadline", "_transport", "_untimed_up_to")
+    __slots__ = ("_limits", "_request_deadline", "_transport", "_untimed_up_to", "_writer")
 
     def __init__(
         self,
@@ -76,10 +76,11 @@ class DeadlineResponse(web.StreamResponse):
         self._limits = limits
         self._request_deadline = None if limits.request is None else started + limits.request
         self._transport: asyncio.Transport | None = None
+        self._writer: AbstractStreamWriter | None = None
         self._untimed_up_to = -1  # buffered bytes a write may leave and go untimed
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        writer = await super().prepare(request)
+        writer = self._writer = await super().prepare(request)
         transport = request.transport
         if transport is not None:
             self._transport = transport
@@ -88,6 +89,35 @@ class DeadlineResponse(web.StreamResponse):
                 sys.maxsize if unlimited else transport.get_write_buffer_limits()[0]
             )
         return writer
+
+    # --- for a relay that writes to the client's transport itself (relay.TransportRelay) ---
+
+    @property
+    def client_transport(self) -> asyncio.Transport | None:
+        """The client's transport, once prepared, while it is open."""
+        transport = self._transport
+        return None if transport is None or self._writer is None else transport
+
+    @property
+    def chunked_body(self) -> bool:
+        """Whether the body goes in HTTP/1.1 chunks (else as it is, to a length or the close)."""
+        return bool(getattr(self._writer, "chunked", False))
+
+    @property
+    def request_deadline(self) -> float | None:
+        """The loop time --request-timeout ends the exchange at, or None."""
+        return self._request_deadline
+
+    def send_headers(self) -> None:
+        """Put the status line and headers on the wire now (aiohttp holds them back to go
+        with the first write of the body)."""
+        assert self._writer is not None
+        self._writer.send_headers()
+
+    async def drained(self) -> None:
+        """Wait, within the write deadline, for the client to read what is buffered for it."""
+        assert self._writer is not None
+        await write_guard(self._timed(self._writer.drain()))
 
     # Plain methods handing back aiohttp's own coroutine: no extra frame on the per-chunk path.
     def write(self, data: bytes | bytearray | memoryview) -> Coroutine[Any, Any, None]:

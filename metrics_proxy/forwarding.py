@@ -86,7 +86,7 @@ class Forwarder:
         body_filter: BodyFilter,
     ) -> None:
         try:
-            await relay(upstream.content, response, body_filter)
+            await relay(upstream, response, body_filter)
             await write_guard(response.write_eof())
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Headers are out: the only honest signal left is a broken connection.

@@ -317,7 +317,7 @@ class MeteredExchange:
         """Relay a body; False when the upstream broke and the client connection was cut,
         since a truncated body must not look complete."""
         try:
-            await relay(upstream.content, response, reading)
+            await relay(upstream, response, reading)
         except (TimeoutError, aiohttp.ClientError) as exc:
             self._count(UpstreamFailure.of(exc).kind)
             abort_connection(self._request)
@@ -333,7 +333,7 @@ class MeteredExchange:
         metering = _Metering(meter, self.record, self._clock)
         try:
             try:
-                await relay(upstream.content, response, metering)
+                await relay(upstream, response, metering)
             finally:
                 tail = metering.close()  # usage seen so far counts, whatever happened
             if tail:
