@@ -72,6 +72,7 @@ PURE = (
     "families.py",
     "json_members.py",
     "multipart_scan.py",
+    "prometheus/sketch.py",
     "record.py",
     "routes.py",
     "setting_rules.py",

@@ -24,11 +24,21 @@ from metrics_proxy.server import create_app
 Client = TestClient[web.Request, web.Application]
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
 def snapshot() -> dict[str, Any]:
-    recorder = ProxyMetricsRecorder("m", max_model_len=8192)
+    clock = Clock()
+    recorder = ProxyMetricsRecorder("m", max_model_len=8192, clock=clock)
     request = recorder.start_request()
     request.slot_acquired()
+    clock.now += 0.0123
     request.output()
     request.finish("stop", prompt_tokens=3, generation_tokens=1)
     return recorder.snapshot()
@@ -65,16 +75,19 @@ def test_a_histogram_line_has_count_sum_mean_quantiles_and_a_bar(
     snapshot: dict[str, Any],
 ) -> None:
     text = format_snapshot(snapshot)
-    # One prompt of 3 tokens: in the bucket (2, 5], so PromQL's p50 is 3.5.
+    # One prompt of 3 tokens, in the bucket (2, 5]: its quantiles are 3, not PromQL's 3.5.
     assert _histogram(text, "vllm:request_prompt_tokens") == [
-        *("1", "3", "3", "3.5", "4.7", "4.97"),
+        *("1", "3", "3", "3", "3", "3"),
         *("█", "(2,", "5]"),
     ]
+    assert _histogram(text, "vllm:request_params_n")[3:6] == ["1", "1", "1"]
     assert _histogram(text, "vllm:request_params_max_tokens") == ["0", "0", *["-"] * 4]
-    # Seconds in ms or µs: a TTFT under a millisecond lands in the first bucket (0, 1ms].
+    # Seconds in ms: a TTFT of 12.3 ms, in the bucket (10ms, 20ms], within 1 %.
     ttft = _histogram(text, "vllm:time_to_first_token_seconds")
-    assert ttft[0] == "1"
-    assert ttft[3:] == ["500µs", "900µs", "990µs", "█", "(0,", "1ms]"]
+    assert ttft[:3] == ["1", "12.3ms", "12.3ms"]
+    assert ttft[3] == ttft[4] == ttft[5]
+    assert float(ttft[3].removesuffix("ms")) == pytest.approx(12.3, rel=0.01)
+    assert ttft[6:] == ["█", "(10ms,", "20ms]"]
 
 
 def test_the_bar_shows_per_bucket_counts_between_the_first_and_last_used_bounds() -> None:
