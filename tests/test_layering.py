@@ -71,6 +71,7 @@ PURE = (
     "config.py",
     "families.py",
     "json_members.py",
+    "live_view.py",
     "multipart_scan.py",
     "prometheus/sketch.py",
     "record.py",

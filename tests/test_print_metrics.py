@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,7 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from metrics_proxy import ProxyMetricsRecorder
 from metrics_proxy.config import Config
-from metrics_proxy.print_metrics import CLEAR, format_snapshot, histogram_bar, main
+from metrics_proxy.print_metrics import build_parser, format_snapshot, histogram_bar, main
 from metrics_proxy.server import create_app
 
 Client = TestClient[web.Request, web.Application]
@@ -220,10 +221,29 @@ def test_the_module_run_as_a_command_exits_1_without_a_traceback(closed_port: in
     _one_error_line(done.stderr, "Connection refused")
 
 
-async def test_watch_redraws_until_ctrl_c_which_exits_0_quietly(client: Client) -> None:
-    url = str(client.make_url("/internal/metrics"))
+def test_watch_alone_redraws_every_2_seconds() -> None:
+    assert build_parser().parse_args(["--watch"]).watch == 2.0
+    assert build_parser().parse_args(["--watch", "--all"]).watch == 2.0
+    assert build_parser().parse_args(["--watch", "0.5"]).watch == 0.5
+
+
+def test_the_console_script_runs_print_metrics(closed_port: int) -> None:
+    script = Path(sys.executable).with_name("aiohttp-proxy-metrics")
+    assert script.exists(), "not installed: pip install -e '.[dev]' again"
+    shown = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0
+    assert "--watch [SECONDS]" in shown.stdout
+    assert "--all" in shown.stdout
+    url = f"http://127.0.0.1:{closed_port}/internal/metrics"
+    done = subprocess.run([script, "--url", url], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    _one_error_line(done.stderr, "Connection refused")
+
+
+async def _watch_plain(url: str, *flags: str) -> tuple[bytes, bytes]:
+    """print_metrics --watch into a pipe, until it has printed two frames, then Ctrl-C."""
     process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "metrics_proxy.print_metrics", "--url", url, "--watch", "0.05"),
+        *(sys.executable, "-m", "metrics_proxy.print_metrics", "--url", url, *flags),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -231,7 +251,7 @@ async def test_watch_redraws_until_ctrl_c_which_exits_0_quietly(client: Client) 
     seen = b""
     try:
         async with asyncio.timeout(20):
-            while seen.count(CLEAR.encode()) < 2:
+            while seen.count(b"Ctrl-C quits") < 2:
                 chunk = await process.stdout.read(65536)
                 assert chunk, "print_metrics --watch exited early"
                 seen += chunk
@@ -240,5 +260,33 @@ async def test_watch_redraws_until_ctrl_c_which_exits_0_quietly(client: Client) 
         async with asyncio.timeout(20):
             rest, err = await process.communicate()
     assert process.returncode == 0
+    return seen + rest, err
+
+
+async def test_watch_all_redraws_the_full_dump_until_ctrl_c_which_exits_0_quietly(
+    client: Client,
+) -> None:
+    out, err = await _watch_plain(
+        str(client.make_url("/internal/metrics")), "--watch", "0.05", "--all"
+    )
     assert err == b""
-    assert b"vllm:request_success_total{finished_reason=stop}" in seen + rest
+    assert out.count(b"vllm:request_success_total{finished_reason=stop}") >= 2
+    # Not a terminal: plain text, no escape sequence to clear or move anything.
+    assert b"\x1b" not in out
+
+
+async def test_watch_into_a_pipe_prints_plain_live_frames_one_after_another(
+    client: Client,
+) -> None:
+    out, err = await _watch_plain(str(client.make_url("/internal/metrics")), "--watch", "0.05")
+    assert err == b""
+    assert b"\x1b" not in out
+    # Each frame starts with its title; a blank line ends it.
+    frames = re.split(r"^(?=.*Ctrl-C quits$)", out.decode(), flags=re.MULTILINE)[1:]
+    assert len(frames) >= 2
+    for frame in frames:
+        assert frame.endswith("\n\n")
+        lines = frame.removesuffix("\n\n").splitlines()
+        assert len(lines) <= 23
+        assert max(len(line) for line in lines) <= 80
+        assert any(line.startswith("REQUESTS") for line in lines)
