@@ -37,7 +37,8 @@ _LEFT = 2 + _LEFT_LABEL + _RATE + _TOTAL + 3
 
 def short(x: float) -> str:
     """Three significant digits, never an exponent for big values."""
-    return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+    # From 999.5 up, three significant digits would round to "1e+03".
+    return f"{x:.0f}" if abs(x) >= 999.5 else f"{x:.3g}"
 
 
 def short_seconds(x: float) -> str:
@@ -52,11 +53,11 @@ def short_seconds(x: float) -> str:
 
 
 def _compact(x: float) -> str:
-    # At most 6 characters: 999999, then 1.23M, 123G...
-    if abs(x) < 1_000_000:
+    # At most 6 characters: 999999, then 1M, 1.23M, 123G... (never 1e+03M).
+    if abs(x) < 999_999.5:
         return short(x) if x != int(x) else str(int(x))
     for suffix, scale in (("M", 1e6), ("G", 1e9), ("T", 1e12)):
-        if abs(x) < scale * 1000 or suffix == "T":
+        if abs(x) < scale * 999.5 or suffix == "T":
             return f"{x / scale:.3g}{suffix}"
     raise AssertionError("unreachable")
 

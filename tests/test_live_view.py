@@ -18,7 +18,7 @@ import pyte
 import pytest
 
 from metrics_proxy import ProxyMetricsRecorder
-from metrics_proxy.live_view import HEIGHT, LATENCIES, WIDTH, live_frame
+from metrics_proxy.live_view import HEIGHT, LATENCIES, WIDTH, live_frame, short
 from metrics_proxy.print_metrics import ENTER_SCREEN, ERASE_BELOW, ERASE_LINE, HOME, LEAVE_SCREEN
 from tests.support.fake_upstream import BEHAVIOR_HEADER
 from tests.support.stack import Stack
@@ -142,6 +142,17 @@ def test_the_frame_fits_80x24_however_big_the_numbers_and_many_the_errors() -> N
     text = "\n".join(frame)
     assert "(3 more)" in text  # 7 kinds: four rows, then the rest summed
     assert _cells(frame, "prompt") == ["1.23T", "1.23G"]
+
+
+@pytest.mark.parametrize(
+    ("total", "shown"),
+    [(999_999, "999999"), (999_999.7, "1M"), (1_234_567, "1.23M"), (999_600_000, "1G")],
+)
+def test_big_totals_stay_short_and_never_turn_into_exponents(total: int, shown: str) -> None:
+    recorder, _ = _recorder()
+    recorder.start_request().finish("stop", prompt_tokens=total, generation_tokens=0)
+    assert _cells(live_frame(recorder.snapshot(), None, 0.0, TITLE), "prompt") == ["-", shown]
+    assert (short(999.4), short(999.7), short(0.000123)) == ("999", "1000", "0.000123")
 
 
 def test_an_older_proxy_without_recent_quantiles_shows_dashes() -> None:
