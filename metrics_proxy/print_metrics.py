@@ -1,19 +1,26 @@
-"""The terminal view of the proxy's JSON snapshot (``GET /internal/metrics``), for humans."""
+"""The terminal view of the proxy's JSON snapshot (``GET /internal/metrics``), for humans:
+the full dump once, or ``--watch``, a live view that fits 80x24 and redraws in place."""
 
 from __future__ import annotations
 
 import argparse
 import http.client
 import math
+import signal
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any, NoReturn, TextIO
 from urllib.parse import urlsplit
 
 import orjson
+
+from metrics_proxy.live_view import live_frame
+from metrics_proxy.live_view import short as _short
+from metrics_proxy.live_view import short_seconds as _seconds
 
 __all__ = [
     "SnapshotError",
@@ -28,8 +35,15 @@ __all__ = [
 
 Snapshot = dict[str, Any]
 
-WIDTH = 100  # every line fits a 100-column terminal
-CLEAR = "\x1b[H\x1b[2J"  # cursor home, then erase the screen
+WIDTH = 100  # every line of the full dump fits a 100-column terminal
+# The live view draws on the terminal's alternate screen, as top and less do, so the shell's
+# screen comes back as it was; the cursor is hidden meanwhile.
+ENTER_SCREEN = "\x1b[?1049h\x1b[?25l"
+LEAVE_SCREEN = "\x1b[?25h\x1b[?1049l"
+HOME = "\x1b[H"  # cursor to the top left: each frame overwrites the last
+ERASE_LINE = "\x1b[K"  # the rest of a line the previous frame made longer
+ERASE_BELOW = "\x1b[J"  # the lines the previous frame had below this one
+DEFAULT_WATCH_SECONDS = 2.0
 SHARED_LABEL_NAMES = ("model_name", "engine")
 _BARS = "▁▂▃▄▅▆▇█"
 _EMPTY = "·"  # an empty bucket inside the range: a space would split the bar in two
@@ -42,21 +56,6 @@ class SnapshotError(RuntimeError):
 
 
 # --- Formatting: snapshot dict -> text, no I/O ----------------------------------------------
-
-
-def _short(x: float) -> str:
-    # Three significant digits without ever switching to an exponent for big values.
-    return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.3g}"
-
-
-def _seconds(x: float) -> str:
-    if x == 0:
-        return "0"
-    if x < 1e-3:
-        return f"{_short(x * 1e6)}µs"
-    if x < 1:
-        return f"{_short(x * 1e3)}ms"
-    return f"{_short(x)}s"
 
 
 def _value(value: Any) -> str:
@@ -242,7 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--url", default="http://127.0.0.1:8000/internal/metrics")
     parser.add_argument(
-        "--watch", type=_positive_seconds, metavar="SECONDS", help="refresh until Ctrl-C"
+        "--watch",
+        type=_positive_seconds,
+        nargs="?",
+        const=DEFAULT_WATCH_SECONDS,
+        metavar="SECONDS",
+        help=f"redraw every SECONDS (default {DEFAULT_WATCH_SECONDS:g}) until Ctrl-C: a live "
+        "view that fits 80x24, rates over the interval",
+    )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="with --watch, redraw the full dump instead (printing once always shows it)",
     )
     parser.add_argument("--json", action="store_true", help="print the raw snapshot, indented")
     parser.add_argument(
@@ -265,19 +275,83 @@ def _render(snapshot: Snapshot, args: argparse.Namespace) -> str:
     return format_snapshot(snapshot, args.filter)
 
 
+class _Screen:
+    """Where --watch draws: over the last frame on a terminal, never scrolling (a frame ends
+    without a newline); one frame after another, plain text, anywhere else."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self.terminal = out.isatty()
+
+    def draw(self, lines: list[str]) -> None:
+        if self.terminal:
+            body = f"{ERASE_LINE}\n".join(lines)
+            self._out.write(f"{HOME}{body}{ERASE_LINE}{ERASE_BELOW}")
+        else:
+            self._out.write("\n".join(lines) + "\n\n")
+        self._out.flush()
+
+
+@contextmanager
+def _screen(out: TextIO) -> Iterator[_Screen]:
+    """The alternate screen for as long as the watch lasts; the terminal as it was after it,
+    however it ends (Ctrl-C, SIGTERM, an error)."""
+    screen = _Screen(out)
+    if screen.terminal:
+        out.write(ENTER_SCREEN)
+    try:
+        yield screen
+    finally:
+        if screen.terminal:
+            out.write(LEAVE_SCREEN)
+            out.flush()
+
+
+def _stop(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def _end_on_sigterm() -> None:
+    # kill and timeout end the watch as Ctrl-C does, so the terminal is given back.
+    with suppress(ValueError):  # not the main thread: signals are the caller's then
+        signal.signal(signal.SIGTERM, _stop)
+
+
+def _frame(
+    args: argparse.Namespace, now: Snapshot, before: Snapshot | None, seconds: float, status: str
+) -> list[str]:
+    clock = time.strftime("%H:%M:%S")
+    if args.all or args.json or args.filter:
+        title = f"{args.url}  every {args.watch:g}s  {clock}  Ctrl-C quits"
+        return [_fit(title, WIDTH), *([status] if status else []), *_render(now, args).splitlines()]
+    model = shared_labels(now).get("model_name", "?")
+    title = (
+        f"{urlsplit(args.url).netloc}  model {model}  every {args.watch:g}s  {clock}  Ctrl-C quits"
+    )
+    if not status and before is None:
+        status = "(rates from the next frame on)"
+    return live_frame(now, before, seconds, title, status)
+
+
 def _watch(args: argparse.Namespace) -> NoReturn:
     # The first fetch fails loudly, as without --watch: the URL is probably wrong.
-    frame = _render(fetch_snapshot(args.url, args.timeout), args)
-    while True:
-        title = f"{args.url}  every {args.watch:g}s  {time.strftime('%H:%M:%S')}  Ctrl-C quits"
-        sys.stdout.write(f"{CLEAR}{_fit(title, WIDTH)}\n{frame}")
-        sys.stdout.flush()
-        time.sleep(args.watch)
-        try:
-            frame = _render(fetch_snapshot(args.url, args.timeout), args)
-        except SnapshotError as exc:
-            # A proxy restarting should not end the watch: say so in place and keep trying.
-            frame = f"print_metrics: {exc}\n"
+    snapshot, taken = fetch_snapshot(args.url, args.timeout), time.monotonic()
+    previous: Snapshot | None = None
+    previous_taken = taken
+    status = ""
+    _end_on_sigterm()
+    with _screen(sys.stdout) as screen:
+        while True:
+            screen.draw(_frame(args, snapshot, previous, taken - previous_taken, status))
+            time.sleep(args.watch)
+            try:
+                fresh = fetch_snapshot(args.url, args.timeout)
+            except SnapshotError as exc:
+                # A proxy restarting should not end the watch: say so in place, keep trying.
+                status = f"print_metrics: {exc}"
+                continue
+            previous, previous_taken = snapshot, taken
+            snapshot, taken, status = fresh, time.monotonic(), ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

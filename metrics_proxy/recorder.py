@@ -36,10 +36,33 @@ def _status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-def _new_metric(spec: FamilySpec, max_model_len: int) -> Counter | Gauge | Histogram:
-    """The metric ``spec`` declares, its token buckets (if any) sized for ``max_model_len``."""
+# Histograms of counts: their quantile sketches report small integers exactly (n=1 is 1).
+_COUNT_HISTOGRAMS = frozenset(
+    spec.name
+    for spec in (
+        families.REQUEST_PROMPT_TOKENS,
+        families.REQUEST_GENERATION_TOKENS,
+        families.REQUEST_MAX_NUM_GENERATION_TOKENS,
+        families.REQUEST_PARAMS_N,
+        families.REQUEST_PARAMS_MAX_TOKENS,
+    )
+)
+
+
+def _new_metric(
+    spec: FamilySpec, max_model_len: int, clock: Callable[[], float]
+) -> Counter | Gauge | Histogram:
+    """The metric ``spec`` declares, its token buckets (if any) sized for ``max_model_len``;
+    ``clock`` moves the recent window of each histogram's quantile sketch."""
     if spec.type == "histogram":
-        return Histogram(spec.name, spec.help, spec.labels, spec.bounds(max_model_len))
+        return Histogram(
+            spec.name,
+            spec.help,
+            spec.labels,
+            spec.bounds(max_model_len),
+            integer_valued=spec.name in _COUNT_HISTOGRAMS,
+            clock=clock,
+        )
     if spec.type == "counter":
         return Counter(spec.name, spec.help, spec.labels)
     return Gauge(spec.name, spec.help, spec.labels)
@@ -48,10 +71,10 @@ def _new_metric(spec: FamilySpec, max_model_len: int) -> Counter | Gauge | Histo
 class _TableMetrics:
     """Every family of the table, built and registered in the table's order."""
 
-    def __init__(self, registry: Registry, max_model_len: int) -> None:
+    def __init__(self, registry: Registry, max_model_len: int, clock: Callable[[], float]) -> None:
         self._by_name: dict[str, Counter | Gauge | Histogram] = {}
         for spec in families.FAMILIES:
-            metric = self._by_name[spec.name] = _new_metric(spec, max_model_len)
+            metric = self._by_name[spec.name] = _new_metric(spec, max_model_len, clock)
             registry.register(metric)
 
     def get(self, spec: FamilySpec, kind: type[_MetricT]) -> _MetricT:
@@ -97,7 +120,7 @@ class ProxyMetricsRecorder:
         self.registry = registry if registry is not None else Registry()
         if process_metrics:
             self.registry.register(ProcessCollector())
-        metrics = _TableMetrics(self.registry, max_model_len)
+        metrics = _TableMetrics(self.registry, max_model_len, clock)
         self._bind_request_gauges(metrics)
         self._bind_request_counters(metrics)
         self._bind_request_histograms(metrics)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,17 +19,27 @@ from aiohttp.test_utils import TestClient
 
 from metrics_proxy import ProxyMetricsRecorder
 from metrics_proxy.config import Config
-from metrics_proxy.print_metrics import CLEAR, format_snapshot, histogram_bar, main
+from metrics_proxy.print_metrics import build_parser, format_snapshot, histogram_bar, main
 from metrics_proxy.server import create_app
 
 Client = TestClient[web.Request, web.Application]
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
 def snapshot() -> dict[str, Any]:
-    recorder = ProxyMetricsRecorder("m", max_model_len=8192)
+    clock = Clock()
+    recorder = ProxyMetricsRecorder("m", max_model_len=8192, clock=clock)
     request = recorder.start_request()
     request.slot_acquired()
+    clock.now += 0.0123
     request.output()
     request.finish("stop", prompt_tokens=3, generation_tokens=1)
     return recorder.snapshot()
@@ -65,16 +76,19 @@ def test_a_histogram_line_has_count_sum_mean_quantiles_and_a_bar(
     snapshot: dict[str, Any],
 ) -> None:
     text = format_snapshot(snapshot)
-    # One prompt of 3 tokens: in the bucket (2, 5], so PromQL's p50 is 3.5.
+    # One prompt of 3 tokens, in the bucket (2, 5]: its quantiles are 3, not PromQL's 3.5.
     assert _histogram(text, "vllm:request_prompt_tokens") == [
-        *("1", "3", "3", "3.5", "4.7", "4.97"),
+        *("1", "3", "3", "3", "3", "3"),
         *("█", "(2,", "5]"),
     ]
+    assert _histogram(text, "vllm:request_params_n")[3:6] == ["1", "1", "1"]
     assert _histogram(text, "vllm:request_params_max_tokens") == ["0", "0", *["-"] * 4]
-    # Seconds in ms or µs: a TTFT under a millisecond lands in the first bucket (0, 1ms].
+    # Seconds in ms: a TTFT of 12.3 ms, in the bucket (10ms, 20ms], within 1 %.
     ttft = _histogram(text, "vllm:time_to_first_token_seconds")
-    assert ttft[0] == "1"
-    assert ttft[3:] == ["500µs", "900µs", "990µs", "█", "(0,", "1ms]"]
+    assert ttft[:3] == ["1", "12.3ms", "12.3ms"]
+    assert ttft[3] == ttft[4] == ttft[5]
+    assert float(ttft[3].removesuffix("ms")) == pytest.approx(12.3, rel=0.01)
+    assert ttft[6:] == ["█", "(10ms,", "20ms]"]
 
 
 def test_the_bar_shows_per_bucket_counts_between_the_first_and_last_used_bounds() -> None:
@@ -207,10 +221,29 @@ def test_the_module_run_as_a_command_exits_1_without_a_traceback(closed_port: in
     _one_error_line(done.stderr, "Connection refused")
 
 
-async def test_watch_redraws_until_ctrl_c_which_exits_0_quietly(client: Client) -> None:
-    url = str(client.make_url("/internal/metrics"))
+def test_watch_alone_redraws_every_2_seconds() -> None:
+    assert build_parser().parse_args(["--watch"]).watch == 2.0
+    assert build_parser().parse_args(["--watch", "--all"]).watch == 2.0
+    assert build_parser().parse_args(["--watch", "0.5"]).watch == 0.5
+
+
+def test_the_console_script_runs_print_metrics(closed_port: int) -> None:
+    script = Path(sys.executable).with_name("aiohttp-proxy-metrics")
+    assert script.exists(), "not installed: pip install -e '.[dev]' again"
+    shown = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0
+    assert "--watch [SECONDS]" in shown.stdout
+    assert "--all" in shown.stdout
+    url = f"http://127.0.0.1:{closed_port}/internal/metrics"
+    done = subprocess.run([script, "--url", url], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    _one_error_line(done.stderr, "Connection refused")
+
+
+async def _watch_plain(url: str, *flags: str) -> tuple[bytes, bytes]:
+    """print_metrics --watch into a pipe, until it has printed two frames, then Ctrl-C."""
     process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "metrics_proxy.print_metrics", "--url", url, "--watch", "0.05"),
+        *(sys.executable, "-m", "metrics_proxy.print_metrics", "--url", url, *flags),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -218,7 +251,7 @@ async def test_watch_redraws_until_ctrl_c_which_exits_0_quietly(client: Client) 
     seen = b""
     try:
         async with asyncio.timeout(20):
-            while seen.count(CLEAR.encode()) < 2:
+            while seen.count(b"Ctrl-C quits") < 2:
                 chunk = await process.stdout.read(65536)
                 assert chunk, "print_metrics --watch exited early"
                 seen += chunk
@@ -227,5 +260,33 @@ async def test_watch_redraws_until_ctrl_c_which_exits_0_quietly(client: Client) 
         async with asyncio.timeout(20):
             rest, err = await process.communicate()
     assert process.returncode == 0
+    return seen + rest, err
+
+
+async def test_watch_all_redraws_the_full_dump_until_ctrl_c_which_exits_0_quietly(
+    client: Client,
+) -> None:
+    out, err = await _watch_plain(
+        str(client.make_url("/internal/metrics")), "--watch", "0.05", "--all"
+    )
     assert err == b""
-    assert b"vllm:request_success_total{finished_reason=stop}" in seen + rest
+    assert out.count(b"vllm:request_success_total{finished_reason=stop}") >= 2
+    # Not a terminal: plain text, no escape sequence to clear or move anything.
+    assert b"\x1b" not in out
+
+
+async def test_watch_into_a_pipe_prints_plain_live_frames_one_after_another(
+    client: Client,
+) -> None:
+    out, err = await _watch_plain(str(client.make_url("/internal/metrics")), "--watch", "0.05")
+    assert err == b""
+    assert b"\x1b" not in out
+    # Each frame starts with its title; a blank line ends it.
+    frames = re.split(r"^(?=.*Ctrl-C quits$)", out.decode(), flags=re.MULTILINE)[1:]
+    assert len(frames) >= 2
+    for frame in frames:
+        assert frame.endswith("\n\n")
+        lines = frame.removesuffix("\n\n").splitlines()
+        assert len(lines) <= 23
+        assert max(len(line) for line in lines) <= 80
+        assert any(line.startswith("REQUESTS") for line in lines)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar, Generic, TypeVar
 
 from metrics_proxy.prometheus.samples import HistogramValue, MetricFamily, MetricType, Sample
+from metrics_proxy.prometheus.sketch import WindowedSketch
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -70,19 +72,23 @@ class GaugeChild:
 
 class HistogramChild:
     """One histogram series: counts each observation into exactly one bucket; the
-    counts become cumulative only in :meth:`snapshot`, keeping ``observe`` O(log n)."""
+    counts become cumulative only in :meth:`snapshot`, keeping ``observe`` O(log n).
+    Beside the buckets, a quantile sketch (since start and recent) that only the JSON
+    snapshot reads: the text exposition stays vLLM's."""
 
-    __slots__ = ("_bounds", "_counts", "_sum")
+    __slots__ = ("_bounds", "_counts", "_sketch", "_sum")
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
+    def __init__(self, bounds: tuple[float, ...], sketch: WindowedSketch | None = None) -> None:
         self._bounds = bounds
         self._counts = [0] * len(bounds)
         self._sum = 0.0
+        self._sketch = sketch if sketch is not None else WindowedSketch(time.monotonic)
 
     def observe(self, value: float) -> None:
         # bisect_left finds the first bound >= value: Prometheus buckets are "le".
         self._counts[bisect_left(self._bounds, value)] += 1
         self._sum += value
+        self._sketch.add(value)
 
     def snapshot(self) -> HistogramValue:
         cumulative = []
@@ -90,7 +96,7 @@ class HistogramChild:
         for count in self._counts:
             running += count
             cumulative.append(running)
-        return HistogramValue(self._bounds, tuple(cumulative), self._sum)
+        return HistogramValue(self._bounds, tuple(cumulative), self._sum, self._sketch.view())
 
 
 ChildT = TypeVar("ChildT", CounterChild, GaugeChild, HistogramChild)
@@ -217,7 +223,11 @@ class Gauge(_Metric[GaugeChild]):
 
 
 class Histogram(_Metric[HistogramChild]):
-    """Observations counted into explicit buckets (sorted, finite); ``+Inf`` is appended."""
+    """Observations counted into explicit buckets (sorted, finite); ``+Inf`` is appended.
+
+    Each series keeps a quantile sketch too (:mod:`.sketch`): ``integer_valued`` says the
+    values are counts, read back exactly; ``clock`` moves its recent window (monotonic
+    seconds)."""
 
     _type = "histogram"
     _reserved_labels = frozenset({"le"})
@@ -228,6 +238,9 @@ class Histogram(_Metric[HistogramChild]):
         documentation: str,
         labelnames: Sequence[str] = (),
         buckets: Sequence[float] = (),
+        *,
+        integer_valued: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         bounds = [float(b) for b in buckets]
         if not bounds:
@@ -239,6 +252,8 @@ class Histogram(_Metric[HistogramChild]):
         if bounds[-1] != _INF:
             bounds.append(_INF)
         self.upper_bounds = tuple(bounds)
+        self.integer_valued = integer_valued
+        self._clock = clock
         super().__init__(name, documentation, labelnames)
 
     @property
@@ -249,7 +264,8 @@ class Histogram(_Metric[HistogramChild]):
         self._unlabelled().observe(value)
 
     def _new_child(self) -> HistogramChild:
-        return HistogramChild(self.upper_bounds)
+        sketch = WindowedSketch(self._clock, integers=self.integer_valued)
+        return HistogramChild(self.upper_bounds, sketch)
 
     def _sample_value(self, child: HistogramChild) -> HistogramValue:
         return child.snapshot()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from metrics_proxy.prometheus.sketch import SketchView
 
 MetricType = Literal["counter", "gauge", "histogram"]
 LabelPairs = tuple[tuple[str, str], ...]
@@ -12,11 +14,13 @@ LabelPairs = tuple[tuple[str, str], ...]
 @dataclass(frozen=True, slots=True)
 class HistogramValue:
     """One histogram series, already cumulative: ``cumulative_counts[i]`` counts values
-    ``<= upper_bounds[i]``; the last bound is ``+Inf``, so the last count is the total."""
+    ``<= upper_bounds[i]``; the last bound is ``+Inf``, so the last count is the total.
+    ``sketch`` is its quantile sketch as read with the buckets (not part of equality)."""
 
     upper_bounds: tuple[float, ...]
     cumulative_counts: tuple[int, ...]
     sum: float
+    sketch: SketchView | None = field(default=None, compare=False)
 
     @property
     def count(self) -> int:
