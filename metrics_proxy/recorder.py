@@ -205,11 +205,12 @@ class ProxyMetricsRecorder:
     def observe_queue_time(self, seconds: float) -> None:
         self._queue_time.observe(seconds)
 
-    def observe_time_to_first_token(self, seconds: float) -> None:
-        self._ttft.observe(seconds)
+    def observe_time_to_first_token(self, seconds: float, now: float | None = None) -> None:
+        """``now``: the recorder's clock when the token came, if the caller read it."""
+        self._ttft.observe(seconds, now)
 
-    def observe_inter_token_latency(self, seconds: float) -> None:
-        self._itl.observe(seconds)
+    def observe_inter_token_latency(self, seconds: float, now: float | None = None) -> None:
+        self._itl.observe(seconds, now)
 
     def finalize_request(self, record: RequestRecord) -> None:
         """Count one finished request: its reason, tokens, and (when the upstream finished

@@ -84,11 +84,12 @@ class HistogramChild:
         self._sum = 0.0
         self._sketch = sketch if sketch is not None else WindowedSketch(time.monotonic)
 
-    def observe(self, value: float) -> None:
+    def observe(self, value: float, now: float | None = None) -> None:
+        """``now``: the sketch's clock reading, when the caller has one (saves a read)."""
         # bisect_left finds the first bound >= value: Prometheus buckets are "le".
         self._counts[bisect_left(self._bounds, value)] += 1
         self._sum += value
-        self._sketch.add(value)
+        self._sketch.add(value, now)
 
     def snapshot(self) -> HistogramValue:
         cumulative = []

@@ -167,9 +167,11 @@ class WindowedSketch:
         # Everything older, replaced (not changed) when an interval joins it.
         self._expired: Store = {}
 
-    def add(self, value: float) -> None:
-        """Count one observation: the hot path (once per streamed chunk for the ITL)."""
-        now = self._clock()
+    def add(self, value: float, now: float | None = None) -> None:
+        """Count one observation: the hot path (once per streamed chunk for the ITL);
+        ``now`` is this sketch's clock as the caller just read it."""
+        if now is None:
+            now = self._clock()
         if now >= self._ends_at:
             self._advance(now)
         key = math.ceil(math.log(value) * _MULTIPLIER) if 0.0 < value < _INF else key_of(value)
