@@ -3,6 +3,7 @@ the Grafana dashboard keeps vLLM's official queries and reads only series the pr
 
 from __future__ import annotations
 
+import configparser
 import json
 import re
 import subprocess
@@ -58,6 +59,24 @@ def test_dockerfile_runs_the_proxy_unprivileged() -> None:
     healthcheck = text[text.index("HEALTHCHECK") :]
     assert "urllib" in healthcheck
     assert "/internal/healthz" in healthcheck
+
+
+def test_the_build_context_holds_what_the_package_metadata_reads() -> None:
+    """pip builds the package in the image: every file setup.cfg names must be copied in,
+    and .dockerignore must let it through."""
+    metadata = configparser.ConfigParser()
+    metadata.read(ROOT / "setup.cfg")
+    readme = metadata["metadata"]["long_description"].removeprefix("file:").strip()
+    licenses = metadata["metadata"]["license_files"].split()
+    needed = {"pyproject.toml", "setup.cfg", "metrics_proxy", readme, *licenses}
+    copied = {
+        source.removeprefix("./").rstrip("/")
+        for line in re.findall(r"^COPY (.+)$", DOCKERFILE.read_text(), re.M)
+        for source in line.split()[:-1]
+    }
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    let_through = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert needed <= copied <= let_through
 
 
 # --- Kubernetes manifests --------------------------------------------------------------------
