@@ -1,11 +1,13 @@
-"""deploy/: the Dockerfile lints clean, the manifests validate and say what the proxy needs, and
-the Grafana dashboard keeps vLLM's official queries and reads only series the proxy exports."""
+"""deploy/: the Dockerfile lints clean, the manifests validate and say what the proxy needs, one
+image tag is used everywhere, and the Grafana dashboard keeps vLLM's official queries and reads
+only series the proxy exports."""
 
 from __future__ import annotations
 
 import configparser
 import json
 import re
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,14 +15,18 @@ from typing import Any
 import pytest
 import yaml
 
+from metrics_proxy import __version__
 from metrics_proxy.config import SETTINGS, Config
 from metrics_proxy.recorder import ProxyMetricsRecorder
 
 ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
 KUBERNETES = DEPLOY / "kubernetes"
 MANIFESTS = sorted(KUBERNETES.glob("*.yaml"))
+# The one image, tagged with the package's version, wherever it is built, run or deployed.
+IMAGE = f"metrics-proxy:{__version__}"
 DASHBOARD = DEPLOY / "grafana" / "metrics-proxy-dashboard.json"
 OFFICIAL = json.loads((Path(__file__).parent / "data" / "vllm_dashboard_queries.json").read_text())
 OFFICIAL_UID = "b281712d-8bff-41ef-9f3f-71ad43c05e9b"
@@ -77,6 +83,41 @@ def test_the_build_context_holds_what_the_package_metadata_reads() -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     let_through = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
     assert needed <= copied <= let_through
+
+
+# --- The image's tag -------------------------------------------------------------------------
+
+_VALUE_OPTIONS = {"-e", "--env", "-p", "--publish", "-v", "--volume", "--name", "--network"}
+
+
+def _docker_images(text: str) -> tuple[list[str], list[str]]:
+    """The images of the `docker build -t` and `docker run` commands in ``text`` (commands
+    continued over comment lines are joined first)."""
+    text = re.sub(r"\\\n#\s*", " ", text)
+    built, run = [], []
+    for verb, rest in re.findall(r"docker (build|run) ([^`\n]+)", text):
+        words = iter(shlex.split(rest))
+        for word in words:
+            if verb == "build" and word == "-t":
+                built.append(next(words))
+            elif verb == "run" and word in _VALUE_OPTIONS:
+                next(words)
+            elif verb == "run" and not word.startswith("-"):
+                run.append(word)
+                break
+    return built, run
+
+
+def test_one_image_tag_is_built_run_and_deployed() -> None:
+    named = {}
+    for document in (README, DOCKERFILE):
+        built, run = _docker_images(document.read_text())
+        assert built, document.name
+        assert run, document.name
+        named[document.name] = set(built) | set(run)
+    deployments = [_one("deployment.yaml", "Deployment"), _one("sidecar.yaml", "Deployment")]
+    named["manifests"] = {_proxy_container(d)["image"] for d in deployments}
+    assert named == {key: {IMAGE} for key in named}
 
 
 # --- Kubernetes manifests --------------------------------------------------------------------
