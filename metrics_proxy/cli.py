@@ -6,8 +6,10 @@ import argparse
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from importlib import metadata
 from typing import NoReturn
 
+from metrics_proxy import __version__
 from metrics_proxy.config import SETTINGS, Config, ConfigError, Setting
 
 __all__ = ["build_parser", "main", "parse_config"]
@@ -43,6 +45,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def installed_version() -> str:
+    """The installed package's version, as pip and the wheel know it; the source's own where
+    the package runs uninstalled (from a checkout, say)."""
+    try:
+        return metadata.version("metrics-proxy")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser, one flag per setting, each help naming its env var and default.
 
@@ -50,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     precedence flag > env > default all happen in :meth:`Config.from_env`, in one place.
     """
     parser = _Parser(prog="aiohttp-proxy", description=_DESCRIPTION, allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     for setting in SETTINGS:
         if setting.kind is bool:
             parser.add_argument(

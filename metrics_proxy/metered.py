@@ -44,7 +44,7 @@ from metrics_proxy.errors import (
 from metrics_proxy.families import DisconnectStage, ErrorKind, FinishedReason, RejectionReason
 from metrics_proxy.form_body import FormBody
 from metrics_proxy.headers import response_headers
-from metrics_proxy.lifecycle import Lifecycle
+from metrics_proxy.lifecycle import EndedByShutdown, Lifecycle, shutdown_event
 from metrics_proxy.record import RequestRecord
 from metrics_proxy.recorder import ProxyMetricsRecorder
 from metrics_proxy.relay import relay
@@ -180,6 +180,8 @@ class MeteredExchange:
             self.record.slot_acquired()
             self.record.stage = DisconnectStage.BEFORE_HEADERS
             return await self._exchange(upstream_body)
+        except EndedByShutdown:
+            return await self._end_for_shutdown()
         except (ClientGone, asyncio.CancelledError) as exc:
             self._aborted()
             if isinstance(exc, asyncio.CancelledError):
@@ -197,8 +199,24 @@ class MeteredExchange:
         record = self.record
         record.finished_reason = FinishedReason.ABORT
         record.status = CLIENT_GONE
-        if not self._context.lifecycle.draining:
+        if not self._context.lifecycle.ending:
             self._context.recorder.count_disconnect(record.stage)
+
+    async def _end_for_shutdown(self) -> web.StreamResponse:
+        """The shutdown ended a stream the upstream had not: it ends as a failed stream does,
+        with the API's error event after the whole events held back, and counts as an abort."""
+        meter, response = self._meter, self._response
+        assert meter is not None
+        assert response is not None
+        self.record.finished_reason = FinishedReason.ABORT
+        event = shutdown_event(self._api.error_event_name)
+        try:
+            await write_guard(response.write(meter.released_at_close + event))
+            await write_guard(response.write_eof())
+        except ClientGone:
+            self._aborted()
+            return gone()
+        return response
 
     def _refuse(self, exc: QueueFull | QueueTimeout) -> web.Response:
         """A queue bound was hit: the request never ran (429 full, 503 waited too long)."""
@@ -250,7 +268,8 @@ class MeteredExchange:
             if upstream.status >= 400:
                 complete = await self._relay_refusal(upstream, response)
             elif self._is_event_stream(upstream):
-                complete = await self._relay_events(upstream, response)
+                with self._context.lifecycle.relaying(upstream.content):
+                    complete = await self._relay_events(upstream, response)
             else:
                 complete = await self._relay_body(upstream, response)
             if complete:

@@ -24,7 +24,7 @@ from metrics_proxy.client_io import ClientWriteLimits
 from metrics_proxy.config import Config, ConfigError, seconds_or_none
 from metrics_proxy.errors import CLIENT_GONE, json_error
 from metrics_proxy.forwarding import Forwarder
-from metrics_proxy.lifecycle import Lifecycle
+from metrics_proxy.lifecycle import Lifecycle, StopSignals, drain
 from metrics_proxy.log_safety import install_log_guard, mask_url
 from metrics_proxy.metered import MeteredContext, handle_metered
 from metrics_proxy.prometheus import CONTENT_TYPE_TEXT, render_json, render_text
@@ -317,10 +317,11 @@ def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) 
     return app
 
 
-async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
+async def serve(config: Config, *, stop: asyncio.Event | None = None) -> int:
     """Serve until SIGTERM/SIGINT (or ``stop``), then shut down gracefully: refuse new work
     and report not-ready, give in-flight requests the grace period, end what remains (each
-    counted as an abort), and return.
+    counted as an abort), and return the exit status: 0, or 130 when a second Ctrl-C cut
+    the drain short.
 
     A client that disconnects cancels its handler (handler_cancellation), so a request
     waiting in the queue or for upstream headers gives up its place at once."""
@@ -332,7 +333,8 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             mask_url(config.upstream_url),
         )
     app = create_app(config)
-    # Handlers still running after our own grace period are cancelled almost at once.
+    # Handlers still running after our own grace period are cancelled almost at once: the
+    # half second lets the streams the drain ended write their error event and finish.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
     await runner.setup()  # opens the upstream session: a bad CA bundle stops us here, unbound
     try:
@@ -345,10 +347,10 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # collector's scans, which otherwise show up in the latency tail under load.
         gc.freeze()
-        stop = stop or asyncio.Event()
+        signals = StopSignals(stop or asyncio.Event())
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, signals.terminate)
+        loop.add_signal_handler(signal.SIGINT, signals.interrupt)
         # Logged once a signal would be handled: whoever waits for this line may send one.
         log.info(
             "metrics_proxy listening on %s, upstream %s, model %s",
@@ -356,25 +358,17 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             mask_url(config.upstream_url),
             config.model_name,
         )
-        await stop.wait()
-        await _drain(app[LIFECYCLE], config.shutdown_grace_period)
+        await signals.drain.wait()
+        status = await drain(app[LIFECYCLE], config.shutdown_grace_period, signals)
     finally:
         await runner.cleanup()
     log.info("stopped")
-
-
-async def _drain(lifecycle: Lifecycle, grace_period: float) -> None:
-    """Refuse new work and give what is in flight the grace period; the runner's clean-up
-    then ends whatever is left."""
-    lifecycle.draining = True
-    log.info("shutting down: %d requests in flight", lifecycle.in_flight)
-    try:
-        async with asyncio.timeout(grace_period):
-            await lifecycle.wait_idle()
-    except TimeoutError:
-        log.warning("grace period over: ending %d requests still in flight", lifecycle.in_flight)
+    return status
 
 
 def run_app(config: Config) -> None:
-    """Serve until a signal ends a graceful shutdown (the ``aiohttp-proxy`` command)."""
-    asyncio.run(serve(config))
+    """Serve until a signal ends a graceful shutdown (the ``aiohttp-proxy`` command); exit
+    130 when a second Ctrl-C cut the drain short."""
+    status = asyncio.run(serve(config))
+    if status:
+        raise SystemExit(status)

@@ -1,10 +1,13 @@
-"""deploy/: the Dockerfile lints clean, the manifests validate and say what the proxy needs, and
-the Grafana dashboard keeps vLLM's official queries and reads only series the proxy exports."""
+"""deploy/: the Dockerfile lints clean, the manifests validate and say what the proxy needs, one
+image tag is used everywhere, the PodMonitor and the KEDA ScaledObject point at what they must,
+and the Grafana dashboard keeps vLLM's official queries and reads only series the proxy exports."""
 
 from __future__ import annotations
 
+import configparser
 import json
 import re
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,14 +15,26 @@ from typing import Any
 import pytest
 import yaml
 
+from metrics_proxy import __version__
 from metrics_proxy.config import SETTINGS, Config
 from metrics_proxy.recorder import ProxyMetricsRecorder
 
 ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
 KUBERNETES = DEPLOY / "kubernetes"
 MANIFESTS = sorted(KUBERNETES.glob("*.yaml"))
+# Core objects, validated against Kubernetes' own schemas.
+CORE = ["deployment.yaml", "service.yaml", "sidecar.yaml"]
+# Objects of the Prometheus Operator's and KEDA's CRDs, whose schemas kubernetes-validate does
+# not have: their tests read the fields that matter and refuse any field those CRDs lack.
+CUSTOM = {
+    "keda-scaledobject.yaml": ("keda.sh/v1alpha1", "ScaledObject"),
+    "podmonitor.yaml": ("monitoring.coreos.com/v1", "PodMonitor"),
+}
+# The one image, tagged with the package's version, wherever it is built, run or deployed.
+IMAGE = f"metrics-proxy:{__version__}"
 DASHBOARD = DEPLOY / "grafana" / "metrics-proxy-dashboard.json"
 OFFICIAL = json.loads((Path(__file__).parent / "data" / "vllm_dashboard_queries.json").read_text())
 OFFICIAL_UID = "b281712d-8bff-41ef-9f3f-71ad43c05e9b"
@@ -60,6 +75,59 @@ def test_dockerfile_runs_the_proxy_unprivileged() -> None:
     assert "/internal/healthz" in healthcheck
 
 
+def test_the_build_context_holds_what_the_package_metadata_reads() -> None:
+    """pip builds the package in the image: every file setup.cfg names must be copied in,
+    and .dockerignore must let it through."""
+    metadata = configparser.ConfigParser()
+    metadata.read(ROOT / "setup.cfg")
+    readme = metadata["metadata"]["long_description"].removeprefix("file:").strip()
+    licenses = metadata["metadata"]["license_files"].split()
+    needed = {"pyproject.toml", "setup.cfg", "metrics_proxy", readme, *licenses}
+    copied = {
+        source.removeprefix("./").rstrip("/")
+        for line in re.findall(r"^COPY (.+)$", DOCKERFILE.read_text(), re.M)
+        for source in line.split()[:-1]
+    }
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    let_through = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert needed <= copied <= let_through
+
+
+# --- The image's tag -------------------------------------------------------------------------
+
+_VALUE_OPTIONS = {"-e", "--env", "-p", "--publish", "-v", "--volume", "--name", "--network"}
+
+
+def _docker_images(text: str) -> tuple[list[str], list[str]]:
+    """The images of the `docker build -t` and `docker run` commands in ``text`` (commands
+    continued over comment lines are joined first)."""
+    text = re.sub(r"\\\n#\s*", " ", text)
+    built, run = [], []
+    for verb, rest in re.findall(r"docker (build|run) ([^`\n]+)", text):
+        words = iter(shlex.split(rest))
+        for word in words:
+            if verb == "build" and word == "-t":
+                built.append(next(words))
+            elif verb == "run" and word in _VALUE_OPTIONS:
+                next(words)
+            elif verb == "run" and not word.startswith("-"):
+                run.append(word)
+                break
+    return built, run
+
+
+def test_one_image_tag_is_built_run_and_deployed() -> None:
+    named = {}
+    for document in (README, DOCKERFILE):
+        built, run = _docker_images(document.read_text())
+        assert built, document.name
+        assert run, document.name
+        named[document.name] = set(built) | set(run)
+    deployments = [_one("deployment.yaml", "Deployment"), _one("sidecar.yaml", "Deployment")]
+    named["manifests"] = {_proxy_container(d)["image"] for d in deployments}
+    assert named == {key: {IMAGE} for key in named}
+
+
 # --- Kubernetes manifests --------------------------------------------------------------------
 
 
@@ -83,11 +151,11 @@ def _proxy_container(deployment: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def test_the_manifests_are_the_three_described() -> None:
-    assert [m.name for m in MANIFESTS] == ["deployment.yaml", "service.yaml", "sidecar.yaml"]
+def test_the_manifests_are_the_ones_described() -> None:
+    assert [m.name for m in MANIFESTS] == sorted([*CORE, *CUSTOM])
 
 
-@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda m: m.name)
+@pytest.mark.parametrize("manifest", [KUBERNETES / name for name in CORE], ids=lambda m: m.name)
 def test_manifest_validates_strictly(kubernetes_validate: str, manifest: Path) -> None:
     result = _run(
         kubernetes_validate, "--strict", "--kubernetes-version", KUBERNETES_VERSION, str(manifest)
@@ -178,6 +246,116 @@ def test_every_proxy_variable_named_is_a_setting() -> None:
     assert all(named[n] for n in ("Dockerfile", "deployment.yaml", "sidecar.yaml")), named
     unknown = {name: env - settings for name, env in named.items() if env - settings}
     assert unknown == {}
+
+
+# --- Custom resources: the PodMonitor and the KEDA ScaledObject --------------------------------
+
+POD_MONITOR_SPEC = {
+    "attachMetadata", "bodySizeLimit", "jobLabel", "keepDroppedTargets", "labelLimit",
+    "labelNameLengthLimit", "labelValueLengthLimit", "namespaceSelector",
+    "podMetricsEndpoints", "podTargetLabels", "sampleLimit", "scrapeClass",
+    "scrapeProtocols", "selector", "targetLimit",
+}  # fmt: skip
+POD_METRICS_ENDPOINT = {
+    "authorization", "basicAuth", "bearerTokenSecret", "enableHttp2", "filterRunning",
+    "followRedirects", "honorLabels", "honorTimestamps", "interval", "metricRelabelings",
+    "oauth2", "params", "path", "port", "portNumber", "proxyUrl", "relabelings", "scheme",
+    "scrapeTimeout", "tlsConfig", "trackTimestampsStaleness",
+}  # fmt: skip
+SCALED_OBJECT_SPEC = {
+    "advanced", "cooldownPeriod", "fallback", "idleReplicaCount", "initialCooldownPeriod",
+    "maxReplicaCount", "minReplicaCount", "pollingInterval", "scaleTargetRef", "triggers",
+}  # fmt: skip
+PROMETHEUS_TRIGGER = {
+    "activationThreshold", "authModes", "customHeaders", "ignoreNullValues", "namespace",
+    "query", "queryParameters", "serverAddress", "threshold", "unsafeSsl",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(CUSTOM))
+def test_custom_resources_are_what_they_say(name: str) -> None:
+    (document,) = _documents(name)
+    assert (document["apiVersion"], document["kind"]) == CUSTOM[name]
+    assert document.keys() == {"apiVersion", "kind", "metadata", "spec"}
+    assert document["metadata"]["name"]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Kubernetes' label selector semantics: matchLabels and matchExpressions, all of them."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, values = expression["key"], expression.get("values", [])
+        matches = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[expression["operator"]]
+        if not matches:
+            return False
+    return True
+
+
+def test_the_pod_monitor_scrapes_the_proxy_in_every_proxy_pod() -> None:
+    spec = _one("podmonitor.yaml", "PodMonitor")["spec"]
+    assert spec.keys() <= POD_MONITOR_SPEC
+    endpoints = spec["podMetricsEndpoints"]
+    assert endpoints
+    for name in ("deployment.yaml", "sidecar.yaml"):
+        deployment = _one(name, "Deployment")
+        template = deployment["spec"]["template"]
+        assert _selects(spec["selector"], template["metadata"]["labels"]), name
+        proxy = _proxy_container(deployment)
+        annotations = template["metadata"]["annotations"]
+        for endpoint in endpoints:
+            assert endpoint.keys() <= POD_METRICS_ENDPOINT
+            # The port is found by name in every container of the pod: only the proxy's has it.
+            named = [
+                (container is proxy, port["containerPort"])
+                for container in template["spec"]["containers"]
+                for port in container.get("ports", [])
+                if port.get("name") == endpoint["port"]
+            ]
+            # The target the prometheus.io annotations announce, and no other.
+            assert named == [(True, int(annotations["prometheus.io/port"]))], name
+            assert endpoint["path"] == annotations["prometheus.io/path"]
+
+
+def test_keda_scales_the_sidecar_deployment_on_the_proxys_queue() -> None:
+    spec = _one("keda-scaledobject.yaml", "ScaledObject")["spec"]
+    assert spec.keys() <= SCALED_OBJECT_SPEC
+    target = _one("sidecar.yaml", "Deployment")
+    reference = spec["scaleTargetRef"]
+    assert reference.get("apiVersion", "apps/v1") == "apps/v1"
+    assert reference.get("kind", "Deployment") == "Deployment"
+    assert reference["name"] == target["metadata"]["name"]
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "prometheus"
+    metadata = trigger["metadata"]
+    assert metadata.keys() <= PROMETHEUS_TRIGGER
+    assert all(isinstance(value, str) for value in metadata.values())  # KEDA takes strings
+    assert metadata["serverAddress"].startswith(("http://", "https://"))
+    assert float(metadata["threshold"]) > 0
+    # The proxies' own queue, summed over the pods: vLLM's series of the same name differ
+    # in their engine label.
+    query = metadata["query"]
+    (matchers,) = re.findall(r"\bvllm:num_requests_waiting\{([^}]*)\}", query)
+    assert query.startswith("sum(")
+    env = _env(_proxy_container(target))
+    assert dict(re.findall(r'(\w+)\s*=\s*"([^"]*)"', matchers)) == {
+        "engine": env["PROXY_ENGINE_LABEL"],
+        "model_name": env["PROXY_MODEL_NAME"],
+    }
+    assert "vllm:num_requests_waiting" in _exported_series()
+    # Without a queue in the proxy nothing waits there: the target sets one, as large as
+    # what vLLM runs at once.
+    max_concurrency = Config.from_env(env).max_concurrency
+    assert max_concurrency > 0
+    (vllm,) = [c for c in target["spec"]["template"]["spec"]["containers"] if "args" in c]
+    args = vllm["args"]
+    assert int(args[args.index("--max-num-seqs") + 1]) == max_concurrency
 
 
 # --- Grafana dashboard -----------------------------------------------------------------------
