@@ -7,8 +7,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import aiohttp
+from typing import Protocol
 
 from metrics_proxy.errors import error_event
 
@@ -32,6 +31,12 @@ def shutdown_event(name: str | None) -> bytes:
     )
 
 
+class Endable(Protocol):
+    """A stream being relayed, as the lifecycle ends it: its next read raises ``exc``."""
+
+    def set_exception(self, exc: BaseException) -> None: ...
+
+
 class Lifecycle:
     """Counts the requests being served, lets shutdown wait until none are left, and ends
     the streams still being relayed when it will wait no more."""
@@ -44,7 +49,7 @@ class Lifecycle:
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._streams: set[aiohttp.StreamReader] = set()
+        self._streams: set[Endable] = set()
 
     def enter(self) -> None:
         self.in_flight += 1
@@ -59,7 +64,7 @@ class Lifecycle:
         await self._idle.wait()
 
     @contextmanager
-    def relaying(self, source: aiohttp.StreamReader) -> Iterator[None]:
+    def relaying(self, source: Endable) -> Iterator[None]:
         """While a stream is copied from ``source``: ending the streams makes the copy's next
         read raise EndedByShutdown, so the stream stops between two whole reads (never
         inside a client write) and its handler ends it as it ends a failed one."""

@@ -47,7 +47,7 @@ from metrics_proxy.headers import response_headers
 from metrics_proxy.lifecycle import EndedByShutdown, Lifecycle, shutdown_event
 from metrics_proxy.record import RequestRecord
 from metrics_proxy.recorder import ProxyMetricsRecorder
-from metrics_proxy.relay import relay
+from metrics_proxy.relay import RelayControl, relay
 from metrics_proxy.stream_meter import MAX_UNFINISHED_EVENT, StreamMeter
 from metrics_proxy.upstream_client import ClientBodyTimeout, StreamedBody, Upstream
 
@@ -268,8 +268,9 @@ class MeteredExchange:
             if upstream.status >= 400:
                 complete = await self._relay_refusal(upstream, response)
             elif self._is_event_stream(upstream):
-                with self._context.lifecycle.relaying(upstream.content):
-                    complete = await self._relay_events(upstream, response)
+                control = RelayControl(upstream.content)
+                with self._context.lifecycle.relaying(control):
+                    complete = await self._relay_events(upstream, response, control)
             else:
                 complete = await self._relay_body(upstream, response)
             if complete:
@@ -344,7 +345,10 @@ class MeteredExchange:
         return True
 
     async def _relay_events(
-        self, upstream: aiohttp.ClientResponse, response: web.StreamResponse
+        self,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        control: RelayControl | None = None,
     ) -> bool:
         """Meter and forward an event stream; an upstream failure ends it with an error
         event, so the stream itself always ends cleanly (True)."""
@@ -352,7 +356,7 @@ class MeteredExchange:
         metering = _Metering(meter, self.record, self._clock)
         try:
             try:
-                await relay(upstream, response, metering)
+                await relay(upstream, response, metering, control)
             finally:
                 tail = metering.close()  # usage seen so far counts, whatever happened
             if tail:

@@ -50,19 +50,43 @@ class PassThrough:
 PASS_THROUGH = PassThrough()
 
 
+class RelayControl:
+    """The owner's hold on one relay: ``set_exception`` ends it from outside (a shutdown)
+    with ``exc``, raised where the relay reads its upstream next, which is now."""
+
+    __slots__ = ("_relay", "_source")
+
+    def __init__(self, source: aiohttp.StreamReader) -> None:
+        self._source = source
+        self._relay: TransportRelay | None = None
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._source.set_exception(exc)  # the awaiting loop's read raises it
+        if self._relay is not None:
+            self._relay.read_now()  # and the transport relay's, at once
+
+    def bind(self, transport_relay: TransportRelay) -> None:
+        self._relay = transport_relay
+
+
 async def relay(
-    upstream: aiohttp.ClientResponse, response: web.StreamResponse, body_filter: BodyFilter
+    upstream: aiohttp.ClientResponse,
+    response: web.StreamResponse,
+    body_filter: BodyFilter,
+    control: RelayControl | None = None,
 ) -> None:
     """Copy ``upstream``'s body to ``response`` (prepared) until it ends or the filter stops.
 
     An upstream failure propagates as aiohttp raises it (TimeoutError, aiohttp.ClientError),
     for the caller to end the response as its kind of body must end; a client that is gone
-    raises ClientGone.
+    raises ClientGone; what ``control`` was given, as given.
     """
     content = upstream.content
     if not content.is_eof():
         transport_relay = TransportRelay.attach(upstream, response, body_filter)
         if transport_relay is not None:
+            if control is not None:
+                control.bind(transport_relay)
             await transport_relay.run()
             return
     await _copy_awaiting(content, response, body_filter)
@@ -219,6 +243,10 @@ class TransportRelay(asyncio.Protocol):
         self._handler.resume_writing()
 
     # --- the relay -------------------------------------------------------------------------
+
+    def read_now(self) -> None:
+        """Take what the payload reader holds now, or the exception it was given."""
+        self._pump()
 
     def _pump(self) -> None:
         """Everything the parser has yielded so far goes through the filter to the client."""
