@@ -18,22 +18,12 @@ import tempfile
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import (
-    BENCH,
-    Child,
-    LineReader,
-    Loader,
-    cpu_seconds,
-    free_port,
-    nginx_child,
-    rss_bytes,
-    split_cores,
-)
+from harness import BENCH, Child, LineReader, Loader, ProxyLane, Servers, cpu_seconds, rss_bytes
 from report import Figure, Proportion, Report
 
 NONSTREAM = b'{"model":"bench","messages":[{"role":"user","content":"Hi"}],"max_tokens":16}'
@@ -71,66 +61,37 @@ PACED_INTERVAL_MS = 5
 FIGURES = ("requests", "streams", "ttft", "hold", "render", "soak")
 
 
+PROXY_LANES = {
+    "proxy": ProxyLane(("--log-level", "warning")),
+    "proxy_info": ProxyLane(("--log-level", "info")),
+    "proxy_continuous": ProxyLane(("--log-level", "warning", "--stream-usage", "continuous")),
+    "proxy_uvloop": ProxyLane(("--log-level", "warning"), uvloop=True),
+}
+
+
 class Bench:
     """Starts the lanes each figure needs and runs the load against them."""
 
     def __init__(self, args: argparse.Namespace, directory: Path) -> None:
         self.plan = QUICK if args.quick else FULL
-        self.dir = directory
-        self.measured, self.load_cpus, self.pinning = split_cores()
+        self.servers = Servers(directory, [str(BENCH / "fast_upstream.py")], PROXY_LANES)
+        self.pinning = self.servers.pinning
         tool = args.load
         if tool == "auto":
             tool = "wrk" if shutil.which("wrk") else "python"
-        self.loader = Loader(tool, directory, self.load_cpus)
+        self.loader = Loader(tool, directory, self.servers.load_cpus)
         self.optional = {
             "nginx": args.nginx and shutil.which("nginx") is not None,
             "proxy_uvloop": args.uvloop and importlib.util.find_spec("uvloop") is not None,
         }
         self.report = Report()
-        self._children = 0
 
     def lanes(self, wanted: Sequence[str]) -> list[str]:
         return [lane for lane in wanted if self.optional.get(lane, True)]
 
-    @contextmanager
-    def stack(self, lanes: Sequence[str]) -> Iterator[dict[str, Child]]:
-        """The fast upstream (on the load cores) and each lane's server (on the measured core);
-        "direct" is the upstream itself. All are stopped on the way out."""
-        with ExitStack() as stack:
-            upstream = self._child("upstream", "")
-            stack.callback(upstream.stop)
-            upstream.start()
-            servers = {}
-            for lane in lanes:
-                child = upstream if lane == "direct" else self._child(lane, upstream.url)
-                if child is not upstream:
-                    stack.callback(child.stop)
-                    child.start()
-                servers[lane] = child
-            yield servers
-
-    def _child(self, lane: str, upstream: str) -> Child:
-        self._children += 1
-        port = free_port()
-        log = self.dir / f"{lane}-{self._children}.log"
-        py = sys.executable
-        if lane == "upstream":
-            argv = [py, str(BENCH / "fast_upstream.py"), "--port", str(port)]
-            return Child(lane, argv, port, self.load_cpus, log)
-        if lane == "nginx":
-            directory = self.dir / f"nginx-{self._children}"
-            return nginx_child(directory, int(upstream.rpartition(":")[2]), self.measured)
-        if lane == "baseline":
-            argv = [py, str(BENCH / "baseline_proxy.py"), upstream, "--port", str(port)]
-            return Child(lane, argv, port, self.measured, log)
-        flags = ["--upstream-url", upstream, "--model-name", "bench", "--host", "127.0.0.1"]
-        flags += ["--port", str(port), "--log-level", "info" if lane == "proxy_info" else "warning"]
-        if lane == "proxy_continuous":
-            flags += ["--stream-usage", "continuous"]
-        argv = [py, "-m", "metrics_proxy.proxy_server", *flags]
-        if lane == "proxy_uvloop":
-            argv = [py, str(BENCH / "proxy_wrapper.py"), "--uvloop", "--", *flags]
-        return Child(lane, argv, port, self.measured, log)
+    def stack(self, lanes: Sequence[str]) -> AbstractContextManager[dict[str, Child]]:
+        """The fast upstream and each lane's server; "direct" is the upstream itself."""
+        return self.servers.stack(lanes)
 
     def load(
         self,

@@ -27,8 +27,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,11 +39,10 @@ from harness import (
     Child,
     LineReader,
     Loader,
+    ProxyLane,
+    Servers,
     cpu_seconds,
-    free_port,
-    nginx_child,
     nginx_version,
-    split_cores,
 )
 from report import Report, _cpu_model, _wrap, number
 from svg_chart import Panel, line_chart
@@ -98,47 +97,18 @@ def chunks_per_stream(plan: Plan) -> int:
 class StreamRate:
     def __init__(self, args: argparse.Namespace, directory: Path) -> None:
         self.plan = QUICK if args.quick else FULL
-        self.dir = directory
-        self.measured, self.load_cpus, self.pinning = split_cores()
-        self.loader = Loader("python", directory, self.load_cpus)
+        upstream = [str(BENCH / "engine_upstream.py"), "--interval-ms", str(self.plan.interval_ms)]
+        # The proxy as a user starts it: default settings.
+        self.servers = Servers(directory, upstream, {"proxy": ProxyLane()})
+        self.pinning = self.servers.pinning
+        self.loader = Loader("python", directory, self.servers.load_cpus)
         self.nginx = args.nginx and shutil.which("nginx") is not None
         self.lanes = [lane for lane in LANES if lane != "nginx" or self.nginx]
         self.notes: list[str] = []
-        self._children = 0
 
-    @contextmanager
-    def stack(self) -> Iterator[dict[str, Child]]:
+    def stack(self) -> AbstractContextManager[dict[str, Child]]:
         """The engine upstream (load cores) and each lane's server (the measured core)."""
-        with ExitStack() as stack:
-            upstream = self._child("upstream", "")
-            stack.callback(upstream.stop)
-            upstream.start()
-            servers = {"direct": upstream}
-            for lane in self.lanes[1:]:
-                child = self._child(lane, upstream.url)
-                stack.callback(child.stop)
-                child.start()
-                servers[lane] = child
-            yield servers
-
-    def _child(self, lane: str, upstream: str) -> Child:
-        self._children += 1
-        port = free_port()
-        log = self.dir / f"{lane}-{self._children}.log"
-        py = sys.executable
-        if lane == "upstream":
-            argv = [py, str(BENCH / "engine_upstream.py"), "--port", str(port)]
-            argv += ["--interval-ms", str(self.plan.interval_ms)]
-            return Child(lane, argv, port, self.load_cpus, log)
-        if lane == "nginx":
-            directory = self.dir / f"nginx-{self._children}"
-            return nginx_child(directory, int(upstream.rpartition(":")[2]), self.measured)
-        if lane == "baseline":
-            argv = [py, str(BENCH / "baseline_proxy.py"), upstream, "--port", str(port)]
-            return Child(lane, argv, port, self.measured, log)
-        argv = [py, "-m", "metrics_proxy", "--upstream-url", upstream, "--model-name", "bench"]
-        argv += ["--host", "127.0.0.1", "--port", str(port)]
-        return Child(lane, argv, port, self.measured, log)
+        return self.servers.stack(self.lanes)
 
     def run_once(self, lane: str, child: Child, streams: int) -> Measured:
         """One client run of ``streams`` streams; latency and CPU over the steady window."""

@@ -16,7 +16,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -197,6 +198,71 @@ http {{
     )
     argv = ["nginx", "-p", str(directory), "-c", str(conf), "-e", str(directory / "error.log")]
     return Child("nginx", argv, port, cpus, directory / "stdout.log")
+
+
+@dataclass(frozen=True)
+class ProxyLane:
+    """A metrics_proxy lane: its flags beyond the upstream, model, host and port."""
+
+    flags: tuple[str, ...] = ()
+    uvloop: bool = False  # run through benchmarks/proxy_wrapper.py on uvloop's event loop
+
+
+class Servers:
+    """The servers of one benchmark: its upstream (on the load cores) and each lane's server
+    (on the measured core), each with a numbered log in ``directory``.
+
+    Lanes: "direct" is the upstream itself; "nginx" and "baseline" (bare aiohttp) are fixed;
+    any other lane is metrics_proxy, as ``proxies`` says.
+    """
+
+    def __init__(
+        self, directory: Path, upstream: Sequence[str], proxies: Mapping[str, ProxyLane]
+    ) -> None:
+        self.dir = directory
+        self.upstream = list(upstream)  # the upstream's script and flags; --port follows
+        self.proxies = dict(proxies)
+        self.measured, self.load_cpus, self.pinning = split_cores()
+        self._started = 0
+
+    @contextmanager
+    def stack(self, lanes: Sequence[str]) -> Iterator[dict[str, Child]]:
+        """The upstream and each lane's server, started in order; all are stopped on the
+        way out."""
+        with ExitStack() as stack:
+            upstream = self.child("upstream", "")
+            stack.callback(upstream.stop)
+            upstream.start()
+            servers = {}
+            for lane in lanes:
+                child = upstream if lane == "direct" else self.child(lane, upstream.url)
+                if child is not upstream:
+                    stack.callback(child.stop)
+                    child.start()
+                servers[lane] = child
+            yield servers
+
+    def child(self, lane: str, upstream: str) -> Child:
+        self._started += 1
+        port = free_port()
+        log = self.dir / f"{lane}-{self._started}.log"
+        py = sys.executable
+        if lane == "upstream":
+            argv = [py, *self.upstream, "--port", str(port)]
+            return Child(lane, argv, port, self.load_cpus, log)
+        if lane == "nginx":
+            directory = self.dir / f"nginx-{self._started}"
+            return nginx_child(directory, int(upstream.rpartition(":")[2]), self.measured)
+        if lane == "baseline":
+            argv = [py, str(BENCH / "baseline_proxy.py"), upstream, "--port", str(port)]
+            return Child(lane, argv, port, self.measured, log)
+        proxy = self.proxies[lane]
+        flags = ["--upstream-url", upstream, "--model-name", "bench", "--host", "127.0.0.1"]
+        flags += ["--port", str(port), *proxy.flags]
+        argv = [py, "-m", "metrics_proxy", *flags]
+        if proxy.uvloop:
+            argv = [py, str(BENCH / "proxy_wrapper.py"), "--uvloop", "--", *flags]
+        return Child(lane, argv, port, self.measured, log)
 
 
 def nginx_version() -> str | None:
