@@ -200,6 +200,9 @@ http {{
     return Child("nginx", argv, port, cpus, directory / "stdout.log")
 
 
+SCRIPTS = {"baseline": "baseline_proxy.py", "seed": "seed_stack_proxy.py"}
+
+
 @dataclass(frozen=True)
 class ProxyLane:
     """A metrics_proxy lane: its flags beyond the upstream, model, host and port."""
@@ -212,8 +215,9 @@ class Servers:
     """The servers of one benchmark: its upstream (on the load cores) and each lane's server
     (on the measured core), each with a numbered log in ``directory``.
 
-    Lanes: "direct" is the upstream itself; "nginx" and "baseline" (bare aiohttp) are fixed;
-    any other lane is metrics_proxy, as ``proxies`` says.
+    Lanes: "direct" is the upstream itself; "nginx", "baseline" (bare aiohttp) and "seed" (the
+    seed stack, benchmarks/seed_stack_proxy.py) are fixed; any other lane is metrics_proxy, as
+    ``proxies`` says.
     """
 
     def __init__(
@@ -253,8 +257,8 @@ class Servers:
         if lane == "nginx":
             directory = self.dir / f"nginx-{self._started}"
             return nginx_child(directory, int(upstream.rpartition(":")[2]), self.measured)
-        if lane == "baseline":
-            argv = [py, str(BENCH / "baseline_proxy.py"), upstream, "--port", str(port)]
+        if lane in SCRIPTS:
+            argv = [py, str(BENCH / SCRIPTS[lane]), upstream, "--port", str(port)]
             return Child(lane, argv, port, self.measured, log)
         proxy = self.proxies[lane]
         flags = ["--upstream-url", upstream, "--model-name", "bench", "--host", "127.0.0.1"]
@@ -283,6 +287,7 @@ class LoadResult:
     p99: float  # seconds
     window: int  # requests completed between the two probe readings
     probed: float  # the probe's reading at the window's end minus at its start
+    window_seconds: float  # wall time between the two probe readings
 
 
 _WRK_LUA = """wrk.method = "POST"
@@ -354,7 +359,9 @@ class Loader:
         )
         probed = probe() - before
         done = result["requests"]
-        return LoadResult(done, result["errors"], result["p50"], result["p99"], done, probed)
+        return LoadResult(
+            done, result["errors"], result["p50"], result["p99"], done, probed, result["seconds"]
+        )
 
     def _wrk(
         self,
@@ -379,17 +386,18 @@ class Loader:
         script.write_text(lua)
         argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s"]
         argv += ["--timeout", "30s", "-s", str(script), url]
-        start = probe()
+        start, started = probe(), time.monotonic()
         process = self.popen(argv)
         reader = LineReader(process)
         end: float | None = None
+        ended = 0.0
         try:
             try:
                 if mark:
                     reader.wait_for("MARK", seconds + 10)
-                    start = probe()
+                    start, started = probe(), time.monotonic()
                 reader.wait_for("LIMIT", seconds + 10)
-                end = probe()
+                end, ended = probe(), time.monotonic()
                 # wrk keeps running to -d after its thread stops: end it (it then reports).
                 process.send_signal(signal.SIGINT)
             except RuntimeError:
@@ -404,8 +412,15 @@ class Loader:
                 done, errors, p50, p99 = line.split()[1:]
                 window = count - mark if end is not None else int(done) - mark
                 probed = (probe() if end is None else end) - start
+                elapsed = (time.monotonic() if end is None else ended) - started
                 return LoadResult(
-                    int(done), int(errors), float(p50) / 1e6, float(p99) / 1e6, window, probed
+                    int(done),
+                    int(errors),
+                    float(p50) / 1e6,
+                    float(p99) / 1e6,
+                    window,
+                    probed,
+                    elapsed,
                 )
         raise RuntimeError(f"wrk printed no summary: {out[-2000:]}")
 
