@@ -60,6 +60,11 @@ from stream_client import proxy_delta
 from svg_chart import Panel, line_chart
 
 SECTION = "## Engine-rate streaming"
+# Wrapped by hand: a command is never split across lines.
+RUN = """Run: `make bench` (three rounds, a few minutes). To check a change in well under a minute:
+`python benchmarks/bench_stream_rate.py --quick` (one round, 1k and 30k chunks/s, short windows,
+the steady state at 20k; its curve goes to the untracked benchmarks/stream_rate.svg);
+`--lanes proxy` runs direct and the proxy alone, `--no-nginx` leaves nginx out."""
 CARRY_P99_MS = 5.0
 LANES = ("direct", "proxy", "baseline", "nginx")
 LABELS = {
@@ -346,6 +351,8 @@ def render(
     tools.append(f"nginx {nginx_version()}" if bench.nginx else "nginx not run")
     lines = [
         SECTION,
+        "",
+        RUN,
         "",
         f"Command: `{command}` (part of `make bench`); it took {seconds:.0f} s.",
         _wrap(

@@ -15,6 +15,12 @@ import aiohttp
 from harness import nginx_version
 
 SECTION = "## Proxy vs direct vs nginx"
+# Wrapped by hand: a command is never split across lines.
+RUN = """Run: `make bench` (every figure, a few minutes). To check a change in well under a minute:
+`python benchmarks/bench_proxy.py --quick` (one round, tiny counts); `--only requests`
+(repeatable) picks figures, `--lanes baseline,seed` the lanes besides direct and the proxy;
+`--no-nginx`, `--no-uvloop` and `--no-seed` leave one out. The seed stack lane needs the bench
+extra, which `make bench` installs."""
 _READING = (
     "- *As fast as they go*: the upstream writes every chunk at once, so a saturated process "
     "reads several events per socket read; that row is throughput at saturation, where "
@@ -232,7 +238,7 @@ class Report:
         ]
         if self.seed_stack:
             prose[2] += f" Seed stack: {self.seed_stack}."
-        lines = [SECTION, "", prose[0], _wrap(prose[1]), "", _wrap(prose[2])]
+        lines = [SECTION, "", RUN, "", prose[0], _wrap(prose[1]), "", _wrap(prose[2])]
         if quick:
             lines += ["", "**Quick run: tiny counts, not figures to quote.**"]
         lines += ["", *self.tables(), "", "Targets:", "", *self.targets()]
