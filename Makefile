@@ -58,7 +58,10 @@ test: lint typecheck unit
 # drives them with wrk (or its own Python load) and rewrites its BENCHMARKS.md section.
 # bench_stream_rate.py paces C streams at an engine's step (5k-30k chunks/s) through each lane,
 # rewrites its section and redraws the saturation curve BENCHMARKS.md shows.
-bench: $(INSTALLED)
+# The bench extra brings the seed stack (FastAPI, uvicorn, httpx, prometheus-client), the
+# reference lane bench_proxy.py holds the proxy's throughput against.
+bench:
+	$(MAKE) install EXTRAS=dev,bench
 	$(PY) benchmarks/bench_metrics.py && $(PY) benchmarks/bench_proxy.py --write
 	$(PY) benchmarks/bench_stream_rate.py --write --svg benchmarks/results/stream_rate.svg
 

@@ -1,7 +1,12 @@
-"""The proxy against direct, a bare aiohttp pass-through and nginx: side by side, one run.
+"""The proxy against direct, a bare aiohttp pass-through, nginx and the seed stack (the user's
+original FastAPI tool): side by side, one run.
 
 Run: python benchmarks/bench_proxy.py [--quick] [--only NAME] [--load auto|wrk|python]
-                                      [--no-nginx] [--no-uvloop] [--write]
+                                      [--lanes LANE,...] [--no-nginx] [--no-uvloop]
+                                      [--no-seed] [--write]
+--quick is a smoke run (one round, tiny counts, well under a minute); --only picks figures,
+--lanes the lanes besides direct and proxy. The seed stack needs the bench extra (`make bench`
+installs it) and is skipped, saying so, without it.
 --write replaces the "Proxy vs direct vs nginx" section of BENCHMARKS.md with the tables.
 """
 
@@ -18,9 +23,10 @@ import tempfile
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from harness import (
@@ -28,11 +34,11 @@ from harness import (
     Child,
     LineReader,
     Loader,
+    LoadResult,
+    ProxyLane,
+    Servers,
     cpu_seconds,
-    free_port,
-    nginx_child,
     rss_bytes,
-    split_cores,
 )
 from report import Figure, Proportion, Report
 
@@ -69,6 +75,21 @@ QUICK = Plan(1, 150, 30, 6, 40, 6, 20, 2, 20, 0.1, 40, 10, 400, 150, 20.0, False
 PACED_CONCURRENCY = 64
 PACED_INTERVAL_MS = 5
 FIGURES = ("requests", "streams", "ttft", "hold", "render", "soak")
+# Lanes besides direct and proxy (every figure is read against those two); --lanes picks.
+OPTIONAL_LANES = ("baseline", "nginx", "seed", "proxy_info", "proxy_continuous", "proxy_uvloop")
+# At its pace the seed stack would take minutes over the same count: a quarter of the requests
+# at c16; its rate and CPU are read over its own steady window all the same.
+SEED_SHARE = 4
+# --no-<lane> flags, by the lane each leaves out.
+SKIPS = {"nginx": "nginx", "proxy_uvloop": "uvloop", "seed": "seed"}
+
+
+PROXY_LANES = {
+    "proxy": ProxyLane(("--log-level", "warning")),
+    "proxy_info": ProxyLane(("--log-level", "info")),
+    "proxy_continuous": ProxyLane(("--log-level", "warning", "--stream-usage", "continuous")),
+    "proxy_uvloop": ProxyLane(("--log-level", "warning"), uvloop=True),
+}
 
 
 class Bench:
@@ -76,61 +97,35 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace, directory: Path) -> None:
         self.plan = QUICK if args.quick else FULL
-        self.dir = directory
-        self.measured, self.load_cpus, self.pinning = split_cores()
+        self.servers = Servers(directory, [str(BENCH / "fast_upstream.py")], PROXY_LANES)
+        self.pinning = self.servers.pinning
         tool = args.load
         if tool == "auto":
             tool = "wrk" if shutil.which("wrk") else "python"
-        self.loader = Loader(tool, directory, self.load_cpus)
-        self.optional = {
-            "nginx": args.nginx and shutil.which("nginx") is not None,
-            "proxy_uvloop": args.uvloop and importlib.util.find_spec("uvloop") is not None,
-        }
-        self.report = Report()
-        self._children = 0
+        self.loader = Loader(tool, directory, self.servers.load_cpus)
+        self.chosen = set(OPTIONAL_LANES if args.lanes is None else args.lanes)
+        self.chosen -= {lane for lane, run in SKIPS.items() if not getattr(args, run)}
+        # Lanes chosen that cannot run here, and why (the report says so).
+        self.absent: dict[str, str] = {}
+        if shutil.which("nginx") is None:
+            self.absent["nginx"] = "nginx is not on PATH"
+        if importlib.util.find_spec("uvloop") is None:
+            self.absent["proxy_uvloop"] = "uvloop is not installed"
+        if missing := seed_stack_missing():
+            self.absent["seed"] = missing
+        self.absent = {lane: why for lane, why in self.absent.items() if lane in self.chosen}
+        self.report = Report(absent=self.absent)
 
     def lanes(self, wanted: Sequence[str]) -> list[str]:
-        return [lane for lane in wanted if self.optional.get(lane, True)]
+        return [
+            lane
+            for lane in wanted
+            if lane in ("direct", "proxy") or (lane in self.chosen and lane not in self.absent)
+        ]
 
-    @contextmanager
-    def stack(self, lanes: Sequence[str]) -> Iterator[dict[str, Child]]:
-        """The fast upstream (on the load cores) and each lane's server (on the measured core);
-        "direct" is the upstream itself. All are stopped on the way out."""
-        with ExitStack() as stack:
-            upstream = self._child("upstream", "")
-            stack.callback(upstream.stop)
-            upstream.start()
-            servers = {}
-            for lane in lanes:
-                child = upstream if lane == "direct" else self._child(lane, upstream.url)
-                if child is not upstream:
-                    stack.callback(child.stop)
-                    child.start()
-                servers[lane] = child
-            yield servers
-
-    def _child(self, lane: str, upstream: str) -> Child:
-        self._children += 1
-        port = free_port()
-        log = self.dir / f"{lane}-{self._children}.log"
-        py = sys.executable
-        if lane == "upstream":
-            argv = [py, str(BENCH / "fast_upstream.py"), "--port", str(port)]
-            return Child(lane, argv, port, self.load_cpus, log)
-        if lane == "nginx":
-            directory = self.dir / f"nginx-{self._children}"
-            return nginx_child(directory, int(upstream.rpartition(":")[2]), self.measured)
-        if lane == "baseline":
-            argv = [py, str(BENCH / "baseline_proxy.py"), upstream, "--port", str(port)]
-            return Child(lane, argv, port, self.measured, log)
-        flags = ["--upstream-url", upstream, "--model-name", "bench", "--host", "127.0.0.1"]
-        flags += ["--port", str(port), "--log-level", "info" if lane == "proxy_info" else "warning"]
-        if lane == "proxy_continuous":
-            flags += ["--stream-usage", "continuous"]
-        argv = [py, "-m", "metrics_proxy.proxy_server", *flags]
-        if lane == "proxy_uvloop":
-            argv = [py, str(BENCH / "proxy_wrapper.py"), "--uvloop", "--", *flags]
-        return Child(lane, argv, port, self.measured, log)
+    def stack(self, lanes: Sequence[str]) -> AbstractContextManager[dict[str, Child]]:
+        """The fast upstream and each lane's server; "direct" is the upstream itself."""
+        return self.servers.stack(lanes)
 
     def load(
         self,
@@ -141,6 +136,19 @@ class Bench:
         headers: dict[str, str] | None = None,
     ) -> tuple[int, float, float, float]:
         """Requests done, CPU seconds of ``child`` per request, latency p50 and p99."""
+        result = self.measure(child, body, count, concurrency, headers)
+        per_request = result.probed / max(1, result.window)
+        return result.requests, per_request, result.p50, result.p99
+
+    def measure(
+        self,
+        child: Child,
+        body: bytes,
+        count: int,
+        concurrency: int,
+        headers: dict[str, str] | None = None,
+    ) -> LoadResult:
+        """One load run; ``probed`` is the CPU seconds of ``child`` over its window."""
         result = self.loader.requests(
             child.url,
             body,
@@ -152,8 +160,34 @@ class Bench:
         )
         if result.errors or not result.requests:
             self.report.note(f"{child.name}: {result.errors} errors, {result.requests} done")
-        per_request = result.probed / max(1, result.window)
-        return result.requests, per_request, result.p50, result.p99
+        return result
+
+
+SEED_MODULES = ("fastapi", "uvicorn", "httpx", "prometheus_client")
+SEED_DISTRIBUTIONS = ("fastapi", "uvicorn", "httpx", "prometheus-client")
+
+
+def seed_stack_missing() -> str:
+    """Why the seed stack cannot run here ("" when it can): its packages are the bench extra."""
+    missing = [name for name in SEED_MODULES if importlib.util.find_spec(name) is None]
+    if not missing:
+        return ""
+    return (
+        f"{', '.join(missing)} not installed; the bench extra has them (`make bench` installs "
+        "it, or `pip install -e '.[bench]'`)"
+    )
+
+
+def seed_stack_description() -> str:
+    """The seed stack's packages as installed, and what uvicorn's defaults picked."""
+    versions = ", ".join(f"{name} {metadata.version(name)}" for name in SEED_DISTRIBUTIONS)
+    # uvicorn's "auto" loop and parser: uvloop and httptools when importable.
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return (
+        f"benchmarks/seed_stack_proxy.py on {versions} (uvicorn's defaults here: "
+        f"{loop} loop, {parser} parser)"
+    )
 
 
 def stream_headers(chunks: int, interval_ms: float = 0, delay_ms: float = 0) -> dict[str, str]:
@@ -171,10 +205,15 @@ def _median(values: list[float]) -> float:
 
 def run_requests(bench: Bench) -> None:
     plan = bench.plan
-    lanes = bench.lanes(["direct", "proxy", "baseline", "nginx", "proxy_info", "proxy_uvloop"])
-    compared = [lane for lane in lanes if lane in ("direct", "proxy", "baseline", "nginx")]
+    lanes = bench.lanes(
+        ["direct", "proxy", "baseline", "nginx", "seed", "proxy_info", "proxy_uvloop"]
+    )
+    compared = [lane for lane in lanes if lane in ("direct", "proxy", "baseline", "nginx", "seed")]
     at_c1 = [*compared, *(lane for lane in lanes if lane == "proxy_uvloop")]
     cpu: dict[str, list[float]] = defaultdict(list)
+    rate: dict[str, list[float]] = defaultdict(list)  # requests/s over the window, c16
+    if "seed" in lanes:
+        bench.report.seed_stack = seed_stack_description()
     # "<lane> <concurrency> <p50|p99>": the lane minus direct in the same round; for
     # "direct ...", direct's own latency.
     added: dict[str, list[float]] = defaultdict(list)
@@ -188,17 +227,28 @@ def run_requests(bench: Bench) -> None:
             ):
                 latency = {}
                 for lane in round_lanes:
-                    _, per_request, p50, p99 = bench.load(
-                        servers[lane], NONSTREAM, count, concurrency
-                    )
-                    if concurrency == 16 and lane != "direct":
-                        cpu[lane].append(per_request)
-                    latency[lane] = (p50, p99)
+                    share = SEED_SHARE if lane == "seed" and concurrency == 16 else 1
+                    result = bench.measure(servers[lane], NONSTREAM, count // share, concurrency)
+                    if concurrency == 16:
+                        rate[lane].append(result.window / max(1e-9, result.window_seconds))
+                        if lane != "direct":
+                            cpu[lane].append(result.probed / max(1, result.window))
+                    latency[lane] = (result.p50, result.p99)
                 for lane in round_lanes:
                     for index, name in enumerate(("p50", "p99")):
                         base = 0.0 if lane == "direct" else latency["direct"][index]
                         added[f"{lane} {concurrency} {name}"].append(latency[lane][index] - base)
     report = bench.report
+    rates = {lane: _median(values) for lane, values in rate.items()}
+    report.add(
+        Figure(
+            "requests_c16",
+            "non-streaming requests/s, c16",
+            "req/s",
+            {lane: value for lane, value in rates.items() if lane != "direct"},
+            direct=rates.get("direct"),
+        )
+    )
     report.add(
         Figure(
             "cpu_request",
@@ -296,15 +346,16 @@ def run_streams(bench: Bench) -> None:
         )
     )
     proxy = per_chunk["proxy"]
-    bench.report.alone(
-        Proportion(
-            "CPU per chunk, `--stream-usage continuous` (usage cut from every chunk)",
-            per_chunk["proxy_continuous"],
-            "µs",
-            "`include` (default)",
-            proxy,
+    if "proxy_continuous" in per_chunk:
+        bench.report.alone(
+            Proportion(
+                "CPU per chunk, `--stream-usage continuous` (usage cut from every chunk)",
+                per_chunk["proxy_continuous"],
+                "µs",
+                "`include` (default)",
+                proxy,
+            )
         )
-    )
     bench.report.alone(
         Proportion(
             "CPU per chunk when the client asked for usage (nothing to strip)",
@@ -485,6 +536,17 @@ RUNNERS: dict[str, Callable[[Bench], None]] = {
 }
 
 
+def lane_list(text: str) -> list[str]:
+    """--lanes: comma-separated names, each one of OPTIONAL_LANES."""
+    lanes = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in lanes if name not in OPTIONAL_LANES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown lane {unknown[0]!r}; choose from {', '.join(OPTIONAL_LANES)}"
+        )
+    return lanes
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -502,10 +564,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="load generator: Debian's wrk when on PATH (auto), or load_client.py",
     )
     parser.add_argument(
+        "--lanes",
+        type=lane_list,
+        metavar="LANE,...",
+        help="run only these lanes besides direct and proxy, from: "
+        + ", ".join(OPTIONAL_LANES)
+        + " (default: all)",
+    )
+    parser.add_argument(
         "--no-nginx", dest="nginx", action="store_false", help="skip the nginx lane"
     )
     parser.add_argument(
         "--no-uvloop", dest="uvloop", action="store_false", help="skip the uvloop lane"
+    )
+    parser.add_argument(
+        "--no-seed", dest="seed", action="store_false", help="skip the seed stack lane"
     )
     parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -525,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seconds=time.monotonic() - started,
         load=bench.loader.tool,
         pinning=bench.pinning,
-        nginx=bench.optional["nginx"],
+        nginx=bool(bench.lanes(["nginx"])),
         quick=args.quick,
     )
     print(text)

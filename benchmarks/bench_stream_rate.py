@@ -7,7 +7,15 @@ chunk, receive time minus send time. Offered rate = C / step. Lanes, side by sid
 direct, metrics_proxy (``python -m metrics_proxy``, default settings: usage asked upstream and
 stripped), bare aiohttp (baseline_proxy.py) and nginx (proxy_buffering off).
 
-Run: python benchmarks/bench_stream_rate.py [--quick] [--no-nginx] [--svg PATH] [--write]
+The proxy's own inter-token latency and TTFT (its /internal/metrics) are held against the
+engine's step and the client's TTFT in a steady state: C streams kept open with churn, each a
+bounded number of steps, starts staggered evenly (stream_client.py --churn); and, labelled as
+such, over the streams opened at once. The issue's targets are printed PASS or MISS.
+
+Run: python benchmarks/bench_stream_rate.py [--quick] [--lanes LANE,...] [--no-nginx]
+                                            [--svg PATH] [--write]
+--quick is a check in well under a minute: one round, 1k and 30k chunks/s, short windows, the
+steady state at 20k; --lanes picks lanes besides direct (proxy, baseline, nginx);
 --svg writes the saturation curve (default benchmarks/stream_rate.svg, a generated file);
 --write replaces the "Engine-rate streaming" section of BENCHMARKS.md.
 """
@@ -23,32 +31,40 @@ import shlex
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import own_figures
 from harness import (
     BENCH,
     Child,
     LineReader,
     Loader,
+    ProxyLane,
+    Servers,
     cpu_seconds,
-    free_port,
-    nginx_child,
     nginx_version,
-    split_cores,
 )
+from own_figures import Own
 from report import Report, _cpu_model, _wrap, number
+from stream_client import proxy_delta
 from svg_chart import Panel, line_chart
 
 SECTION = "## Engine-rate streaming"
+# Wrapped by hand: a command is never split across lines.
+RUN = """Run: `make bench` (three rounds, a few minutes). To check a change in well under a minute:
+`python benchmarks/bench_stream_rate.py --quick` (one round, 1k and 30k chunks/s, short windows,
+the steady state at 20k; its curve goes to the untracked benchmarks/stream_rate.svg);
+`--lanes proxy` runs direct and the proxy alone, `--no-nginx` leaves nginx out."""
 CARRY_P99_MS = 5.0
 LANES = ("direct", "proxy", "baseline", "nginx")
 LABELS = {
@@ -69,10 +85,13 @@ class Plan:
     report_streams: int  # the rate at which the proxy's own figures are read
     warm_up: bool
     rounds: int  # interleaved repetitions; a figure is the median over rounds
+    margin: float  # seconds of chunks past the window: the time C streams take to open
+    churn_steps: int  # steady state: each stream's length in steps (its max steps)
 
 
-FULL = Plan(10.0, (50, 100, 200, 300), 0.5, 3.0, 60.0, 200, True, 3)
-QUICK = Plan(10.0, (5, 10), 0.1, 0.3, 20.0, 10, False, 1)
+FULL = Plan(10.0, (50, 100, 200, 300), 0.5, 3.0, 60.0, 200, True, 3, 1.5, 100)
+# One round, the lowest rate and the issue's highest, short windows; the steady state at 20k/s.
+QUICK = Plan(10.0, (10, 300), 0.1, 0.5, 20.0, 200, False, 1, 1.5, 100)
 
 
 @dataclass
@@ -92,100 +111,38 @@ class Measured:
 def chunks_per_stream(plan: Plan) -> int:
     """Long enough that every stream is still open at the end of the window (with margin
     for the ramp-up of opening C streams)."""
-    return math.ceil((plan.ramp + plan.window + 1.5) * 1000 / plan.interval_ms)
+    return math.ceil((plan.ramp + plan.window + plan.margin) * 1000 / plan.interval_ms)
 
 
 class StreamRate:
     def __init__(self, args: argparse.Namespace, directory: Path) -> None:
         self.plan = QUICK if args.quick else FULL
-        self.dir = directory
-        self.measured, self.load_cpus, self.pinning = split_cores()
-        self.loader = Loader("python", directory, self.load_cpus)
+        upstream = [str(BENCH / "engine_upstream.py"), "--interval-ms", str(self.plan.interval_ms)]
+        # The proxy as a user starts it: default settings.
+        self.servers = Servers(directory, upstream, {"proxy": ProxyLane()})
+        self.pinning = self.servers.pinning
+        self.loader = Loader("python", directory, self.servers.load_cpus)
         self.nginx = args.nginx and shutil.which("nginx") is not None
-        self.lanes = [lane for lane in LANES if lane != "nginx" or self.nginx]
+        # Direct always runs: every "added" figure is a lane minus direct.
+        chosen = {"direct", *(LANES if args.lanes is None else args.lanes)}
+        self.lanes = [lane for lane in LANES if lane in chosen and (lane != "nginx" or self.nginx)]
+        self.nginx = "nginx" in self.lanes
         self.notes: list[str] = []
-        self._children = 0
 
-    @contextmanager
-    def stack(self) -> Iterator[dict[str, Child]]:
+    def stack(self) -> AbstractContextManager[dict[str, Child]]:
         """The engine upstream (load cores) and each lane's server (the measured core)."""
-        with ExitStack() as stack:
-            upstream = self._child("upstream", "")
-            stack.callback(upstream.stop)
-            upstream.start()
-            servers = {"direct": upstream}
-            for lane in self.lanes[1:]:
-                child = self._child(lane, upstream.url)
-                stack.callback(child.stop)
-                child.start()
-                servers[lane] = child
-            yield servers
+        return self.servers.stack(self.lanes)
 
-    def _child(self, lane: str, upstream: str) -> Child:
-        self._children += 1
-        port = free_port()
-        log = self.dir / f"{lane}-{self._children}.log"
-        py = sys.executable
-        if lane == "upstream":
-            argv = [py, str(BENCH / "engine_upstream.py"), "--port", str(port)]
-            argv += ["--interval-ms", str(self.plan.interval_ms)]
-            return Child(lane, argv, port, self.load_cpus, log)
-        if lane == "nginx":
-            directory = self.dir / f"nginx-{self._children}"
-            return nginx_child(directory, int(upstream.rpartition(":")[2]), self.measured)
-        if lane == "baseline":
-            argv = [py, str(BENCH / "baseline_proxy.py"), upstream, "--port", str(port)]
-            return Child(lane, argv, port, self.measured, log)
-        argv = [py, "-m", "metrics_proxy", "--upstream-url", upstream, "--model-name", "bench"]
-        argv += ["--host", "127.0.0.1", "--port", str(port)]
-        return Child(lane, argv, port, self.measured, log)
-
-    def run_once(self, lane: str, child: Child, streams: int) -> Measured:
-        """One client run of ``streams`` streams; latency and CPU over the steady window."""
-        plan = self.plan
-        argv = [sys.executable, str(BENCH / "stream_client.py")]
-        argv += [child.url + "/v1/chat/completions", "--streams", str(streams)]
-        argv += ["--chunks", str(chunks_per_stream(plan)), "--seconds", str(plan.seconds)]
-        process = self.loader.popen(argv)
-        offered = streams * 1000 / plan.interval_ms
-        try:
-            reader = LineReader(process)
-            cpu: float | None = None
-            start_ns = end_ns = 0
-            try:
-                reader.wait_for("READY", plan.seconds)
-                time.sleep(plan.ramp)
-                start_ns, before = time.monotonic_ns(), cpu_seconds(child.pid)
-                time.sleep(plan.window)
-                end_ns, after = time.monotonic_ns(), cpu_seconds(child.pid)
-                cpu = after - before
-            except RuntimeError:
-                self.notes.append(f"{lane} at {offered:,.0f} chunks/s: streams never all began")
-            out = (
-                reader.rest()
-                + process.communicate(f"WINDOW {start_ns} {end_ns}\n", timeout=plan.seconds + 30)[0]
-            )
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
-        result: dict[str, Any] | None = None
-        for line in out.splitlines():
-            if line.startswith("RESULT "):
-                result = json.loads(line[7:])
-        if result is None:
-            raise RuntimeError(f"stream_client printed no result: {out[-2000:]}")
-        if result["errors"] or result["cut"]:
-            self.notes.append(
-                f"{lane} at {offered:,.0f} chunks/s: {result['errors']} streams failed, "
-                f"{result['cut']} cut at the time bound"
-            )
+    def run_once(self, lane: str, child: Child, streams: int) -> tuple[Measured, dict[str, Any]]:
+        """C streams opened at once; latency and CPU over the steady window."""
+        extra = ["--chunks", str(chunks_per_stream(self.plan))]
+        result, cpu = self.drive(lane, child, streams, extra)
         chunks = result["window_chunks"]
         window = result["window_s"] or float("nan")
-        return Measured(
+        measured = Measured(
             lane,
             streams,
-            offered,
+            self.offered(streams),
             chunks / window if chunks else 0.0,
             result["p50"],
             result["p99"],
@@ -193,32 +150,91 @@ class StreamRate:
             result["ttft_mean"],
             result["errors"],
         )
+        return measured, result
+
+    def run_steady(self, lane: str, child: Child, streams: int) -> dict[str, Any]:
+        """C streams kept open with churn; the proxy read at the window's two marks."""
+        extra = ["--chunks", str(self.plan.churn_steps), "--churn"]
+        if lane == "proxy":
+            extra.append("--scrape")
+        return self.drive(lane, child, streams, extra)[0]
+
+    def offered(self, streams: int) -> float:
+        return streams * 1000 / self.plan.interval_ms
+
+    def drive(
+        self, lane: str, child: Child, streams: int, extra: list[str]
+    ) -> tuple[dict[str, Any], float | None]:
+        """One stream_client.py run: READY, the ramp, the window between its BEGIN and END
+        marks; its RESULT and the CPU seconds of ``child`` over the window."""
+        plan = self.plan
+        argv = [sys.executable, str(BENCH / "stream_client.py"), child.url + "/v1/chat/completions"]
+        argv += ["--streams", str(streams), "--interval-ms", str(plan.interval_ms)]
+        argv += ["--seconds", str(plan.seconds), *extra]
+        process = self.loader.popen(argv)
+        where = f"{lane} at {self.offered(streams):,.0f} chunks/s"
+        cpu: float | None = None
+        try:
+            reader = LineReader(process)
+            try:
+                reader.wait_for("READY", plan.seconds)
+            except RuntimeError:
+                self.notes.append(f"{where}: streams never all began")
+            else:
+                time.sleep(plan.ramp)
+                before = mark(process, reader, "BEGIN", child)
+                time.sleep(plan.window)
+                cpu = mark(process, reader, "END", child) - before
+            out = reader.rest() + process.communicate(timeout=plan.seconds + 30)[0]
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+        result = last_result(out)
+        if result["errors"] or result["cut"]:
+            self.notes.append(
+                f"{where}: {result['errors']} streams failed, {result['cut']} cut at the time bound"
+            )
+        return result, cpu
 
 
-def histogram(url: str, name: str) -> tuple[float, int]:
-    """(sum, count) of a histogram over all its samples, from the proxy's /internal/metrics."""
+def mark(process: subprocess.Popen[str], reader: LineReader, word: str, child: Child) -> float:
+    """Tell the client to mark the window (BEGIN or END); once it has, the CPU seconds of
+    the process under test."""
+    assert process.stdin is not None
+    process.stdin.write(word + "\n")
+    process.stdin.flush()
+    reader.wait_for("BEGUN" if word == "BEGIN" else "ENDED", 30)
+    return cpu_seconds(child.pid)
+
+
+def last_result(out: str) -> dict[str, Any]:
+    for line in reversed(out.splitlines()):
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = json.loads(line[7:])
+            return result
+    raise RuntimeError(f"stream_client printed no result: {out[-2000:]}")
+
+
+def snapshot(url: str) -> bytes:
+    """The proxy's /internal/metrics."""
     with urllib.request.urlopen(url + "/internal/metrics", timeout=10) as response:
-        snapshot = json.loads(response.read())
-    total, count = 0.0, 0
-    for family in snapshot["families"]:
-        if family["name"] == name:
-            for sample in family["samples"]:
-                total += float(sample["sum"])
-                count += int(sample["count"])
-    return total, count
+        body: bytes = response.read()
+        return body
 
 
-ITL = "vllm:inter_token_latency_seconds"
-TTFT = "vllm:time_to_first_token_seconds"
+@dataclass
+class Readings:
+    raw: list[Measured]  # every at-once client run, rounds interleaved
+    steady: Own  # the proxy's own figures, streams kept open with churn
+    at_once: Own  # the same over the at-once runs at the report rate
 
 
-def run(bench: StreamRate) -> tuple[list[Measured], dict[str, float]]:
-    """Every client run, rounds interleaved (each round: every rate, every lane), and the
-    proxy's own ITL and TTFT (_sum and _count summed over its runs at the report rate)."""
+def run(bench: StreamRate) -> Readings:
+    """Every client run, rounds interleaved (each round: every rate, every lane, then the
+    steady state at the report rate), and the proxy's own ITL and TTFT."""
     plan = bench.plan
-    raw: list[Measured] = []
-    sums = {"itl": 0.0, "itl_n": 0, "ttft": 0.0, "ttft_n": 0}
-    client_ttft: list[float] = []
+    readings = Readings([], Own("steady state"), Own("at once"))
     with bench.stack() as servers:
         for lane in bench.lanes if plan.warm_up else ():  # connections, code paths
             bench.run_once(lane, servers[lane], 20)
@@ -226,36 +242,35 @@ def run(bench: StreamRate) -> tuple[list[Measured], dict[str, float]]:
         for index in range(plan.rounds):
             for streams in plan.streams:
                 for lane in bench.lanes:
-                    print(
-                        f"# round {index + 1}: {lane} at {streams} streams ...",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    reading = lane == "proxy" and streams == plan.report_streams
-                    if reading:
-                        itl0, ttft0 = (histogram(servers[lane].url, n) for n in (ITL, TTFT))
-                    measured = bench.run_once(lane, servers[lane], streams)
+                    progress(index, lane, f"{streams} streams at once")
+                    measured = sweep_one(bench, lane, servers[lane], streams, readings.at_once)
                     measured.round = index
-                    raw.append(measured)
-                    if reading:
-                        itl1, ttft1 = (histogram(servers[lane].url, n) for n in (ITL, TTFT))
-                        sums["itl"] += itl1[0] - itl0[0]
-                        sums["itl_n"] += itl1[1] - itl0[1]
-                        sums["ttft"] += ttft1[0] - ttft0[0]
-                        sums["ttft_n"] += ttft1[1] - ttft0[1]
-                        client_ttft.append(measured.ttft_mean)
-    own: dict[str, float] = {}
-    if client_ttft:
-        nan = float("nan")
-        own = {
-            "rate": plan.report_streams * 1000 / plan.interval_ms,
-            "itl_mean": sums["itl"] / sums["itl_n"] if sums["itl_n"] else nan,
-            "itl_count": sums["itl_n"],
-            "ttft_mean": sums["ttft"] / sums["ttft_n"] if sums["ttft_n"] else nan,
-            "ttft_count": sums["ttft_n"],
-            "client_ttft": statistics.fmean(client_ttft),
-        }
-    return raw, own
+                    readings.raw.append(measured)
+            if "proxy" in servers:
+                for lane in ("direct", "proxy"):
+                    progress(index, lane, f"{plan.report_streams} streams kept open")
+                    result = bench.run_steady(lane, servers[lane], plan.report_streams)
+                    if lane == "direct":
+                        readings.steady.add_direct(result)
+                    elif "proxy" in result:
+                        readings.steady.add(result, result["proxy"], window=True)
+                    else:
+                        bench.notes.append(f"steady state: {result.get('proxy_error')}")
+    return readings
+
+
+def progress(index: int, lane: str, what: str) -> None:
+    print(f"# round {index + 1}: {lane}, {what} ...", file=sys.stderr, flush=True)
+
+
+def sweep_one(bench: StreamRate, lane: str, child: Child, streams: int, at_once: Own) -> Measured:
+    """One at-once run; through the proxy at the report rate, its own figures read around it."""
+    reading = lane == "proxy" and streams == bench.plan.report_streams
+    before = snapshot(child.url) if reading else b""
+    measured, result = bench.run_once(lane, child, streams)
+    if reading:
+        at_once.add(result, proxy_delta(before, snapshot(child.url)), window=False)
+    return measured
 
 
 Added = dict[tuple[str, int], tuple[float, float]]
@@ -323,7 +338,7 @@ def svg(results: list[Measured], extra: Added, bench: StreamRate) -> str:
 def render(
     results: list[Measured],
     extra: Added,
-    own: dict[str, float],
+    readings: Readings,
     bench: StreamRate,
     *,
     command: str,
@@ -336,6 +351,8 @@ def render(
     tools.append(f"nginx {nginx_version()}" if bench.nginx else "nginx not run")
     lines = [
         SECTION,
+        "",
+        RUN,
         "",
         f"Command: `{command}` (part of `make bench`); it took {seconds:.0f} s.",
         _wrap(
@@ -379,22 +396,8 @@ def render(
             f"| {'—' if more is None else number(more[1] * 1e3, 'ms')} "
             f"| {number(cpu, 'µs')} | {'yes' if carried(m, more) else 'NO'} |"
         )
-    if own:
-        lines += [
-            "",
-            f"The proxy's own figures at {own['rate'] / 1000:g}k chunks/s, from its "
-            "/internal/metrics (raw _sum/_count summed over its runs at that rate, "
-            "not bucket percentiles):",
-            "",
-            "| figure | the proxy's | compared with |",
-            "| --- | --- | --- |",
-            f"| mean inter-token latency ({own['itl_count']:,.0f} observations) "
-            f"| {number(own['itl_mean'] * 1e3, 'ms')} "
-            f"| the engine step: {plan.interval_ms:g} ms |",
-            f"| TTFT sum per request ({own['ttft_count']:,.0f} requests) "
-            f"| {number(own['ttft_mean'] * 1e3, 'ms')} "
-            f"| client-measured mean TTFT: {number(own['client_ttft'] * 1e3, 'ms')} |",
-        ]
+    lines += own_section(readings, plan)
+    lines += ["", "Targets:", "", *targets(results, extra, readings, plan)]
     if figure:
         lines += ["", f"![added latency vs offered rate]({figure})"]
     if bench.notes:
@@ -402,9 +405,79 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+def own_section(readings: Readings, plan: Plan) -> list[str]:
+    steady, at_once = readings.steady, readings.at_once
+    if not (steady.runs or at_once.runs):
+        return []
+    streams, steps = plan.report_streams, plan.churn_steps
+    text = (
+        f"The proxy's own figures at {streams * 1000 / plan.interval_ms / 1000:g}k chunks/s "
+        f"(C={streams}), from its /internal/metrics: raw _sum/_count deltas, not bucket "
+        f"percentiles, summed over {plan.rounds} round(s). *Steady state*: C streams kept open "
+        f"with churn, each {steps} steps long, their starts staggered evenly "
+        f"({streams / steps:g} a step; as a stream ends its slot sends the next request on the "
+        f"same connection), read over the requests sent in a {plan.window:g} s window. The "
+        "proxy's metrics are read at both ends of it at a moment when no request awaits its "
+        "first chunk (new requests wait for that, a step or so), so the proxy and the client "
+        "count the same requests. *At once*: the C streams of the sweep above, opened in one "
+        "instant, over all of them: the last waits in the proxy's loop while those before it "
+        "are forwarded, queueing that is real but not the steady state an engine sees. The "
+        "client's TTFT runs from just before it writes its request to its first content chunk; "
+        "the engine's step is the one it kept (the mean interval between a stream's stamps)."
+    )
+    lines = ["", _wrap(text), "", *own_figures.HEADER]
+    for own in (steady, at_once):
+        if own.runs:
+            lines += own.rows(plan.interval_ms)
+    return lines
+
+
+def targets(results: list[Measured], extra: Added, readings: Readings, plan: Plan) -> list[str]:
+    """Issue 12's target lines, each PASS or MISS with its figure."""
+    top = max(plan.streams)
+    at = {m.lane: m for m in results if m.streams == top}
+    rate = f"{top * 1000 / plan.interval_ms / 1000:g}k chunks/s"
+    lines = []
+    proxy, nginx = at.get("proxy"), at.get("nginx")
+    if proxy is None:
+        lines.append(f"- n/a  the proxy carries {rate} (the proxy lane did not run)")
+    else:
+        more = extra.get(("proxy", top))
+        shown = f"{proxy.delivered / 1000:.1f}k/s delivered, added p99 "
+        shown += "—" if more is None else number(more[1] * 1e3, "ms")
+        verdict = "PASS" if carried(proxy, more) else "MISS"
+        lines.append(
+            f"- {verdict} the proxy carries {rate} with added p99 ≤ {CARRY_P99_MS:g} ms: {shown}"
+        )
+    cpu = [None if m is None else m.cpu_per_chunk for m in (proxy, nginx)]
+    if cpu[0] is None or cpu[1] is None or not cpu[1]:
+        lines.append(f"- n/a  CPU per paced chunk ≤ 1.5x nginx at {rate} (a lane did not run)")
+    else:
+        share = cpu[0] / cpu[1]
+        verdict = "PASS" if share <= 1.5 else "MISS"
+        lines.append(f"- {verdict} CPU per paced chunk ≤ 1.5x nginx at {rate}: {share:.2f}x")
+    report = f"{plan.report_streams * 1000 / plan.interval_ms / 1000:g}k chunks/s"
+    if readings.steady.runs:
+        lines += own_figures.targets(readings.steady, report)
+    else:
+        lines.append(f"- n/a  the proxy's ITL and TTFT at {report} (the proxy lane did not run)")
+    return lines
+
+
 def write_section(path: Path, section: str) -> None:
     """Replace this benchmark's section of BENCHMARKS.md (or append it)."""
     Report.write(path, section, SECTION)
+
+
+def lane_list(text: str) -> list[str]:
+    """--lanes: comma-separated names, each a lane besides direct."""
+    lanes = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in lanes if name not in LANES[1:]]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown lane {unknown[0]!r}; choose from {', '.join(LANES[1:])}"
+        )
+    return lanes
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -412,6 +485,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    parser.add_argument(
+        "--lanes",
+        type=lane_list,
+        metavar="LANE,...",
+        help="run only these lanes besides direct, from: proxy, baseline, nginx (default: all)",
+    )
     parser.add_argument(
         "--no-nginx", dest="nginx", action="store_false", help="skip the nginx lane"
     )
@@ -427,8 +506,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-stream-rate-") as directory:
         bench = StreamRate(args, Path(directory))
-        raw, own = run(bench)
-    results, extra = combine(raw)
+        readings = run(bench)
+    results, extra = combine(readings.raw)
     args.svg.parent.mkdir(parents=True, exist_ok=True)
     args.svg.write_text(svg(results, extra, bench))
     root = BENCH.parent
@@ -440,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     text = render(
         results,
         extra,
-        own,
+        readings,
         bench,
         command=command,
         seconds=time.monotonic() - started,

@@ -6,8 +6,13 @@ Each content chunk is vLLM's chat chunk shape, its content text ``t<ns>``: time.
 when the engine wrote it (CLOCK_MONOTONIC, comparable across processes on one machine).
 POST /v1/chat/completions with ``"stream": true``; request headers:
 
-  x-bench-chunks  content chunks of the stream (default 100), then a finish chunk, a usage
-                  chunk when stream_options.include_usage, and data: [DONE]
+  x-bench-chunks  the stream's content chunks, one per step (its max steps; default 100)
+
+A stream is on the wire as vLLM sends it (tests/support/vllm_chunks.py): response headers at
+once; at its first step the role chunk and the first content chunk; one content chunk a step;
+then, at the step after the last (the stop token's, whose text is empty), the finish chunk, the
+usage chunk when stream_options.include_usage (the stop token counted, as vLLM counts it), and
+data: [DONE]. The connection stays open for the client's next request.
 
 Run: python benchmarks/engine_upstream.py [--port 0] [--interval-ms 10]  (prints ``PORT <n>``)
 """
@@ -43,10 +48,11 @@ _STAMPED += b'"finish_reason":null}]}'
 @dataclass
 class _Stream:
     transport: asyncio.Transport
-    left: int
+    left: int  # content chunks still to send; at 0, the next step finishes the stream
     chunks: int
     usage: bool
     done: asyncio.Future[None]
+    begun: bool = False  # the role chunk went out (with the first content chunk)
 
 
 class Engine:
@@ -76,15 +82,18 @@ class Engine:
                 if not stream.done.done():
                     stream.done.set_result(None)
                 continue
-            transport.write(_frame(_STAMPED % time.monotonic_ns()))
-            stream.left -= 1
             if stream.left > 0:
+                chunk = _frame(_STAMPED % time.monotonic_ns())
+                transport.write(chunk if stream.begun else _ROLE_FRAME + chunk)
+                stream.begun = True
+                stream.left -= 1
                 still.append(stream)
                 continue
-            transport.write(_FINISH_FRAME)
+            # The stop token's step: its text is empty, usage counts it.
+            ending = _FINISH_FRAME
             if stream.usage:
-                transport.write(_with_usage(_USAGE_ONLY, stream.chunks))
-            transport.write(_DONE_FRAME)
+                ending += _with_usage(_USAGE_ONLY, stream.chunks + 1)
+            transport.write(ending + _DONE_FRAME)
             if not stream.done.done():
                 stream.done.set_result(None)
         self.streams = still
@@ -103,7 +112,7 @@ class _EngineConnection(_Connection):
         usage = options.get("include_usage") is True
         done = asyncio.get_running_loop().create_future()
         try:
-            transport.write(_SSE_HEAD + _ROLE_FRAME)
+            transport.write(_SSE_HEAD)
             ENGINE.streams.append(_Stream(transport, chunks, chunks, usage, done))
             await done
         except asyncio.CancelledError:

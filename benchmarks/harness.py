@@ -16,7 +16,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -199,6 +200,75 @@ http {{
     return Child("nginx", argv, port, cpus, directory / "stdout.log")
 
 
+SCRIPTS = {"baseline": "baseline_proxy.py", "seed": "seed_stack_proxy.py"}
+
+
+@dataclass(frozen=True)
+class ProxyLane:
+    """A metrics_proxy lane: its flags beyond the upstream, model, host and port."""
+
+    flags: tuple[str, ...] = ()
+    uvloop: bool = False  # run through benchmarks/proxy_wrapper.py on uvloop's event loop
+
+
+class Servers:
+    """The servers of one benchmark: its upstream (on the load cores) and each lane's server
+    (on the measured core), each with a numbered log in ``directory``.
+
+    Lanes: "direct" is the upstream itself; "nginx", "baseline" (bare aiohttp) and "seed" (the
+    seed stack, benchmarks/seed_stack_proxy.py) are fixed; any other lane is metrics_proxy, as
+    ``proxies`` says.
+    """
+
+    def __init__(
+        self, directory: Path, upstream: Sequence[str], proxies: Mapping[str, ProxyLane]
+    ) -> None:
+        self.dir = directory
+        self.upstream = list(upstream)  # the upstream's script and flags; --port follows
+        self.proxies = dict(proxies)
+        self.measured, self.load_cpus, self.pinning = split_cores()
+        self._started = 0
+
+    @contextmanager
+    def stack(self, lanes: Sequence[str]) -> Iterator[dict[str, Child]]:
+        """The upstream and each lane's server, started in order; all are stopped on the
+        way out."""
+        with ExitStack() as stack:
+            upstream = self.child("upstream", "")
+            stack.callback(upstream.stop)
+            upstream.start()
+            servers = {}
+            for lane in lanes:
+                child = upstream if lane == "direct" else self.child(lane, upstream.url)
+                if child is not upstream:
+                    stack.callback(child.stop)
+                    child.start()
+                servers[lane] = child
+            yield servers
+
+    def child(self, lane: str, upstream: str) -> Child:
+        self._started += 1
+        port = free_port()
+        log = self.dir / f"{lane}-{self._started}.log"
+        py = sys.executable
+        if lane == "upstream":
+            argv = [py, *self.upstream, "--port", str(port)]
+            return Child(lane, argv, port, self.load_cpus, log)
+        if lane == "nginx":
+            directory = self.dir / f"nginx-{self._started}"
+            return nginx_child(directory, int(upstream.rpartition(":")[2]), self.measured)
+        if lane in SCRIPTS:
+            argv = [py, str(BENCH / SCRIPTS[lane]), upstream, "--port", str(port)]
+            return Child(lane, argv, port, self.measured, log)
+        proxy = self.proxies[lane]
+        flags = ["--upstream-url", upstream, "--model-name", "bench", "--host", "127.0.0.1"]
+        flags += ["--port", str(port), *proxy.flags]
+        argv = [py, "-m", "metrics_proxy", *flags]
+        if proxy.uvloop:
+            argv = [py, str(BENCH / "proxy_wrapper.py"), "--uvloop", "--", *flags]
+        return Child(lane, argv, port, self.measured, log)
+
+
 def nginx_version() -> str | None:
     if shutil.which("nginx") is None:
         return None
@@ -217,6 +287,7 @@ class LoadResult:
     p99: float  # seconds
     window: int  # requests completed between the two probe readings
     probed: float  # the probe's reading at the window's end minus at its start
+    window_seconds: float  # wall time between the two probe readings
 
 
 _WRK_LUA = """wrk.method = "POST"
@@ -288,7 +359,9 @@ class Loader:
         )
         probed = probe() - before
         done = result["requests"]
-        return LoadResult(done, result["errors"], result["p50"], result["p99"], done, probed)
+        return LoadResult(
+            done, result["errors"], result["p50"], result["p99"], done, probed, result["seconds"]
+        )
 
     def _wrk(
         self,
@@ -313,17 +386,18 @@ class Loader:
         script.write_text(lua)
         argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s"]
         argv += ["--timeout", "30s", "-s", str(script), url]
-        start = probe()
+        start, started = probe(), time.monotonic()
         process = self.popen(argv)
         reader = LineReader(process)
         end: float | None = None
+        ended = 0.0
         try:
             try:
                 if mark:
                     reader.wait_for("MARK", seconds + 10)
-                    start = probe()
+                    start, started = probe(), time.monotonic()
                 reader.wait_for("LIMIT", seconds + 10)
-                end = probe()
+                end, ended = probe(), time.monotonic()
                 # wrk keeps running to -d after its thread stops: end it (it then reports).
                 process.send_signal(signal.SIGINT)
             except RuntimeError:
@@ -338,8 +412,15 @@ class Loader:
                 done, errors, p50, p99 = line.split()[1:]
                 window = count - mark if end is not None else int(done) - mark
                 probed = (probe() if end is None else end) - start
+                elapsed = (time.monotonic() if end is None else ended) - started
                 return LoadResult(
-                    int(done), int(errors), float(p50) / 1e6, float(p99) / 1e6, window, probed
+                    int(done),
+                    int(errors),
+                    float(p50) / 1e6,
+                    float(p99) / 1e6,
+                    window,
+                    probed,
+                    elapsed,
                 )
         raise RuntimeError(f"wrk printed no summary: {out[-2000:]}")
 
