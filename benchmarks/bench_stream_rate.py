@@ -23,6 +23,7 @@ steady state at 20k; --lanes picks lanes besides direct (proxy, baseline, nginx)
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -66,12 +67,13 @@ RUN = """Run: `make bench` (three rounds, a few minutes). To check a change in w
 the steady state at 20k; its curve goes to the untracked benchmarks/stream_rate.svg);
 `--lanes proxy` runs direct and the proxy alone, `--no-nginx` leaves nginx out."""
 CARRY_P99_MS = 5.0
-LANES = ("direct", "proxy", "baseline", "nginx")
+LANES = ("direct", "proxy", "baseline", "nginx", "proxy_uvloop")
 LABELS = {
     "direct": "direct",
     "proxy": "metrics_proxy",
     "baseline": "bare aiohttp",
     "nginx": "nginx",
+    "proxy_uvloop": "metrics_proxy on uvloop",
 }
 
 
@@ -119,13 +121,22 @@ class StreamRate:
         self.plan = QUICK if args.quick else FULL
         upstream = [str(BENCH / "engine_upstream.py"), "--interval-ms", str(self.plan.interval_ms)]
         # The proxy as a user starts it: default settings.
-        self.servers = Servers(directory, upstream, {"proxy": ProxyLane()})
+        proxies = {"proxy": ProxyLane(), "proxy_uvloop": ProxyLane(uvloop=True)}
+        self.servers = Servers(directory, upstream, proxies)
         self.pinning = self.servers.pinning
         self.loader = Loader("python", directory, self.servers.load_cpus)
         self.nginx = args.nginx and shutil.which("nginx") is not None
         # Direct always runs: every "added" figure is a lane minus direct.
         chosen = {"direct", *(LANES if args.lanes is None else args.lanes)}
-        self.lanes = [lane for lane in LANES if lane in chosen and (lane != "nginx" or self.nginx)]
+        # uvloop is measured where it is installed (`pip install uvloop`): is it worth an extra?
+        has_uvloop = importlib.util.find_spec("uvloop") is not None
+        self.lanes = [
+            lane
+            for lane in LANES
+            if lane in chosen
+            and (lane != "nginx" or self.nginx)
+            and (lane != "proxy_uvloop" or has_uvloop)
+        ]
         self.nginx = "nginx" in self.lanes
         self.notes: list[str] = []
 
