@@ -5,8 +5,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 EXTRAS ?= dev
-UPSTREAM ?= http://127.0.0.1:8001
+# `make run UPSTREAM=http://... MODEL=...` proxies a real server; without UPSTREAM it serves
+# from the built-in simulated vLLM, whose knobs SIMULATE holds (e.g. SIMULATE="--traffic 2").
+UPSTREAM ?=
 MODEL ?= my-model
+SIMULATE ?=
 
 comma := ,
 PY := $(VENV)/bin/python
@@ -25,7 +28,7 @@ $(INSTALLED): setup.cfg pyproject.toml | $(PY)
 
 install: $(INSTALLED)
 
-# The product at work with no vLLM: the fake upstream, the proxy, mixed traffic, its metrics.
+# The product at work with no vLLM: the simulated vLLM, the proxy, mixed traffic, its metrics.
 demo: $(INSTALLED)
 	$(PY) scripts/demo.py
 
@@ -69,7 +72,11 @@ bench-metrics: $(INSTALLED)
 	$(PY) benchmarks/bench_metrics.py
 
 run: $(INSTALLED)
+ifeq ($(strip $(UPSTREAM)),)
+	$(PY) -m metrics_proxy --simulate$(if $(strip $(SIMULATE)), --simulate-options '$(SIMULATE)') --model-name $(MODEL)
+else
 	$(PY) -m metrics_proxy --upstream-url $(UPSTREAM) --model-name $(MODEL)
+endif
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

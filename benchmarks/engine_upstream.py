@@ -30,7 +30,6 @@ from fast_upstream import (
     _DONE_FRAME,
     _FINISH_FRAME,
     _MAX_CHUNKS,
-    _PREFIX,
     _ROLE_FRAME,
     _SSE_HEAD,
     _USAGE_ONLY,
@@ -38,11 +37,14 @@ from fast_upstream import (
     _frame,
     _header_number,
     _with_usage,
+    chunk,
     raise_fd_limit,
 )
 
-_STAMPED = _PREFIX + b'[{"index":0,"delta":{"content":"t%d"},"logprobs":null,'
-_STAMPED += b'"finish_reason":null}]}'
+from metrics_proxy.simulator.openai_shapes import stream_choice, template
+
+# A content chunk whose text is a %d: the engine's clock when it wrote it.
+_STAMPED = template(chunk([stream_choice(0, True, "t%d", None)]))
 
 
 @dataclass

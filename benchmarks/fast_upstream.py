@@ -4,7 +4,9 @@ POST /v1/chat/completions (or /v1/completions) answers a fixed small JSON body, 
 ``"stream": true`` a vLLM-shaped event stream: a role chunk, N content chunks, a finish chunk,
 a usage chunk when ``stream_options.include_usage`` (usage on every chunk as well with
 ``continuous_usage_stats``) and ``data: [DONE]``, each event its own chunked-encoding frame,
-written as fast as the connection takes them. Request headers shape a stream:
+written as fast as the connection takes them. The chunks are the simulated vLLM's
+(metrics_proxy.simulator.openai_shapes), built once at import: a chunk costs a write, or one
+%-format where it carries usage. Request headers shape a stream:
 
   x-bench-chunks    content chunks (default 200)
   x-bench-delay-ms  wait before the first content chunk (response headers go out at once)
@@ -24,27 +26,29 @@ from typing import Any
 
 import orjson
 
+from metrics_proxy.simulator import openai_shapes as shapes
+
 _MAX_CHUNKS = 100_000
 _MAX_HOLD = 120.0
 _PROMPT_TOKENS = 10
 
+_ID, _MODEL = "chatcmpl-bench", "bench"
+
+
+def chunk(choices: list[Any], with_usage: bool = False) -> dict[str, Any]:
+    """A chat stream chunk as vLLM writes it (the simulator's builders), with a usage member
+    of %d marks for ``template`` when ``with_usage``."""
+    obj = shapes.envelope(True, shapes.chunk_kind(True), _MODEL, choices, answer_id=_ID)
+    if with_usage:
+        obj["usage"] = {name: "%d" for name in shapes.usage(0, 0)}
+    return obj
+
+
+_ANSWER = shapes.answer_choice(0, True, "Hello from the fast upstream.", "stop")
+_ANSWER["stop_reason"] = None  # vLLM's, after finish_reason
 _BODY = orjson.dumps(
-    {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "created": 1700000000,
-        "model": "bench",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "Hello from the fast upstream."},
-                "logprobs": None,
-                "finish_reason": "stop",
-                "stop_reason": None,
-            }
-        ],
-        "usage": {"prompt_tokens": _PROMPT_TOKENS, "total_tokens": 17, "completion_tokens": 7},
-    }
+    shapes.envelope(True, "chat.completion", _MODEL, [_ANSWER], answer_id=_ID)
+    | {"usage": shapes.usage(_PROMPT_TOKENS, 7)}
 )
 _JSON_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(_BODY)
@@ -58,16 +62,13 @@ _SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
     b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
 )
-_PREFIX = b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
-_PREFIX += b'"model":"bench","choices":'
-_ROLE = _PREFIX + b'[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
-_ROLE += b'"finish_reason":null}]'
-_CONTENT = _PREFIX + b'[{"index":0,"delta":{"content":" tok"},"logprobs":null,'
-_CONTENT += b'"finish_reason":null}]'
-_FINISH = _PREFIX + b'[{"index":0,"delta":{"content":""},"logprobs":null,'
-_FINISH += b'"finish_reason":"stop","stop_reason":null}]'
-_USAGE_ONLY = _PREFIX + b"[]"
-_USAGE = b',"usage":{"prompt_tokens":%d,"total_tokens":%d,"completion_tokens":%d}}'
+_ROLE = [shapes.role_choice(0)]
+_CONTENT = [shapes.stream_choice(0, True, " tok", None)]
+_FINISH = [shapes.finish_choice(0, True, "", "stop")]
+# Built once: a stream's every frame is a constant, or a %-template when it carries usage.
+_ROLE_USAGE, _CONTENT_USAGE, _FINISH_USAGE, _USAGE_ONLY = (
+    shapes.template(chunk(choices, with_usage=True)) for choices in (_ROLE, _CONTENT, _FINISH, [])
+)
 
 
 def _frame(data: bytes) -> bytes:
@@ -76,14 +77,14 @@ def _frame(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(event), event)
 
 
-_ROLE_FRAME = _frame(_ROLE + b"}")
-_CONTENT_FRAME = _frame(_CONTENT + b"}")
-_FINISH_FRAME = _frame(_FINISH + b"}")
+_ROLE_FRAME, _CONTENT_FRAME, _FINISH_FRAME = (
+    _frame(orjson.dumps(chunk(choices))) for choices in (_ROLE, _CONTENT, _FINISH)
+)
 _DONE_FRAME = _frame(b"[DONE]") + b"0\r\n\r\n"
 
 
-def _with_usage(data: bytes, completion: int) -> bytes:
-    return _frame(data + _USAGE % (_PROMPT_TOKENS, _PROMPT_TOKENS + completion, completion))
+def _with_usage(usage_template: bytes, completion: int) -> bytes:
+    return _frame(usage_template % (_PROMPT_TOKENS, _PROMPT_TOKENS + completion, completion))
 
 
 def _header_number(headers: dict[bytes, bytes], name: bytes, default: float) -> float:
@@ -180,9 +181,9 @@ class _Connection(asyncio.Protocol):
             transport.write(_SSE_HEAD)
             if delay > 0:
                 await asyncio.sleep(delay)
-            transport.write(_with_usage(_ROLE, 0) if continuous else _ROLE_FRAME)
+            transport.write(_with_usage(_ROLE_USAGE, 0) if continuous else _ROLE_FRAME)
             for i in range(1, chunks + 1):
-                transport.write(_with_usage(_CONTENT, i) if continuous else _CONTENT_FRAME)
+                transport.write(_with_usage(_CONTENT_USAGE, i) if continuous else _CONTENT_FRAME)
                 if i == 1 and hold > 0:
                     await asyncio.sleep(hold)
                 # Every stream gets its turn, as every running request gets a token per step.
@@ -190,7 +191,7 @@ class _Connection(asyncio.Protocol):
                 await self._drain()
                 if self._closed:
                     return
-            transport.write(_with_usage(_FINISH, chunks) if continuous else _FINISH_FRAME)
+            transport.write(_with_usage(_FINISH_USAGE, chunks) if continuous else _FINISH_FRAME)
             if usage:
                 transport.write(_with_usage(_USAGE_ONLY, chunks))
             transport.write(_DONE_FRAME)

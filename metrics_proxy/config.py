@@ -25,6 +25,7 @@ from metrics_proxy.setting_rules import (
 __all__ = [
     "ENV_PREFIX",
     "SETTINGS",
+    "SIMULATED_UPSTREAM",
     "Config",
     "ConfigError",
     "Setting",
@@ -91,6 +92,9 @@ class Config:
     api_key: str = field(default="", repr=False)
     allow_unauthenticated: bool = False
     allow_admin_routes: bool = False
+    # A demo with no GPU: the built-in simulated vLLM instead of an upstream (see from_env).
+    simulate: bool = False
+    simulate_options: str = ""
 
     def __post_init__(self) -> None:
         # Direct construction gets the same checks as the CLI, so no invalid Config exists.
@@ -124,13 +128,14 @@ class Config:
         unknown = overrides.keys() - {s.name for s in SETTINGS}
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        # Only an explicit --simulate stands in for the upstream: a deployment that lost
+        # its PROXY_UPSTREAM_URL still stops, it never serves simulated answers.
+        simulating = bool(_SIMULATE.coerce(_given(_SIMULATE, environ, overrides) or False))
         values: dict[str, Any] = {}
         for setting in SETTINGS:
-            raw = overrides.get(setting.name)
+            raw = _given(setting, environ, overrides)
             if raw is None:
-                raw = environ.get(setting.env)
-            if raw is None:
-                if setting.required:
+                if setting.required and not (simulating and setting is _UPSTREAM):
                     raise ConfigError(
                         f"missing required setting {setting.flag} ({setting.env})",
                         setting=setting.name,
@@ -144,7 +149,36 @@ class Config:
                     setting=setting.name,
                 )
             values[setting.name] = setting.coerce(raw)
-        return cls(**values)
+        return cls(**_with_simulation(values))
+
+
+# --simulate's upstream URL until the simulator listens: serve() puts its real address there.
+SIMULATED_UPSTREAM = "http://127.0.0.1:0"
+
+
+def _given(setting: Setting, environ: Mapping[str, str], overrides: Mapping[str, object]) -> object:
+    """A setting's raw value: the flag's, else the environment's, else None."""
+    raw = overrides.get(setting.name)
+    return environ.get(setting.env) if raw is None else raw
+
+
+def _with_simulation(values: dict[str, Any]) -> dict[str, Any]:
+    """--simulate's upstream in ``values``, or the mistake of mixing it up with a real one."""
+    if not values.get("simulate"):
+        if values.get("simulate_options"):
+            raise ConfigError(
+                "--simulate-options (PROXY_SIMULATE_OPTIONS) is set but --simulate "
+                "(PROXY_SIMULATE) is not",
+                setting="simulate_options",
+            )
+        return values
+    if "upstream_url" in values:
+        raise ConfigError(
+            "--simulate (PROXY_SIMULATE) serves a simulated upstream, but --upstream-url "
+            "(PROXY_UPSTREAM_URL) names a real one: give one or the other",
+            setting="simulate",
+        )
+    return values | {"upstream_url": SIMULATED_UPSTREAM}
 
 
 def seconds_or_none(seconds: float) -> float | None:
@@ -233,7 +267,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "upstream_url",
         "URL",
-        "base URL of the upstream, e.g. http://127.0.0.1:8001; a path prefix is kept",
+        "base URL of the upstream, e.g. http://127.0.0.1:8001; a path prefix is kept; "
+        "required unless --simulate",
         http_url,
     ),
     Setting("model_name", "NAME", "model name for the metrics' model_name label", not_blank),
@@ -353,4 +388,19 @@ SETTINGS: tuple[Setting, ...] = (
         "forward vLLM's administrative routes (LoRA loading, sleep, cache resets, profiling, "
         "weight updates, ...), which are refused with 403 otherwise",
     ),
+    Setting(
+        "simulate",
+        None,
+        "no upstream: serve from a built-in simulated vLLM on a loopback port of its own, to "
+        "try the proxy without a GPU; its answers are made up (said at WARNING); not with "
+        "--upstream-url",
+    ),
+    Setting(
+        "simulate_options",
+        "OPTIONS",
+        "with --simulate, the simulator's knobs as 'python -m metrics_proxy.simulate' takes "
+        "them: --ttft, --itl, --output-tokens, --spread, --error-rate, --seed, and --traffic "
+        "RPS to send requests through the proxy",
+    ),
 )
+_UPSTREAM, _SIMULATE = SETTINGS[0], next(s for s in SETTINGS if s.name == "simulate")

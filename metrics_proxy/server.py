@@ -39,6 +39,7 @@ from metrics_proxy.routes import (
     needs_api_key,
     vllm_path,
 )
+from metrics_proxy.simulated_upstream import proxy_traffic, simulated_upstream
 from metrics_proxy.upstream_client import Upstream
 from metrics_proxy.websocket_relay import is_websocket_upgrade
 
@@ -324,8 +325,14 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> int:
     the drain short.
 
     A client that disconnects cancels its handler (handler_cancellation), so a request
-    waiting in the queue or for upstream headers gives up its place at once."""
+    waiting in the queue or for upstream headers gives up its place at once. With
+    --simulate, the simulated vLLM serves beside the proxy until the proxy is done."""
     install_log_guard()  # before the first client: aiohttp's records about them quote requests
+    async with simulated_upstream(config) as upstream_config:
+        return await _serve_proxy(upstream_config, stop)
+
+
+async def _serve_proxy(config: Config, stop: asyncio.Event | None) -> int:
     if config.upstream_insecure:
         log.warning(
             "TLS verification of the upstream is OFF (--upstream-insecure): anyone on the path "
@@ -358,7 +365,8 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> int:
             mask_url(config.upstream_url),
             config.model_name,
         )
-        await signals.drain.wait()
+        async with proxy_traffic(config, runner.addresses):  # --simulate's, if asked
+            await signals.drain.wait()
         status = await drain(app[LIFECYCLE], config.shutdown_grace_period, signals)
     finally:
         await runner.cleanup()

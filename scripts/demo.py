@@ -1,4 +1,5 @@
-"""`make demo`: the proxy in front of the fake upstream, a burst of mixed traffic, its metrics."""
+"""`make demo`: the proxy in front of the simulated vLLM (`python -m metrics_proxy.simulate`), a
+burst of mixed traffic, its metrics."""
 
 from __future__ import annotations
 
@@ -24,18 +25,22 @@ STARTUP_SECONDS = 15.0
 SETTLE_SECONDS = 5.0
 STOP_SECONDS = 5.0
 CONCURRENCY = 8
-UPSTREAM_BEHAVIOR = '{"ttft": 0.05, "itl": 0.01, "completion_tokens": 20}'
-CHAT = {"model": "demo-model", "messages": [{"role": "user", "content": "Hello!"}]}
-COMPLETION = {"model": "demo-model", "prompt": "Once upon a time"}
+MODEL = "demo-model"
+# The simulated vLLM: a 0.1 s TTFT, then 30 tokens 10 ms apart (0.4 s an answer, time enough to
+# hang up mid-stream), and one request in ten failing with a 500.
+SIMULATOR = ["--ttft", "0.1", "--itl", "0.01", "--output-tokens", "30", "--spread", "0"]
+SIMULATOR += ["--error-rate", "0.1", "--model-name", MODEL, "--log-level", "WARNING"]
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hello!"}]}
+COMPLETION = {"model": MODEL, "prompt": "Once upon a time"}
 # How many requests of each kind make up the burst (40 in all).
 MIX = {
-    "chat_stream": 14,
+    "chat_stream": 16,
     "chat": 8,
     "completion": 3,
     "completion_stream": 2,
     "length_stream": 3,
-    "upstream_500": 3,
-    "upstream_429": 2,
+    "unknown_model": 2,
+    "too_long": 1,
     "malformed": 2,
     "disconnect": 2,
     "models": 1,
@@ -97,36 +102,42 @@ async def wait_until_up(
         raise DemoError(f"{url} did not answer within {STARTUP_SECONDS:g} s") from None
 
 
-async def one_request(session: aiohttp.ClientSession, base: str, kind: str) -> str:
-    """Send one request of ``kind``; return how it ended (a status, or "left mid-stream")."""
-    headers: dict[str, str] = {}
+def request_for(kind: str, seed: int) -> tuple[str, dict[str, object]]:
+    """The path and body of one request of ``kind``. Each carries a seed, as a client may:
+    the simulator then gives it the same answer every run (the same 500s among them)."""
     path, body = "/v1/chat/completions", {**CHAT, "stream": kind.endswith("_stream")}
     if kind.startswith("completion"):
         path, body = "/v1/completions", {**COMPLETION, "stream": kind.endswith("_stream")}
+    body["seed"] = seed
+    if kind == "length_stream":
+        body["max_tokens"] = 8  # cut short: finished_reason "length"
+    elif kind == "unknown_model":
+        body["model"] = "gpt-4"  # vLLM's 404
+    elif kind == "too_long":
+        body["max_tokens"] = 100_000  # past the context length: vLLM's 400
+    elif kind == "disconnect":
+        body["stream"] = True
+    return path, body
+
+
+async def one_request(session: aiohttp.ClientSession, base: str, kind: str, seed: int) -> str:
+    """Send one request of ``kind``; return how it ended (a status, or "left mid-stream")."""
     if kind == "models":
         async with session.get(base + "/v1/models") as response:
             await response.read()
             return str(response.status)
+    path, body = request_for(kind, seed)
     if kind == "malformed":
         async with session.post(base + path, data=b'{"messages": [') as response:
             await response.read()
             return str(response.status)
-    if kind.startswith("upstream_"):
-        headers["X-Fake-Behavior"] = f'{{"status": {kind.removeprefix("upstream_")}}}'
-    elif kind == "length_stream":
-        headers["X-Fake-Behavior"] = '{"finish_reason": "length", "completion_tokens": 8}'
-    elif kind == "disconnect":
-        headers["X-Fake-Behavior"] = '{"stall_after": 3}'
-        body["stream"] = True
-    async with session.post(base + path, json=body, headers=headers) as response:
-        if kind != "disconnect":
+    async with session.post(base + path, json=body) as response:
+        if kind != "disconnect" or response.status != 200:
             await response.read()
             return str(response.status)
-        # The role preamble and three tokens arrive, then the upstream stalls: hang up.
-        events = 0
+        # The role preamble arrives, the first token is still coming: hang up.
         async for line in response.content:
-            events += line.startswith(b"data: ")
-            if events == 4:
+            if line.startswith(b"data: "):
                 break
         response.close()
         return "left mid-stream"
@@ -141,11 +152,11 @@ async def send_burst(base: str) -> Counter[str]:
 
     async with aiohttp.ClientSession(timeout=timeout) as session:
 
-        async def gated(kind: str) -> str:
+        async def gated(kind: str, seed: int) -> str:
             async with gate:
-                return await one_request(session, base, kind)
+                return await one_request(session, base, kind, seed)
 
-        outcomes = await asyncio.gather(*(gated(kind) for kind in kinds))
+        outcomes = await asyncio.gather(*(gated(kind, i) for i, kind in enumerate(kinds)))
     return Counter(outcomes)
 
 
@@ -174,7 +185,7 @@ async def drive(
         outcomes = await send_burst(proxy)
         print("Outcomes:", ", ".join(f"{n} x {what}" for what, n in sorted(outcomes.items())))
         try:
-            await wait_for_aborts(session, proxy + "/internal/metrics", MIX["disconnect"])
+            await wait_for_aborts(session, proxy + "/internal/metrics", outcomes["left mid-stream"])
         except TimeoutError:
             raise DemoError(
                 f"the proxy did not count the hang-ups in {SETTLE_SECONDS:g} s"
@@ -184,15 +195,15 @@ async def drive(
 def main() -> int:
     upstream_port, proxy_port = free_port(), free_port()
     upstream, proxy = f"http://{HOST}:{upstream_port}", f"http://{HOST}:{proxy_port}"
-    print(f"Starting the fake vLLM upstream on {upstream} and metrics_proxy on {proxy}…")
-    fake = ["tests/support/fake_upstream.py", "--host", HOST, "--port", str(upstream_port)]
-    fake += ["--behavior", UPSTREAM_BEHAVIOR]
+    print(f"Starting the simulated vLLM on {upstream} and metrics_proxy on {proxy}…")
+    simulator = ["-m", "metrics_proxy.simulate", "--host", HOST, "--port", str(upstream_port)]
+    simulator += SIMULATOR
     proxy_args = ["-m", "metrics_proxy.proxy_server", "--upstream-url", upstream]
-    proxy_args += ["--model-name", "demo-model", "--host", HOST, "--port", str(proxy_port)]
+    proxy_args += ["--model-name", MODEL, "--host", HOST, "--port", str(proxy_port)]
     proxy_args += ["--max-concurrency", "4", "--log-level", "WARNING"]
     try:
         with ExitStack() as stack:
-            procs = [stack.enter_context(server("the fake upstream", fake))]
+            procs = [stack.enter_context(server("the simulated vLLM", simulator))]
             procs.append(stack.enter_context(server("the proxy", proxy_args)))
             asyncio.run(drive(upstream, proxy, procs))
             print("What the proxy recorded, as `python -m metrics_proxy.print_metrics` shows it:\n")

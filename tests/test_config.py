@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from metrics_proxy.config import SETTINGS, Config, ConfigError, seconds_or_none
+from metrics_proxy.config import SETTINGS, SIMULATED_UPSTREAM, Config, ConfigError, seconds_or_none
 
 REQUIRED = {"PROXY_UPSTREAM_URL": "http://127.0.0.1:8001", "PROXY_MODEL_NAME": "m"}
 
@@ -293,3 +293,43 @@ def test_settings_describe_flag_env_and_default() -> None:
         True,
     )
     assert url.default is dataclasses.MISSING
+
+
+def test_simulate_stands_in_for_the_upstream_url() -> None:
+    for given in ({"PROXY_SIMULATE": "true"}, {}):
+        flags = {} if given else {"simulate": True}
+        config = Config.from_env({"PROXY_MODEL_NAME": "m", **given}, **flags)
+        assert (config.simulate, config.upstream_url) == (True, SIMULATED_UPSTREAM)
+    options = {"PROXY_SIMULATE": "1", "PROXY_SIMULATE_OPTIONS": "--traffic 2"}
+    assert Config.from_env({"PROXY_MODEL_NAME": "m", **options}).simulate_options == "--traffic 2"
+
+
+def test_without_simulate_a_missing_upstream_still_stops() -> None:
+    with pytest.raises(ConfigError, match=r"missing required setting --upstream-url"):
+        Config.from_env({"PROXY_MODEL_NAME": "m", "PROXY_SIMULATE": "false"})
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"PROXY_SIMULATE": "true"},
+            "--simulate (PROXY_SIMULATE) serves a simulated upstream, but --upstream-url "
+            "(PROXY_UPSTREAM_URL) names a real one: give one or the other",
+        ),
+        (
+            {"PROXY_SIMULATE_OPTIONS": "--ttft 1"},
+            "--simulate-options (PROXY_SIMULATE_OPTIONS) is set but --simulate "
+            "(PROXY_SIMULATE) is not",
+        ),
+        (
+            {"PROXY_SIMULATE": "maybe"},
+            "invalid value for --simulate (PROXY_SIMULATE): 'maybe' is not a boolean (use "
+            "true/false, 1/0, yes/no or on/off)",
+        ),
+    ],
+)
+def test_simulate_is_never_mixed_up_with_a_real_upstream(
+    env: dict[str, str], expected: str
+) -> None:
+    assert error_for(env) == expected

@@ -34,8 +34,16 @@ def test_the_demo_shows_every_outcome_in_the_proxys_metrics() -> None:
     assert "all series: model_name=demo-model engine=proxy" in out
     outcomes = _counts(out, "vllm:request_success_total", "finished_reason")
     assert all(outcomes[reason] > 0 for reason in ("stop", "length", "error", "abort")), outcomes
+    seen = {m[2]: int(m[1]) for m in re.finditer(r"(\d+) x ([\w -]+?)(?:,|$)", _line(out))}
+    assert seen["500"] == outcomes["error"]  # the simulator's 500s, as the clients saw them
     errors = _counts(out, "proxy_errors_total", "kind")
     assert errors["bad_request"] == 2
-    assert errors["upstream_status"] == 5  # three 500s and two 429s
+    assert errors["upstream_status"] == seen["500"] + 3  # and vLLM's two 404s and one 400
+    assert seen["left mid-stream"] == 2
     assert _counts(out, "proxy_client_disconnects_total", "stage")["streaming"] == 2
     assert out.rstrip().endswith("Stopped both servers.")
+
+
+def _line(text: str) -> str:
+    """The demo's own tally of what its clients saw."""
+    return next(line for line in text.splitlines() if line.startswith("Outcomes: "))

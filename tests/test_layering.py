@@ -51,6 +51,25 @@ def test_the_recorder_never_imports_exposition() -> None:
         assert parts[-1] not in rendering, module
 
 
+# The simulated vLLM and the only proxy modules that may start it: the command that serves it
+# alone, and --simulate's glue beside the server.
+SIMULATOR_STARTERS = {"simulate.py", "simulated_upstream.py"}
+
+
+def test_the_simulator_stands_apart_from_the_proxy() -> None:
+    simulator = sorted((PACKAGE / "simulator").glob("*.py"))
+    assert {path.stem for path in simulator} >= {"app", "behavior", "openai_shapes", "state"}
+    for path in simulator:
+        ours = {m for m in imported_modules(path) if m.split(".")[0] == "metrics_proxy"}
+        outside = {m for m in ours if not m.startswith("metrics_proxy.simulator")}
+        assert not outside, f"simulator/{path.name} imports {sorted(outside)}"
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.parent.name == "simulator" or path.name in SIMULATOR_STARTERS:
+            continue
+        uses = {m for m in imported_modules(path) if m.startswith("metrics_proxy.simulator")}
+        assert not uses, f"{path.relative_to(PACKAGE)} imports {sorted(uses)}"
+
+
 # Pure logic: no network, no server, no client; testable alone.
 PURE = (
     "apis/audio.py",
@@ -77,6 +96,16 @@ PURE = (
     "record.py",
     "routes.py",
     "setting_rules.py",
+    "simulator/audio_shapes.py",
+    "simulator/behavior.py",
+    "simulator/cohere_shapes.py",
+    "simulator/engine_shapes.py",
+    "simulator/frames.py",
+    "simulator/messages_shapes.py",
+    "simulator/openai_shapes.py",
+    "simulator/profile.py",
+    "simulator/request_fields.py",
+    "simulator/responses_shapes.py",
     "sse.py",
     "stream_meter.py",
 )

@@ -165,6 +165,25 @@ def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
             {},
             "missing required setting --model-name (PROXY_MODEL_NAME)",
         ),
+        # No upstream and no --simulate: the proxy never makes answers up unasked.
+        (["--model-name", "m"], {}, "missing required setting --upstream-url (PROXY_UPSTREAM_URL)"),
+        (
+            [*REQUIRED_ARGS, "--simulate"],
+            {},
+            "--simulate (PROXY_SIMULATE) serves a simulated upstream, but --upstream-url",
+        ),
+        (
+            ["--model-name", "m", "--simulate", "--simulate-options", "--ttft soon"],
+            {},
+            "invalid value for --simulate-options (PROXY_SIMULATE_OPTIONS): argument --ttft: "
+            "'soon' is not a number",
+        ),
+        (
+            ["--model-name", "m"],
+            {"PROXY_SIMULATE": "yes", "PROXY_SIMULATE_OPTIONS": "--port 1"},
+            "invalid value for --simulate-options (PROXY_SIMULATE_OPTIONS): unrecognized "
+            "arguments: --port 1",
+        ),
     ],
 )
 def test_cli_exits_2_with_one_short_message(

@@ -20,13 +20,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def wait_until_serving(url: str, process: asyncio.subprocess.Process) -> None:
+async def wait_until_serving(
+    url: str, process: asyncio.subprocess.Process, path: str = "/internal/healthz"
+) -> None:
     """Poll the liveness route until it answers (bounded): a bound port has no event to await."""
     async with asyncio.timeout(20), aiohttp.ClientSession() as session:
         while True:
-            assert process.returncode is None, "the proxy exited during start-up"
+            assert process.returncode is None, "the server exited during start-up"
             try:
-                async with session.get(url + "/internal/healthz") as response:
+                async with session.get(url + path) as response:
                     if response.status == 200:
                         return
             except aiohttp.ClientConnectionError:
