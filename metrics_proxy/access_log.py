@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import logging
-import re
 
 from aiohttp import web
 
+from metrics_proxy import request_ids
 from metrics_proxy.record import RequestRecord
 
 log = logging.getLogger("metrics_proxy")
-
-# A client's request id goes to the log: visible ASCII only, and not much of it.
-_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
-_MAX_REQUEST_ID = 128
-
-
-def _request_id(request: web.Request) -> str:
-    given = request.headers.get("X-Request-Id")
-    return "-" if not given else _UNPRINTABLE.sub("?", given[:_MAX_REQUEST_ID])
 
 
 def _seconds(value: float | None) -> str:
@@ -43,5 +34,5 @@ def log_metered(request: web.Request, record: RequestRecord) -> None:
         _seconds(record.e2e_seconds),
         "-" if record.prompt_tokens is None else record.prompt_tokens,
         record.output_chunks if generation is None else generation,
-        _request_id(request),
+        request_ids.current() or "-",  # sane: visible ASCII, and not much of it
     )

@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from metrics_proxy import request_ids
 from metrics_proxy.access_log import log_metered
 from metrics_proxy.admission import AdmissionQueue
 from metrics_proxy.apis import API_BY_ROUTE, Api, ApiChoice
@@ -220,6 +221,7 @@ def _in_flight(handler: Handler, allowed: str | None = None) -> Handler:
         app = request.app
         clock = app[RECORDER].clock
         started = clock()
+        request_ids.assign(request.headers.get(request_ids.HEADER))
         path = vllm_path(request.rel_url.raw_path)
         status = CLIENT_GONE  # unless an answer says otherwise: the handler was cancelled
         try:
@@ -284,6 +286,13 @@ async def _forward_held(request: web.Request, response_id: str) -> web.StreamRes
     return response
 
 
+async def _answer_with_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """The request's id goes back to its client, unless the upstream's answer has its own."""
+    request_id = request_ids.current()
+    if request_id is not None and request_ids.HEADER not in response.headers:
+        response.headers[request_ids.HEADER] = request_id
+
+
 def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) -> web.Application:
     """The proxy application; everything it needs is built here, nothing at import."""
     app = web.Application(
@@ -306,6 +315,7 @@ def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) 
     app[LIFECYCLE] = Lifecycle()
     app[HELD] = HeldResponses(app[RECORDER].clock)
     app.cleanup_ctx.append(_upstream_session)
+    app.on_response_prepare.append(_answer_with_request_id)
     router = app.router
     router.add_route("*", "/metrics", _method_guard("GET", _admin(_metrics_text)))
     router.add_route("*", "/internal/metrics", _method_guard("GET", _admin(_metrics_json)))

@@ -12,6 +12,7 @@ from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from metrics_proxy import request_ids
 from metrics_proxy.config import Config, seconds_or_none
 from metrics_proxy.headers import request_headers
 from metrics_proxy.resend import ResendIfClosedUnanswered
@@ -118,6 +119,9 @@ class Upstream:
             headers["Accept-Encoding"] = "identity"
         if self._authorization:
             headers["Authorization"] = self._authorization
+        request_id = request_ids.current()
+        if request_id is not None:
+            headers[request_ids.HEADER] = request_id  # vLLM's own id for the request
         if body is None or (isinstance(body, bytes) and len(body) <= _UNDRAINED_WRITE):
             return self._request(request, headers, body)
         # Keep the client's framing (no switch to chunked for a streamed body), unless the
