@@ -1,4 +1,5 @@
-"""One INFO line per request, read from its record: what happened, never what was said."""
+"""What the log says about requests: one line per metered request, read from its record. What
+happened, never what was said: no prompt, completion or key in it."""
 
 from __future__ import annotations
 
@@ -7,13 +8,21 @@ import logging
 from aiohttp import web
 
 from metrics_proxy import request_ids
+from metrics_proxy.log_format import Line, text_value, write
 from metrics_proxy.record import RequestRecord
 
 log = logging.getLogger("metrics_proxy")
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def _line(request: web.Request, prefix: str, fields: dict[str, object]) -> Line:
+    """``prefix`` + ``METHOD /path`` and the fields, the request id last."""
+    method, path = request.method, request.path
+    fields["request_id"] = request_ids.current()
+    return Line(f"{prefix}{method} {text_value(path)}", fields, {"method": method, "path": path})
 
 
 def log_metered(request: web.Request, record: RequestRecord) -> None:
@@ -21,18 +30,14 @@ def log_metered(request: web.Request, record: RequestRecord) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
     generation = record.generation_tokens
-    log.info(
-        "%s %s status=%s finished_reason=%s queue=%s inference=%s ttft=%s e2e=%s "
-        "prompt_tokens=%s generation_tokens=%s request_id=%s",
-        request.method,
-        request.path,
-        record.status,
-        "rejected" if record.rejected else record.finished_reason,
-        _seconds(record.queue_seconds),
-        _seconds(record.inference_seconds),
-        _seconds(record.ttft_seconds),
-        _seconds(record.e2e_seconds),
-        "-" if record.prompt_tokens is None else record.prompt_tokens,
-        record.output_chunks if generation is None else generation,
-        request_ids.current() or "-",  # sane: visible ASCII, and not much of it
-    )
+    fields: dict[str, object] = {
+        "status": record.status,
+        "finished_reason": "rejected" if record.rejected else record.finished_reason,
+        "queue_ms": _ms(record.queue_seconds),
+        "inference_ms": _ms(record.inference_seconds),
+        "ttft_ms": _ms(record.ttft_seconds),
+        "e2e_ms": _ms(record.e2e_seconds),
+        "prompt_tokens": record.prompt_tokens,
+        "generation_tokens": record.output_chunks if generation is None else generation,
+    }
+    write(log, logging.INFO, _line(request, "", fields))

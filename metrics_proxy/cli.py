@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
@@ -84,11 +83,11 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Conf
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``aiohttp-proxy``."""
     config = parse_config(argv, os.environ)
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     # Imported late so a settings mistake exits before the server stack loads.
+    from metrics_proxy.log_format import configure_logging
     from metrics_proxy.server import run_app
+
+    configure_logging(config.log_level, config.log_format)
 
     try:
         run_app(config)

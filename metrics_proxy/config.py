@@ -27,6 +27,7 @@ __all__ = [
     "SETTINGS",
     "Config",
     "ConfigError",
+    "LogFormat",
     "Setting",
     "StreamUsage",
     "seconds_or_none",
@@ -35,9 +36,11 @@ __all__ = [
 ENV_PREFIX = "PROXY_"
 
 StreamUsage = Literal["none", "include", "continuous"]
+LogFormat = Literal["text", "json"]
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _STREAM_USAGES = ("none", "include", "continuous")
+_LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -77,6 +80,7 @@ class Config:
     upstream_keepalive_timeout: float = 4.0
     disable_metrics_endpoint: bool = False
     log_level: str = "INFO"
+    log_format: LogFormat = "text"
     stream_usage: StreamUsage = "include"
     max_body_size: int = 32 * 1024 * 1024
     max_queue_length: int = 0
@@ -282,6 +286,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "log_level", "LEVEL", "log level, any case: " + ", ".join(_LOG_LEVELS), one_of(_LOG_LEVELS)
+    ),
+    Setting(
+        "log_format",
+        "{" + ",".join(_LOG_FORMATS) + "}",
+        "how log lines are written: text, or one JSON object per line (json)",
+        one_of(_LOG_FORMATS),
     ),
     Setting(
         "stream_usage",

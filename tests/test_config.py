@@ -168,6 +168,7 @@ def test_error_message_names_flag_env_and_value() -> None:
         ("PROXY_ENGINE_LABEL", "", "'' must not be empty"),
         ("PROXY_LOG_LEVEL", "verbose", "'verbose' must be one of DEBUG, INFO, WARNING"),
         ("PROXY_STREAM_USAGE", "always", "'always' must be one of none, include, continuous"),
+        ("PROXY_LOG_FORMAT", "xml", "'xml' must be one of text, json"),
         ("PROXY_DISABLE_METRICS_ENDPOINT", "maybe", "'maybe' is not a boolean"),
         ("PROXY_DISABLE_METRICS_ENDPOINT", "", "'' is not a boolean"),
         ("PROXY_UPSTREAM_URL", "localhost:8001", "'localhost:8001' must start with http://"),
