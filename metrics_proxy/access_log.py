@@ -1,5 +1,6 @@
-"""What the log says about requests: one line per metered request, read from its record. What
-happened, never what was said: no prompt, completion or key in it."""
+"""What the log says about requests: one line per metered request, read from its record; one
+per request the proxy refuses itself. What happened, never what was said: no prompt,
+completion or key in it."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def _line(request: web.Request, prefix: str, fields: dict[str, object]) -> Line:
     return Line(f"{prefix}{method} {text_value(path)}", fields, {"method": method, "path": path})
 
 
-def log_metered(request: web.Request, record: RequestRecord) -> None:
-    """The summary of a settled metered request (no prompt, completion or key in it)."""
+def log_metered(request: web.Request, record: RequestRecord, *, reason: str | None = None) -> None:
+    """The summary of a settled metered request; ``reason``: why the proxy refused it."""
     if not log.isEnabledFor(logging.INFO):
         return
     generation = record.generation_tokens
@@ -40,4 +41,12 @@ def log_metered(request: web.Request, record: RequestRecord) -> None:
         "prompt_tokens": record.prompt_tokens,
         "generation_tokens": record.output_chunks if generation is None else generation,
     }
+    if reason is not None:
+        fields["reason"] = reason
     write(log, logging.INFO, _line(request, "", fields))
+
+
+def log_refusal(request: web.Request, status: int, reason: str) -> None:
+    """A request the proxy answered itself, without the upstream: INFO, with its reason."""
+    if log.isEnabledFor(logging.INFO):
+        write(log, logging.INFO, _line(request, "refused ", {"status": status, "reason": reason}))

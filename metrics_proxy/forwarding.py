@@ -8,6 +8,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
+from metrics_proxy.access_log import log_refusal
 from metrics_proxy.client_io import (
     ClientGone,
     ClientWriteLimits,
@@ -70,6 +71,7 @@ class Forwarder:
             # The client stalled its body: 408 while that can still be said, a cut
             # connection once the answer has begun.
             self._recorder.count_error(CLIENT_BODY_TIMEOUT.kind)
+            log_refusal(request, CLIENT_BODY_TIMEOUT.status, CLIENT_BODY_TIMEOUT.message)
             if response is not None and response.prepared:
                 abort_connection(request)
             return CLIENT_BODY_TIMEOUT.response()

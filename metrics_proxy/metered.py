@@ -8,7 +8,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
-from metrics_proxy.access_log import log_metered
+from metrics_proxy.access_log import log_metered, log_refusal
 from metrics_proxy.admission import AdmissionQueue, QueueFull, QueueTimeout
 from metrics_proxy.apis.base import (
     NO_INJECTION,
@@ -119,6 +119,7 @@ async def handle_metered(
         if failure is None:
             raise
         recorder.count_error(failure.kind)
+        log_refusal(request, failure.status, failure.message)
         return failure.response()
     if isinstance(api, ApiChoice):
         api = api.choose(obj)
@@ -140,6 +141,7 @@ class MeteredExchange:
         "_injection",
         "_meter",
         "_pending_id",
+        "_refused_because",
         "_request",
         "_response",
         "_stream",
@@ -163,6 +165,7 @@ class MeteredExchange:
         self._response: web.StreamResponse | None = None
         self._meter: StreamMeter | None = None  # an event stream's, once it is read
         self._pending_id: str | None = None  # a non-streamed answer's running response
+        self._refused_because: str | None = None  # why the proxy refused it, for the log
         self.record = record
 
     async def run(self, upstream_body: bytes | StreamedBody) -> web.StreamResponse:
@@ -208,9 +211,8 @@ class MeteredExchange:
         self.record.rejected = True
         status = self.record.status = 429 if full else 503
         message = "The proxy's queue is full" if full else "Waited too long in the proxy's queue"
-        response = json_error(
-            status, f"{message}: {exc}", "rate_limit_error" if full else "overloaded_error"
-        )
+        message = self._refused_because = f"{message}: {exc}"
+        response = json_error(status, message, "rate_limit_error" if full else "overloaded_error")
         response.headers["Retry-After"] = "1"
         self._settle()
         return response
@@ -222,6 +224,7 @@ class MeteredExchange:
         self._count(failure.kind)
         if isinstance(failure, RequestFailure):
             self.record.rejected = True  # the client's body never all reached the engine
+            self._refused_because = failure.message
         if self._response is not None:
             # Headers are out: nothing more can be said, and a cut connection is the honest end.
             abort_connection(self._request)
@@ -381,7 +384,7 @@ class MeteredExchange:
             self._context.held.hold(pending_id, record)
             log_metered(self._request, record)
         elif record.settle():
-            log_metered(self._request, record)
+            log_metered(self._request, record, reason=self._refused_because)
 
     def _running_response(self) -> str | None:
         """The id of a response still running when its exchange ends: a background one,
@@ -479,6 +482,7 @@ async def _handle_form(
         if failure is None:
             raise
         recorder.count_error(failure.kind)
+        log_refusal(request, failure.status, failure.message)
         return failure.response()
     exchange = _FormExchange(context, request, recorder.start_request(arrival), api, body)
     return await exchange.run(body)

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from metrics_proxy import request_ids
-from metrics_proxy.access_log import log_metered
+from metrics_proxy.access_log import log_metered, log_refusal
 from metrics_proxy.admission import AdmissionQueue
 from metrics_proxy.apis import API_BY_ROUTE, Api, ApiChoice
 from metrics_proxy.apis.base import UsageMode
@@ -119,13 +119,20 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+def _refuse(request: web.Request, status: int, message: str, error_type: str) -> web.Response:
+    """An answer the proxy gives itself, the upstream never asked: logged with its reason."""
+    log_refusal(request, status, message)
+    return json_error(status, message, error_type)
+
+
 def _wrong_method(request: web.Request, allowed: str) -> web.Response | None:
     """405 for a method the route does not take (the route takes them all, so that a wrong
     one is answered here rather than forwarded)."""
     method = request.method
     if method == allowed or (allowed == "GET" and method == "HEAD"):
         return None
-    response = json_error(405, f"Method {method} is not allowed here", "invalid_request_error")
+    message = f"Method {method} is not allowed here"
+    response = _refuse(request, 405, message, "invalid_request_error")
     response.headers["Allow"] = allowed
     return response
 
@@ -141,7 +148,7 @@ def _unauthorized(tokens: BearerTokens, request: web.Request, what: str) -> web.
     """401 unless the request carries one of ``tokens`` (none configured: open)."""
     if not tokens or tokens.accept(request.headers.get("Authorization")):
         return None
-    response = json_error(401, f"A valid {what} is required", "auth_error")
+    response = _refuse(request, 401, f"A valid {what} is required", "auth_error")
     response.headers["WWW-Authenticate"] = "Bearer"
     return response
 
@@ -163,7 +170,8 @@ def refusal(request: web.Request, path: str) -> web.Response | None:
     # aiohttp routed on the path with '/' and '%' still encoded: where that differs from
     # what vLLM routes on, a path the proxy serves itself must not slip past it.
     if path != request.rel_url.path_safe and is_disguised(path):
-        return json_error(
+        return _refuse(
+            request,
             400,
             "Percent-encoded '/' or '%' in the path of a route the proxy serves itself",
             "invalid_request_error",
@@ -172,7 +180,8 @@ def refusal(request: web.Request, path: str) -> web.Response | None:
         return _unauthorized(app[ADMIN_TOKENS], request, "admin bearer token")
     config = app[CONFIG]
     if not config.allow_admin_routes and path in ADMIN_PATHS:
-        return json_error(
+        return _refuse(
+            request,
             403,
             "vLLM's administrative routes are not served through the proxy "
             "(see --allow-admin-routes)",
@@ -185,7 +194,7 @@ def refusal(request: web.Request, path: str) -> web.Response | None:
 
 async def _metrics_text(request: web.Request) -> web.Response:
     if request.app[CONFIG].disable_metrics_endpoint:
-        return json_error(404, "The /metrics endpoint is disabled", "not_found")
+        return _refuse(request, 404, "The /metrics endpoint is disabled", "not_found")
     body = render_text(request.app[RECORDER].collect())
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_TEXT})
 
@@ -255,7 +264,7 @@ def _refused(request: web.Request, path: str, allowed: str | None) -> web.Respon
     if allowed is not None and (wrong := _wrong_method(request, allowed)) is not None:
         return wrong
     if request.app[LIFECYCLE].draining:
-        response = json_error(503, "The proxy is shutting down", "overloaded_error")
+        response = _refuse(request, 503, "The proxy is shutting down", "overloaded_error")
         response.force_close()
         return response
     return None
