@@ -1,6 +1,6 @@
 """What the log says about requests: one line per metered request, read from its record; one
-per request the proxy refuses itself. What happened, never what was said: no prompt,
-completion or key in it."""
+per request the proxy refuses itself; one per upstream failure on any other path. What
+happened, never what was said: no prompt, completion, key or upstream body in it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 from aiohttp import web
 
 from metrics_proxy import request_ids
+from metrics_proxy.families import ErrorKind
 from metrics_proxy.log_format import Line, text_value, write
 from metrics_proxy.record import RequestRecord
 
@@ -26,9 +27,17 @@ def _line(request: web.Request, prefix: str, fields: dict[str, object]) -> Line:
     return Line(f"{prefix}{method} {text_value(path)}", fields, {"method": method, "path": path})
 
 
-def log_metered(request: web.Request, record: RequestRecord, *, reason: str | None = None) -> None:
-    """The summary of a settled metered request; ``reason``: why the proxy refused it."""
-    if not log.isEnabledFor(logging.INFO):
+def log_metered(
+    request: web.Request,
+    record: RequestRecord,
+    *,
+    cause: str | None = None,
+    reason: str | None = None,
+) -> None:
+    """The summary of a settled metered request: at INFO, or at WARNING with the ``cause``
+    of the upstream's failure; ``reason``: why the proxy refused it."""
+    level = logging.INFO if cause is None else logging.WARNING
+    if not log.isEnabledFor(level):
         return
     generation = record.generation_tokens
     fields: dict[str, object] = {
@@ -41,12 +50,22 @@ def log_metered(request: web.Request, record: RequestRecord, *, reason: str | No
         "prompt_tokens": record.prompt_tokens,
         "generation_tokens": record.output_chunks if generation is None else generation,
     }
+    if cause is not None:
+        fields["error"] = record.error_kind or ErrorKind.UPSTREAM_STATUS
+        fields["cause"] = cause
     if reason is not None:
         fields["reason"] = reason
-    write(log, logging.INFO, _line(request, "", fields))
+    write(log, level, _line(request, "", fields))
 
 
 def log_refusal(request: web.Request, status: int, reason: str) -> None:
     """A request the proxy answered itself, without the upstream: INFO, with its reason."""
     if log.isEnabledFor(logging.INFO):
         write(log, logging.INFO, _line(request, "refused ", {"status": status, "reason": reason}))
+
+
+def log_upstream_failure(request: web.Request, status: int, kind: ErrorKind, cause: str) -> None:
+    """A forwarded (unmetered) request the upstream failed: WARNING, with the cause."""
+    if log.isEnabledFor(logging.WARNING):
+        fields: dict[str, object] = {"status": status, "error": kind, "cause": cause}
+        write(log, logging.WARNING, _line(request, "", fields))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 
 import aiohttp
@@ -34,12 +35,16 @@ from metrics_proxy.errors import (
     CLIENT_BODY_TIMEOUT,
     CLIENT_GONE,
     JSON,
+    ErrorAnswerReader,
     RequestFailure,
     UnsupportedEncoding,
     UpstreamFailure,
     error_event,
     gone,
     json_error,
+    status_cause,
+    stream_cause,
+    upstream_cause,
 )
 from metrics_proxy.families import DisconnectStage, ErrorKind, FinishedReason, RejectionReason
 from metrics_proxy.form_body import FormBody
@@ -47,7 +52,7 @@ from metrics_proxy.headers import response_headers
 from metrics_proxy.lifecycle import Lifecycle
 from metrics_proxy.record import RequestRecord
 from metrics_proxy.recorder import ProxyMetricsRecorder
-from metrics_proxy.relay import relay
+from metrics_proxy.relay import BodyFilter, relay
 from metrics_proxy.stream_meter import MAX_UNFINISHED_EVENT, StreamMeter
 from metrics_proxy.upstream_client import ClientBodyTimeout, StreamedBody, Upstream
 
@@ -137,6 +142,7 @@ class MeteredExchange:
 
     __slots__ = (
         "_api",
+        "_cause",
         "_context",
         "_injection",
         "_meter",
@@ -166,6 +172,7 @@ class MeteredExchange:
         self._meter: StreamMeter | None = None  # an event stream's, once it is read
         self._pending_id: str | None = None  # a non-streamed answer's running response
         self._refused_because: str | None = None  # why the proxy refused it, for the log
+        self._cause: str | None = None  # what failed upstream, for the log
         self.record = record
 
     async def run(self, upstream_body: bytes | StreamedBody) -> web.StreamResponse:
@@ -239,6 +246,12 @@ class MeteredExchange:
     def _count(self, kind: ErrorKind) -> None:
         self.record.fail(kind)
         self._context.recorder.count_error(kind)
+        if kind in _BROKEN_UPSTREAM and self._cause is None:
+            # Every caller counts a broken upstream in the except clause that caught it: the
+            # exception being handled is the one the log line describes.
+            exc = sys.exception()
+            if exc is not None:
+                self._cause = upstream_cause(exc, answered=self._response is not None)
 
     async def _exchange(self, upstream_body: bytes | StreamedBody) -> web.StreamResponse:
         request = self._request
@@ -292,7 +305,10 @@ class MeteredExchange:
         those); 5xx: it failed. Either way its answer goes to the client as it is."""
         self._context.recorder.count_error(ErrorKind.UPSTREAM_STATUS)
         self.record.rejected = upstream.status < 500
-        return await self._copy(upstream, response, _Reading(None, None, self._clock))
+        answer = ErrorAnswerReader()
+        complete = await self._copy(upstream, response, answer)
+        self._cause = self._cause or status_cause(upstream.status, answer.message())
+        return complete
 
     async def _relay_body(
         self, upstream: aiohttp.ClientResponse, response: web.StreamResponse
@@ -315,7 +331,7 @@ class MeteredExchange:
         return True
 
     async def _copy(
-        self, upstream: aiohttp.ClientResponse, response: web.StreamResponse, reading: _Reading
+        self, upstream: aiohttp.ClientResponse, response: web.StreamResponse, reading: BodyFilter
     ) -> bool:
         """Relay a body; False when the upstream broke and the client connection was cut,
         since a truncated body must not look complete."""
@@ -384,7 +400,9 @@ class MeteredExchange:
             self._context.held.hold(pending_id, record)
             log_metered(self._request, record)
         elif record.settle():
-            log_metered(self._request, record, reason=self._refused_because)
+            kind = record.error_kind
+            cause = self._cause or (stream_cause(kind) if kind is not None else None)
+            log_metered(self._request, record, cause=cause, reason=self._refused_because)
 
     def _running_response(self) -> str | None:
         """The id of a response still running when its exchange ends: a background one,
@@ -396,6 +414,10 @@ class MeteredExchange:
         if meter.finish_reason is not None or meter.upstream_error:
             return None
         return meter.pending_id
+
+
+# The failures of an upstream that broke (no answer, a cut answer): the log says which.
+_BROKEN_UPSTREAM = frozenset({ErrorKind.CONNECT, ErrorKind.TIMEOUT, ErrorKind.UPSTREAM_DISCONNECT})
 
 
 class _Reading:

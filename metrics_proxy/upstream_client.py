@@ -14,6 +14,7 @@ from yarl import URL
 
 from metrics_proxy import request_ids
 from metrics_proxy.config import Config, seconds_or_none
+from metrics_proxy.errors import UpstreamWriteTimeout
 from metrics_proxy.headers import request_headers
 from metrics_proxy.resend import ResendIfClosedUnanswered
 from metrics_proxy.setting_rules import split_credentials
@@ -158,6 +159,8 @@ class Upstream:
         except TimeoutError:
             if deadline.client_late:
                 raise ClientBodyTimeout from None
+            if timeout.expired():  # our deadline, armed for a write: not aiohttp's
+                raise UpstreamWriteTimeout from None
             raise
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,8 @@ import pytest
 
 from metrics_proxy.server import LIFECYCLE
 from tests.support.fake_upstream import Behavior
-from tests.support.raw_peers import read_message
+from tests.support.processes import free_port
+from tests.support.raw_peers import Answer, RawMessage, RawUpstream, read_message, response_head
 from tests.support.stack import Stack, StackFactory
 
 CHAT = "/v1/chat/completions"
@@ -165,3 +167,177 @@ async def test_a_queue_refusal_s_line_says_why(
         if task is not None:
             task.cancel()
     await stack.wait_for("vllm:num_requests_running", 0)
+
+
+# --- Upstream failures ------------------------------------------------------------------------
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in proxy_lines(caplog) if r.levelno == logging.WARNING]
+
+
+def cause_of(line: str) -> str:
+    found = re.search(r' cause=("(?:[^"\\]|\\.)*"|\S+)', line)
+    assert found is not None, line
+    text = found[1]
+    return str(orjson.loads(text)) if text.startswith('"') else text
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", CHAT), ("GET", "/v1/models")])
+async def test_a_refused_connection_is_logged_with_the_address_the_client_never_sees(
+    make_stack: StackFactory, logs: pytest.LogCaptureFixture, method: str, path: str
+) -> None:
+    port = free_port()  # nothing listens there
+    stack = await make_stack(upstream_url=f"http://127.0.0.1:{port}")
+    response = await stack.client.request(method, path, data=BODY if method == "POST" else None)
+    assert response.status == 502
+    body = await response.text()
+    assert "Upstream unreachable" in body
+    assert "127.0.0.1" not in body
+    assert str(port) not in body
+    (line,) = warnings_of(logs)
+    assert line.startswith(f"{method} {path} status=502 ")
+    assert " error=connect " in line
+    assert cause_of(line) == f"connect to 127.0.0.1:{port}: connection refused"
+    assert len(proxy_lines(logs)) == 1  # one line per failed request
+
+
+STALL = Behavior(stall_before_headers=True)
+STALL_MID_STREAM = Behavior(stall_after=2)
+
+
+@pytest.mark.parametrize(
+    ("behavior", "settings", "status", "cause"),
+    [
+        (
+            STALL,
+            {"read_timeout": 0.1},
+            504,
+            "read timeout (--read-timeout) reading the answer's head",
+        ),
+        (STALL_MID_STREAM, {"read_timeout": 0.1}, 200, "read timeout (--read-timeout) mid-body"),
+        (
+            STALL,
+            {"request_timeout": 0.1},
+            504,
+            "whole-request limit (--request-timeout) reading the answer's head",
+        ),
+        (
+            STALL_MID_STREAM,
+            {"request_timeout": 0.1},
+            200,
+            "whole-request limit (--request-timeout) mid-body",
+        ),
+        (Behavior(reset_after=2), {}, 200, "ClientPayloadError mid-body"),
+    ],
+    ids=["read-head", "read-body", "whole-head", "whole-body", "reset-body"],
+)
+async def test_a_timeout_or_cut_answer_says_which_and_when(
+    make_stack: StackFactory,
+    logs: pytest.LogCaptureFixture,
+    behavior: Behavior,
+    settings: dict[str, Any],
+    status: int,
+    cause: str,
+) -> None:
+    stack = await make_stack(behavior, **settings)
+    response = await stack.client.post(CHAT, data=BODY)
+    assert response.status == status
+    await response.read()
+    await stack.wait_for("vllm:num_requests_running", 0)
+    (line,) = warnings_of(logs)
+    assert line.startswith(f"POST {CHAT} status={status} finished_reason=error ")
+    assert cause_of(line) == cause
+    assert len(proxy_lines(logs)) == 1
+
+
+async def test_an_error_event_in_the_stream_is_a_failure_with_its_cause(
+    make_stack: StackFactory, logs: pytest.LogCaptureFixture
+) -> None:
+    stack = await make_stack(Behavior(error_after=1))
+    body = orjson.dumps({"model": "m", "max_tokens": 9, "messages": [], "stream": True})
+    response = await stack.client.post("/v1/messages", data=body)
+    await response.read()
+    (line,) = warnings_of(logs)
+    assert " error=upstream_stream_error " in line
+    assert cause_of(line) == "an error event in the upstream's stream"
+
+
+def _answer_with(status: int, body: bytes) -> Answer:
+    async def answer(
+        request: RawMessage, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        length = f"Content-Length: {len(body)}"
+        writer.write(response_head(status, "Content-Type: application/json", length) + body)
+        await writer.drain()
+
+    return answer
+
+
+VALIDATION = (
+    "1 validation error for ChatCompletionRequest\nmessages.0.content\n  Input should be a "
+    "valid string [type=string_type, input_value={'text': 'CANARY prompt'}, input_type=dict]"
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "cause"),
+    [
+        (
+            503,
+            orjson.dumps({"error": {"message": "engine is dead", "param": "CANARY-body"}}),
+            "upstream answered 503: engine is dead",
+        ),
+        (
+            400,
+            orjson.dumps({"object": "error", "message": VALIDATION, "type": "BadRequestError"}),
+            "upstream answered 400: 1 validation error for ChatCompletionRequest\n"
+            "messages.0.content\n  Input should be a valid string",
+        ),
+        (
+            404,
+            orjson.dumps({"type": "error", "error": {"type": "x", "message": "m" * 300}}),
+            "upstream answered 404: " + "m" * 200 + "...",
+        ),
+        (502, b"<html>CANARY bad gateway</html>", "upstream answered 502"),
+    ],
+    ids=["openai-shape", "vllm-validation", "long-message", "not-json"],
+)
+async def test_an_upstream_error_answer_is_logged_with_its_message_only(
+    make_stack: StackFactory,
+    logs: pytest.LogCaptureFixture,
+    status: int,
+    body: bytes,
+    cause: str,
+) -> None:
+    async with RawUpstream(_answer_with(status, body)) as upstream:
+        stack = await make_stack(upstream_url=upstream.url)
+        response = await stack.client.post(CHAT, data=BODY)
+        assert (response.status, await response.read()) == (status, body)  # untouched
+    (line,) = warnings_of(logs)
+    assert line.startswith(f"POST {CHAT} status={status} ")
+    assert " error=upstream_status " in line
+    assert cause_of(line) == cause
+    assert "CANARY" not in logs.text
+    assert len(line.splitlines()) == 1
+
+
+async def test_a_forwarded_answer_is_logged_when_it_is_a_5xx_only(
+    make_stack: StackFactory, logs: pytest.LogCaptureFixture
+) -> None:
+    body = orjson.dumps({"error": {"message": "no such thing"}})
+
+    async def answer(
+        request: RawMessage, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        status = 500 if request.target == "/broken" else 404
+        await _answer_with(status, body)(request, reader, writer)
+
+    async with RawUpstream(answer) as upstream:
+        stack = await make_stack(upstream_url=upstream.url)
+        for path, status in (("/broken", 500), ("/missing", 404)):
+            response = await stack.client.get(path)
+            assert (response.status, await response.read()) == (status, body)
+    (line,) = warnings_of(logs)  # the 404 is the client's business: no line
+    assert line.startswith("GET /broken status=500 error=upstream_status ")
+    assert cause_of(line) == "upstream answered 500: no such thing"
