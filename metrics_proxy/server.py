@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
+import os
 import signal
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -355,12 +358,7 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
     await runner.setup()  # opens the upstream session: a bad CA bundle stops us here, unbound
     try:
-        site = web.TCPSite(runner, config.host, config.port)
-        try:
-            await site.start()
-        except OSError as exc:  # e.g. the port is taken: one clear line, no traceback
-            log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror)
-            raise SystemExit(1) from None
+        await _listen(runner, config)
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # collector's scans, which otherwise show up in the latency tail under load.
         gc.freeze()
@@ -380,6 +378,29 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     finally:
         await runner.cleanup()
     log.info("stopped")
+
+
+async def _listen(runner: web.AppRunner, config: Config) -> None:
+    """Bind the port, or exit: 2 with one line when --host is no address of this machine
+    (a bad setting), 1 when the address cannot be had now (the port is taken, say)."""
+    site = web.TCPSite(runner, config.host, config.port)
+    try:
+        await site.start()
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"invalid value for --host (PROXY_HOST): {config.host!r} does not resolve "
+            f"({exc.strerror})",
+            setting="host",
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(
+                f"invalid value for --host (PROXY_HOST): {config.host!r} is no address of this "
+                f"machine ({os.strerror(exc.errno)})",
+                setting="host",
+            ) from None
+        log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror)
+        raise SystemExit(1) from None
 
 
 async def _drain(lifecycle: Lifecycle, grace_period: float) -> None:
