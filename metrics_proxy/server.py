@@ -43,6 +43,7 @@ from metrics_proxy.routes import (
     needs_api_key,
     vllm_path,
 )
+from metrics_proxy.startup_check import check_upstream
 from metrics_proxy.upstream_client import Upstream
 from metrics_proxy.websocket_relay import is_websocket_upgrade
 
@@ -56,6 +57,7 @@ PROBE = web.AppKey("probe", UpstreamProbe)
 ADMIN_TOKENS = web.AppKey("admin_tokens", BearerTokens)
 API_KEYS = web.AppKey("api_keys", BearerTokens)
 HELD = web.AppKey("held", HeldResponses)
+UPSTREAM = web.AppKey("upstream", Upstream)
 
 _HEALTHY = orjson.dumps({"status": "ok"})
 
@@ -119,6 +121,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
             held=app[HELD],
         )
         app[PROBE] = UpstreamProbe(session, config.upstream_url, clock=recorder.clock)
+        app[UPSTREAM] = upstream
         yield
 
 
@@ -373,7 +376,12 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             mask_url(config.upstream_url),
             config.model_name,
         )
-        await stop.wait()
+        check = asyncio.create_task(check_upstream(app[UPSTREAM], config))
+        try:
+            await stop.wait()
+        finally:
+            check.cancel()  # a shutdown never waits for the upstream to answer it
+            await asyncio.wait([check])
         await _drain(app[LIFECYCLE], config.shutdown_grace_period)
     finally:
         await runner.cleanup()

@@ -65,6 +65,14 @@ class Upstream:
         key = config.upstream_api_key
         self._authorization = f"Bearer {key}" if key else basic or ""
 
+    def get(self, path: str) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """The proxy's own GET of the upstream's ``path`` (no client's request), with the
+        upstream's key and the same timeouts as a client's request."""
+        headers = {"Authorization": self._authorization} if self._authorization else {}
+        return self._session.get(
+            self._base + path, headers=headers, timeout=self._timeout, allow_redirects=False
+        )
+
     def url_for(self, request: web.Request) -> URL:
         # rel_url: an absolute-form target (a client taking us for a forward proxy) keeps
         # only its path and query; the upstream is always ours.
