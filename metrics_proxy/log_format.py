@@ -16,6 +16,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 import orjson
@@ -30,6 +31,7 @@ __all__ = [
     "configure_logging",
     "text_value",
     "write",
+    "write_later",
 ]
 
 # A text value goes as it is when nothing in it could end the field or the line (visible
@@ -167,21 +169,28 @@ def _dumps(entry: dict[str, object]) -> str:
         return json.dumps(entry, default=str, separators=(",", ":"))
 
 
+# A line to be made when it is written: its time, level, logger name, and its maker.
+_Later = tuple[float, int, str, Callable[[], Line]]
+
+
 class LogWriter(logging.StreamHandler[TextIO]):
-    """Writes each record on a line of its own. Inside a running event loop an INFO line is
-    flushed at the end of the loop's turn, with whatever else that turn wrote: one system call
-    for a burst of lines, none of them held longer than the turn. A warning or worse, and any
-    record written outside the loop, is flushed at once."""
+    """Writes each record on a line of its own. Inside a running event loop, INFO lines wait
+    for the end of the loop's turn and go out together, in order: one system call for a burst
+    of lines, none held longer than the turn. A request's line may even be made there
+    (:meth:`write_later`), with the turn's others, so that the request's own path pays one
+    append. A warning or worse, and anything written outside the loop, goes out at once,
+    after what waits."""
 
     def __init__(self, stream: TextIO, formatter: TextFormatter | JsonFormatter) -> None:
         super().__init__(stream)
         self.setFormatter(formatter)
         self._lines = formatter
-        self._flush_due: asyncio.AbstractEventLoop | None = None
+        self._waiting: list[str | _Later] = []
+        self._turn_end: asyncio.AbstractEventLoop | None = None  # whose turn end writes them
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._write(self.format(record), record.levelno)
+            self._add(self.format(record), record.levelno)
         except Exception:
             self.handleError(record)
 
@@ -190,12 +199,31 @@ class LogWriter(logging.StreamHandler[TextIO]):
         text = self._lines.line(time.time(), logging.getLevelName(level), name, line)
         self.acquire()
         try:
-            self._write(text, level)
+            self._add(text, level)
         finally:
             self.release()
 
-    def _write(self, text: str, level: int) -> None:
-        self.stream.write(text + "\n")
+    def write_later(self, level: int, name: str, make: Callable[[], Line]) -> None:
+        """The line ``make`` returns, made when it is written (stamped now): what ``make``
+        reads must not change until the end of the loop's turn."""
+        self.acquire()
+        try:
+            self._add((time.time(), level, name, make), level)
+        finally:
+            self.release()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            waiting, self._waiting = self._waiting, []
+            if waiting:
+                self.stream.write("".join([self._text(item) + "\n" for item in waiting]))
+            super().flush()
+        finally:
+            self.release()
+
+    def _add(self, item: str | _Later, level: int) -> None:
+        self._waiting.append(item)
         if level >= logging.WARNING:
             self.flush()
             return
@@ -204,13 +232,24 @@ class LogWriter(logging.StreamHandler[TextIO]):
         except RuntimeError:
             self.flush()
             return
-        if self._flush_due is not loop:
-            self._flush_due = loop
-            loop.call_soon(self._flush_at_turn_end)
+        if self._turn_end is not loop:
+            self._turn_end = loop
+            loop.call_soon(self._at_turn_end)
 
-    def _flush_at_turn_end(self) -> None:
-        self._flush_due = None
+    def _at_turn_end(self) -> None:
+        self._turn_end = None
         self.flush()
+
+    def _text(self, item: str | _Later) -> str:
+        if isinstance(item, str):
+            return item
+        created, level, name, make = item
+        try:
+            message: object = make()
+            level_name = logging.getLevelName(level)
+        except Exception as exc:  # a bug in a line's maker must not take the others along
+            message, level_name = f"a log line could not be made: {type(exc).__name__}", "ERROR"
+        return self._lines.line(created, level_name, name, message)
 
 
 # The command's LogWriter, once configure_logging has made it the one place records go.
@@ -219,14 +258,25 @@ _direct: LogWriter | None = None
 
 def write(logger: logging.Logger, level: int, line: Line) -> None:
     """Write ``line`` at ``level`` (the caller has checked that the logger takes it). In the
-    command it goes straight to its LogWriter: a per-request line costs a third of a logging
-    record, which goes through the logger, its filters and handlers first. Anywhere else
-    (embedded, under test) it is a record like any other."""
+    command it goes straight to its LogWriter, without the logging record that would first
+    go through the logger, its filters and handlers; anywhere else (embedded, under test) it
+    is a record like any other."""
     writer = _direct
     if writer is None:
         logger.log(level, line)
     else:
         writer.write_line(level, logger.name, line)
+
+
+def write_later(logger: logging.Logger, level: int, make: Callable[[], Line]) -> None:
+    """:func:`write` for the line ``make`` returns. In the command it is made at the end of
+    the event loop's turn, with the turn's other lines, which costs the caller one append
+    (what ``make`` reads must not change until then); anywhere else, now."""
+    writer = _direct
+    if writer is None:
+        logger.log(level, make())
+    else:
+        writer.write_later(level, logger.name, make)
 
 
 def stderr_stream() -> TextIO:

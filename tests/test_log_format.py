@@ -3,11 +3,13 @@ every duration with its unit, and no value that could break a line."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import re
 import sys
+from functools import partial
 
 import aiohttp
 import orjson
@@ -149,3 +151,52 @@ async def test_every_duration_in_a_text_line_says_its_unit(fake_upstream_url: st
     assert {"queue_ms", "inference_ms", "ttft_ms", "e2e_ms"} <= set(keys)
     # No timing left without a unit (the old line said queue=, ttft=, e2e= in seconds).
     assert not {"queue", "inference", "ttft", "e2e"} & set(keys)
+
+
+def _messages(out: io.StringIO) -> list[str]:
+    return [TEXT_TIME.sub("", line) for line in out.getvalue().splitlines()]
+
+
+async def test_lines_wait_for_the_end_of_the_loop_s_turn_and_keep_their_order() -> None:
+    writer, out = _writer(TextFormatter())
+    made: list[int] = []
+
+    def make(number: int) -> Line:
+        made.append(number)
+        return Line(f"line {number}", {})
+
+    writer.write_later(logging.INFO, "m", partial(make, 1))
+    writer.handle(logging.LogRecord("r", logging.INFO, "", 0, "record %d", (2,), None))
+    writer.write_later(logging.INFO, "m", partial(make, 3))
+    assert (out.getvalue(), made) == ("", [])  # neither made nor written yet
+    await asyncio.sleep(0)  # the turn ends
+    assert made == [1, 3]
+    assert _messages(out) == ["INFO m: line 1", "INFO r: record 2", "INFO m: line 3"]
+
+
+async def test_a_warning_is_written_at_once_after_what_waits() -> None:
+    writer, out = _writer(TextFormatter())
+    writer.write_later(logging.INFO, "m", lambda: Line("waiting", {}))
+    writer.write_line(logging.WARNING, "m", Line("now", {}))
+    assert _messages(out) == ["INFO m: waiting", "WARNING m: now"]
+
+
+def test_outside_the_event_loop_a_line_is_written_at_once() -> None:
+    writer, out = _writer(TextFormatter())
+    writer.write_later(logging.INFO, "m", lambda: Line("at once", {}))
+    assert _messages(out) == ["INFO m: at once"]
+
+
+async def test_a_line_that_cannot_be_made_leaves_the_others_written() -> None:
+    writer, out = _writer(TextFormatter())
+
+    def broken() -> Line:
+        raise ZeroDivisionError
+
+    writer.write_later(logging.INFO, "m", broken)
+    writer.write_later(logging.INFO, "m", lambda: Line("fine", {}))
+    await asyncio.sleep(0)
+    assert _messages(out) == [
+        "ERROR m: a log line could not be made: ZeroDivisionError",
+        "INFO m: fine",
+    ]
