@@ -1,47 +1,90 @@
-"""One INFO line per request, read from its record: what happened, never what was said."""
+"""What the log says about requests: one line per metered request, read from its record; one
+per request the proxy refuses itself; one per upstream failure on any other path. What
+happened, never what was said: no prompt, completion, key or upstream body in it."""
 
 from __future__ import annotations
 
 import logging
-import re
+from functools import partial
 
 from aiohttp import web
 
+from metrics_proxy import request_ids
+from metrics_proxy.families import ErrorKind
+from metrics_proxy.log_format import Line, text_value, write, write_later
 from metrics_proxy.record import RequestRecord
 
 log = logging.getLogger("metrics_proxy")
 
-# A client's request id goes to the log: visible ASCII only, and not much of it.
-_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
-_MAX_REQUEST_ID = 128
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
 
 
-def _request_id(request: web.Request) -> str:
-    given = request.headers.get("X-Request-Id")
-    return "-" if not given else _UNPRINTABLE.sub("?", given[:_MAX_REQUEST_ID])
+def _line(
+    request: web.Request, prefix: str, fields: dict[str, object], request_id: str | None
+) -> Line:
+    """``prefix`` + ``METHOD /path`` and the fields, the request id last."""
+    method, path = request.method, request.path
+    fields["request_id"] = request_id
+    return Line(f"{prefix}{method} {text_value(path)}", fields, {"method": method, "path": path})
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def log_metered(request: web.Request, record: RequestRecord) -> None:
-    """The summary of a settled metered request (no prompt, completion or key in it)."""
-    if not log.isEnabledFor(logging.INFO):
+def log_metered(
+    request: web.Request,
+    record: RequestRecord,
+    *,
+    cause: str | None = None,
+    reason: str | None = None,
+) -> None:
+    """The summary of a metered request: at INFO, or at WARNING with the ``cause`` of the
+    upstream's failure; ``reason``: why the proxy refused it. A settled record no longer
+    changes, so its line is made when it is written (see log_format.write_later)."""
+    level = logging.INFO if cause is None else logging.WARNING
+    if not log.isEnabledFor(level):
         return
+    make = partial(_metered_line, request, record, request_ids.current(), cause, reason)
+    if record.settled:
+        write_later(log, level, make)
+    else:  # held (a background response): its record still changes
+        write(log, level, make())
+
+
+def _metered_line(
+    request: web.Request,
+    record: RequestRecord,
+    request_id: str | None,
+    cause: str | None,
+    reason: str | None,
+) -> Line:
     generation = record.generation_tokens
-    log.info(
-        "%s %s status=%s finished_reason=%s queue=%s inference=%s ttft=%s e2e=%s "
-        "prompt_tokens=%s generation_tokens=%s request_id=%s",
-        request.method,
-        request.path,
-        record.status,
-        "rejected" if record.rejected else record.finished_reason,
-        _seconds(record.queue_seconds),
-        _seconds(record.inference_seconds),
-        _seconds(record.ttft_seconds),
-        _seconds(record.e2e_seconds),
-        "-" if record.prompt_tokens is None else record.prompt_tokens,
-        record.output_chunks if generation is None else generation,
-        _request_id(request),
-    )
+    fields: dict[str, object] = {
+        "status": record.status,
+        "finished_reason": "rejected" if record.rejected else record.finished_reason,
+        "queue_ms": _ms(record.queue_seconds),
+        "inference_ms": _ms(record.inference_seconds),
+        "ttft_ms": _ms(record.ttft_seconds),
+        "e2e_ms": _ms(record.e2e_seconds),
+        "prompt_tokens": record.prompt_tokens,
+        "generation_tokens": record.output_chunks if generation is None else generation,
+    }
+    if cause is not None:
+        fields["error"] = record.error_kind or ErrorKind.UPSTREAM_STATUS
+        fields["cause"] = cause
+    if reason is not None:
+        fields["reason"] = reason
+    return _line(request, "", fields, request_id)
+
+
+def log_refusal(request: web.Request, status: int, reason: str) -> None:
+    """A request the proxy answered itself, without the upstream: INFO, with its reason."""
+    if log.isEnabledFor(logging.INFO):
+        fields: dict[str, object] = {"status": status, "reason": reason}
+        write(log, logging.INFO, _line(request, "refused ", fields, request_ids.current()))
+
+
+def log_upstream_failure(request: web.Request, status: int, kind: ErrorKind, cause: str) -> None:
+    """A forwarded (unmetered) request the upstream failed: WARNING, with the cause."""
+    if log.isEnabledFor(logging.WARNING):
+        fields: dict[str, object] = {"status": status, "error": kind, "cause": cause}
+        write(log, logging.WARNING, _line(request, "", fields, request_ids.current()))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from typing import NoReturn
 
 from metrics_proxy import __version__
-from metrics_proxy.config import SETTINGS, Config, ConfigError, Setting
+from metrics_proxy.config import SETTINGS, Config, ConfigError, Setting, SettingCorrected
 
 __all__ = ["build_parser", "main", "parse_config"]
 
@@ -37,12 +39,17 @@ def _help(setting: Setting) -> str:
     return f"{setting.help} (env {env}, {default})".replace("%", "%%")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a mistake is one line (no usage block above it): the line that says
     what is wrong is all an operator reads, and ``--help`` has the rest."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        # One line whatever was typed: argparse quotes an unknown argument as it came.
+        line = _CONTROL.sub(lambda found: repr(found[0])[1:-1], message)
+        self.exit(2, f"{self.prog}: error: {line}\n")
 
 
 def installed_version() -> str:
@@ -95,12 +102,16 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Conf
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``aiohttp-proxy``."""
-    config = parse_config(argv, os.environ)
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    with warnings.catch_warnings(record=True) as corrections:
+        warnings.simplefilter("always", SettingCorrected)
+        config = parse_config(argv, os.environ)
     # Imported late so a settings mistake exits before the server stack loads.
+    from metrics_proxy.log_format import configure_logging
     from metrics_proxy.server import run_app
+
+    configure_logging(config.log_level, config.log_format)
+    for correction in corrections:  # said once the log is set up, in its format
+        logging.getLogger("metrics_proxy").warning("%s", correction.message)
 
     try:
         run_app(config)

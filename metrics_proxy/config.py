@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -20,6 +21,7 @@ from metrics_proxy.setting_rules import (
     mask_url,
     not_blank,
     one_of,
+    text,
 )
 
 __all__ = [
@@ -28,7 +30,9 @@ __all__ = [
     "SIMULATED_UPSTREAM",
     "Config",
     "ConfigError",
+    "LogFormat",
     "Setting",
+    "SettingCorrected",
     "StreamUsage",
     "seconds_or_none",
 ]
@@ -36,9 +40,11 @@ __all__ = [
 ENV_PREFIX = "PROXY_"
 
 StreamUsage = Literal["none", "include", "continuous"]
+LogFormat = Literal["text", "json"]
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _STREAM_USAGES = ("none", "include", "continuous")
+_LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -50,6 +56,10 @@ class ConfigError(ValueError):
     def __init__(self, message: str, *, setting: str) -> None:
         super().__init__(message)
         self.setting = setting
+
+
+class SettingCorrected(UserWarning):
+    """A setting's value was changed into the one it obviously meant; the command logs it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +88,7 @@ class Config:
     upstream_keepalive_timeout: float = 4.0
     disable_metrics_endpoint: bool = False
     log_level: str = "INFO"
+    log_format: LogFormat = "text"
     stream_usage: StreamUsage = "include"
     max_body_size: int = 32 * 1024 * 1024
     max_queue_length: int = 0
@@ -260,6 +271,25 @@ class Setting:
         return repr(mask_url(raw) if isinstance(raw, str) else raw)
 
 
+def _upstream_root(value: str) -> str:
+    """The upstream's base URL, without the ``/v1`` an OpenAI SDK's base URL ends in: every
+    request's path starts with it already, and /v1/v1/chat/completions is a 404."""
+    url = http_url(value)
+    path = root_path = urlsplit(url).path  # the URL's end: it has no query or fragment
+    while root_path.endswith("/v1"):
+        root_path = root_path.removesuffix("/v1")
+    root = url[: len(url) - len(path) + len(root_path)]
+    if root != url:
+        warnings.warn(
+            SettingCorrected(
+                f"--upstream-url (PROXY_UPSTREAM_URL) {mask_url(url)!r} ends in /v1, which "
+                f"every request's path starts with already: using {mask_url(root)!r}"
+            ),
+            stacklevel=2,
+        )
+    return root
+
+
 _TIMEOUT = at_least(0)
 _NO_LIMIT = "; 0 = no limit"
 
@@ -267,9 +297,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "upstream_url",
         "URL",
-        "base URL of the upstream, e.g. http://127.0.0.1:8001; a path prefix is kept; "
-        "required unless --simulate",
-        http_url,
+        "base URL of the upstream, e.g. http://127.0.0.1:8001; a path prefix is kept, a "
+        "trailing /v1 is not; required unless --simulate",
+        _upstream_root,
     ),
     Setting("model_name", "NAME", "model name for the metrics' model_name label", not_blank),
     Setting("host", "HOST", "interface to listen on", not_blank),
@@ -319,6 +349,12 @@ SETTINGS: tuple[Setting, ...] = (
         "log_level", "LEVEL", "log level, any case: " + ", ".join(_LOG_LEVELS), one_of(_LOG_LEVELS)
     ),
     Setting(
+        "log_format",
+        "{" + ",".join(_LOG_FORMATS) + "}",
+        "how log lines are written: text, or one JSON object per line (json)",
+        one_of(_LOG_FORMATS),
+    ),
+    Setting(
         "stream_usage",
         "{" + ",".join(_STREAM_USAGES) + "}",
         "what a streaming upstream is asked for so token counts are exact: nothing (none), "
@@ -363,12 +399,14 @@ SETTINGS: tuple[Setting, ...] = (
         "upstream_api_key",
         "KEY",
         "sent to the upstream as 'Authorization: Bearer KEY' (vLLM's --api-key); never logged",
+        text,
     ),
     Setting(
         "admin_token",
         "TOKEN",
         "when set, /metrics, /internal/metrics and any upstream /metrics... path need "
         "'Authorization: Bearer TOKEN'",
+        text,
     ),
     Setting(
         "api_key",
@@ -376,6 +414,7 @@ SETTINGS: tuple[Setting, ...] = (
         "when set, every request but vLLM's public paths (/health, /ping, /load, /version, "
         "docs) needs 'Authorization: Bearer KEY' (vLLM's --api-key); several keys separated "
         "by commas; never logged",
+        text,
     ),
     Setting(
         "allow_unauthenticated",

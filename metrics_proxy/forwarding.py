@@ -8,6 +8,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
+from metrics_proxy.access_log import log_refusal, log_upstream_failure
 from metrics_proxy.client_io import (
     ClientGone,
     ClientWriteLimits,
@@ -15,7 +16,15 @@ from metrics_proxy.client_io import (
     abort_connection,
     write_guard,
 )
-from metrics_proxy.errors import CLIENT_BODY_TIMEOUT, UpstreamFailure, gone
+from metrics_proxy.errors import (
+    CLIENT_BODY_TIMEOUT,
+    ErrorAnswerReader,
+    UpstreamFailure,
+    gone,
+    status_cause,
+    upstream_cause,
+)
+from metrics_proxy.families import ErrorKind
 from metrics_proxy.headers import response_headers
 from metrics_proxy.recorder import ProxyMetricsRecorder
 from metrics_proxy.relay import PASS_THROUGH, BodyFilter, relay
@@ -59,10 +68,7 @@ class Forwarder:
                 )
                 # Guarded: a client gone by now is no upstream failure.
                 await write_guard(response.prepare(request))
-                body_filter = (
-                    PASS_THROUGH if read is None else read(upstream.status, upstream.content_type)
-                )
-                await self._copy(request, upstream, response, body_filter)
+                await self._copy(request, upstream, response, _answer_filter(upstream, read))
                 return response
         except ClientGone:
             return gone()
@@ -70,12 +76,15 @@ class Forwarder:
             # The client stalled its body: 408 while that can still be said, a cut
             # connection once the answer has begun.
             self._recorder.count_error(CLIENT_BODY_TIMEOUT.kind)
+            log_refusal(request, CLIENT_BODY_TIMEOUT.status, CLIENT_BODY_TIMEOUT.message)
             if response is not None and response.prepared:
                 abort_connection(request)
             return CLIENT_BODY_TIMEOUT.response()
         except (TimeoutError, aiohttp.ClientError) as exc:
             failure = UpstreamFailure.of(exc)
             self._recorder.count_error(failure.kind)
+            cause = upstream_cause(exc, answered=False)
+            log_upstream_failure(request, failure.status, failure.kind, cause)
             return failure.response()
 
     async def _copy(
@@ -90,5 +99,21 @@ class Forwarder:
             await write_guard(response.write_eof())
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Headers are out: the only honest signal left is a broken connection.
-            self._recorder.count_error(UpstreamFailure.of(exc).kind)
+            kind = UpstreamFailure.of(exc).kind
+            self._recorder.count_error(kind)
             abort_connection(request)
+            cause = upstream_cause(exc, answered=True)
+            log_upstream_failure(request, upstream.status, kind, cause)
+            return
+        if upstream.status >= 500:
+            message = body_filter.message() if isinstance(body_filter, ErrorAnswerReader) else None
+            cause = status_cause(upstream.status, message)
+            log_upstream_failure(request, upstream.status, ErrorKind.UPSTREAM_STATUS, cause)
+
+
+def _answer_filter(upstream: aiohttp.ClientResponse, read: AnswerReader | None) -> BodyFilter:
+    """What reads a forwarded answer: the caller's reader; for a failure (5xx) otherwise,
+    one that keeps its error message for the log; else nothing."""
+    if read is not None:
+        return read(upstream.status, upstream.content_type)
+    return ErrorAnswerReader() if upstream.status >= 500 else PASS_THROUGH

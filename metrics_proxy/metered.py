@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
 
-from metrics_proxy.access_log import log_metered
+from metrics_proxy.access_log import log_metered, log_refusal
 from metrics_proxy.admission import AdmissionQueue, QueueFull, QueueTimeout
 from metrics_proxy.apis.base import (
     NO_INJECTION,
@@ -34,12 +35,16 @@ from metrics_proxy.errors import (
     CLIENT_BODY_TIMEOUT,
     CLIENT_GONE,
     JSON,
+    ErrorAnswerReader,
     RequestFailure,
     UnsupportedEncoding,
     UpstreamFailure,
     error_event,
     gone,
     json_error,
+    status_cause,
+    stream_cause,
+    upstream_cause,
 )
 from metrics_proxy.families import DisconnectStage, ErrorKind, FinishedReason, RejectionReason
 from metrics_proxy.form_body import FormBody
@@ -47,7 +52,7 @@ from metrics_proxy.headers import response_headers
 from metrics_proxy.lifecycle import EndedByShutdown, Lifecycle, shutdown_event
 from metrics_proxy.record import RequestRecord
 from metrics_proxy.recorder import ProxyMetricsRecorder
-from metrics_proxy.relay import RelayControl, relay
+from metrics_proxy.relay import BodyFilter, RelayControl, relay
 from metrics_proxy.stream_meter import MAX_UNFINISHED_EVENT, StreamMeter
 from metrics_proxy.upstream_client import ClientBodyTimeout, StreamedBody, Upstream
 
@@ -119,6 +124,7 @@ async def handle_metered(
         if failure is None:
             raise
         recorder.count_error(failure.kind)
+        log_refusal(request, failure.status, failure.message)
         return failure.response()
     if isinstance(api, ApiChoice):
         api = api.choose(obj)
@@ -136,10 +142,12 @@ class MeteredExchange:
 
     __slots__ = (
         "_api",
+        "_cause",
         "_context",
         "_injection",
         "_meter",
         "_pending_id",
+        "_refused_because",
         "_request",
         "_response",
         "_stream",
@@ -163,6 +171,8 @@ class MeteredExchange:
         self._response: web.StreamResponse | None = None
         self._meter: StreamMeter | None = None  # an event stream's, once it is read
         self._pending_id: str | None = None  # a non-streamed answer's running response
+        self._refused_because: str | None = None  # why the proxy refused it, for the log
+        self._cause: str | None = None  # what failed upstream, for the log
         self.record = record
 
     async def run(self, upstream_body: bytes | StreamedBody) -> web.StreamResponse:
@@ -226,9 +236,8 @@ class MeteredExchange:
         self.record.rejected = True
         status = self.record.status = 429 if full else 503
         message = "The proxy's queue is full" if full else "Waited too long in the proxy's queue"
-        response = json_error(
-            status, f"{message}: {exc}", "rate_limit_error" if full else "overloaded_error"
-        )
+        message = self._refused_because = f"{message}: {exc}"
+        response = json_error(status, message, "rate_limit_error" if full else "overloaded_error")
         response.headers["Retry-After"] = "1"
         self._settle()
         return response
@@ -240,6 +249,7 @@ class MeteredExchange:
         self._count(failure.kind)
         if isinstance(failure, RequestFailure):
             self.record.rejected = True  # the client's body never all reached the engine
+            self._refused_because = failure.message
         if self._response is not None:
             # Headers are out: nothing more can be said, and a cut connection is the honest end.
             abort_connection(self._request)
@@ -254,6 +264,12 @@ class MeteredExchange:
     def _count(self, kind: ErrorKind) -> None:
         self.record.fail(kind)
         self._context.recorder.count_error(kind)
+        if kind in _BROKEN_UPSTREAM and self._cause is None:
+            # Every caller counts a broken upstream in the except clause that caught it: the
+            # exception being handled is the one the log line describes.
+            exc = sys.exception()
+            if exc is not None:
+                self._cause = upstream_cause(exc, answered=self._response is not None)
 
     async def _exchange(self, upstream_body: bytes | StreamedBody) -> web.StreamResponse:
         request = self._request
@@ -309,7 +325,10 @@ class MeteredExchange:
         those); 5xx: it failed. Either way its answer goes to the client as it is."""
         self._context.recorder.count_error(ErrorKind.UPSTREAM_STATUS)
         self.record.rejected = upstream.status < 500
-        return await self._copy(upstream, response, _Reading(None, None, self._clock))
+        answer = ErrorAnswerReader()
+        complete = await self._copy(upstream, response, answer)
+        self._cause = self._cause or status_cause(upstream.status, answer.message())
+        return complete
 
     async def _relay_body(
         self, upstream: aiohttp.ClientResponse, response: web.StreamResponse
@@ -332,7 +351,7 @@ class MeteredExchange:
         return True
 
     async def _copy(
-        self, upstream: aiohttp.ClientResponse, response: web.StreamResponse, reading: _Reading
+        self, upstream: aiohttp.ClientResponse, response: web.StreamResponse, reading: BodyFilter
     ) -> bool:
         """Relay a body; False when the upstream broke and the client connection was cut,
         since a truncated body must not look complete."""
@@ -404,7 +423,9 @@ class MeteredExchange:
             self._context.held.hold(pending_id, record)
             log_metered(self._request, record)
         elif record.settle():
-            log_metered(self._request, record)
+            kind = record.error_kind
+            cause = self._cause or (stream_cause(kind) if kind is not None else None)
+            log_metered(self._request, record, cause=cause, reason=self._refused_because)
 
     def _running_response(self) -> str | None:
         """The id of a response still running when its exchange ends: a background one,
@@ -416,6 +437,10 @@ class MeteredExchange:
         if meter.finish_reason is not None or meter.upstream_error:
             return None
         return meter.pending_id
+
+
+# The failures of an upstream that broke (no answer, a cut answer): the log says which.
+_BROKEN_UPSTREAM = frozenset({ErrorKind.CONNECT, ErrorKind.TIMEOUT, ErrorKind.UPSTREAM_DISCONNECT})
 
 
 class _Reading:
@@ -502,6 +527,7 @@ async def _handle_form(
         if failure is None:
             raise
         recorder.count_error(failure.kind)
+        log_refusal(request, failure.status, failure.message)
         return failure.response()
     exchange = _FormExchange(context, request, recorder.start_request(arrival), api, body)
     return await exchange.run(body)

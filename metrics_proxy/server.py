@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
+import os
 import signal
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -13,7 +16,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from metrics_proxy.access_log import log_metered
+from metrics_proxy import request_ids
+from metrics_proxy.access_log import log_metered, log_refusal
 from metrics_proxy.admission import AdmissionQueue
 from metrics_proxy.apis import API_BY_ROUTE, Api, ApiChoice
 from metrics_proxy.apis.base import UsageMode
@@ -40,6 +44,7 @@ from metrics_proxy.routes import (
     vllm_path,
 )
 from metrics_proxy.simulated_upstream import proxy_traffic, simulated_upstream
+from metrics_proxy.startup_check import check_upstream
 from metrics_proxy.upstream_client import Upstream
 from metrics_proxy.websocket_relay import is_websocket_upgrade
 
@@ -53,6 +58,7 @@ PROBE = web.AppKey("probe", UpstreamProbe)
 ADMIN_TOKENS = web.AppKey("admin_tokens", BearerTokens)
 API_KEYS = web.AppKey("api_keys", BearerTokens)
 HELD = web.AppKey("held", HeldResponses)
+UPSTREAM = web.AppKey("upstream", Upstream)
 
 _HEALTHY = orjson.dumps({"status": "ok"})
 
@@ -116,7 +122,14 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
             held=app[HELD],
         )
         app[PROBE] = UpstreamProbe(session, config.upstream_url, clock=recorder.clock)
+        app[UPSTREAM] = upstream
         yield
+
+
+def _refuse(request: web.Request, status: int, message: str, error_type: str) -> web.Response:
+    """An answer the proxy gives itself, the upstream never asked: logged with its reason."""
+    log_refusal(request, status, message)
+    return json_error(status, message, error_type)
 
 
 def _wrong_method(request: web.Request, allowed: str) -> web.Response | None:
@@ -125,7 +138,8 @@ def _wrong_method(request: web.Request, allowed: str) -> web.Response | None:
     method = request.method
     if method == allowed or (allowed == "GET" and method == "HEAD"):
         return None
-    response = json_error(405, f"Method {method} is not allowed here", "invalid_request_error")
+    message = f"Method {method} is not allowed here"
+    response = _refuse(request, 405, message, "invalid_request_error")
     response.headers["Allow"] = allowed
     return response
 
@@ -141,7 +155,7 @@ def _unauthorized(tokens: BearerTokens, request: web.Request, what: str) -> web.
     """401 unless the request carries one of ``tokens`` (none configured: open)."""
     if not tokens or tokens.accept(request.headers.get("Authorization")):
         return None
-    response = json_error(401, f"A valid {what} is required", "auth_error")
+    response = _refuse(request, 401, f"A valid {what} is required", "auth_error")
     response.headers["WWW-Authenticate"] = "Bearer"
     return response
 
@@ -163,7 +177,8 @@ def refusal(request: web.Request, path: str) -> web.Response | None:
     # aiohttp routed on the path with '/' and '%' still encoded: where that differs from
     # what vLLM routes on, a path the proxy serves itself must not slip past it.
     if path != request.rel_url.path_safe and is_disguised(path):
-        return json_error(
+        return _refuse(
+            request,
             400,
             "Percent-encoded '/' or '%' in the path of a route the proxy serves itself",
             "invalid_request_error",
@@ -172,7 +187,8 @@ def refusal(request: web.Request, path: str) -> web.Response | None:
         return _unauthorized(app[ADMIN_TOKENS], request, "admin bearer token")
     config = app[CONFIG]
     if not config.allow_admin_routes and path in ADMIN_PATHS:
-        return json_error(
+        return _refuse(
+            request,
             403,
             "vLLM's administrative routes are not served through the proxy "
             "(see --allow-admin-routes)",
@@ -185,7 +201,7 @@ def refusal(request: web.Request, path: str) -> web.Response | None:
 
 async def _metrics_text(request: web.Request) -> web.Response:
     if request.app[CONFIG].disable_metrics_endpoint:
-        return json_error(404, "The /metrics endpoint is disabled", "not_found")
+        return _refuse(request, 404, "The /metrics endpoint is disabled", "not_found")
     body = render_text(request.app[RECORDER].collect())
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_TEXT})
 
@@ -221,6 +237,7 @@ def _in_flight(handler: Handler, allowed: str | None = None) -> Handler:
         app = request.app
         clock = app[RECORDER].clock
         started = clock()
+        request_ids.assign(request.headers.get(request_ids.HEADER))
         path = vllm_path(request.rel_url.raw_path)
         status = CLIENT_GONE  # unless an answer says otherwise: the handler was cancelled
         try:
@@ -254,7 +271,7 @@ def _refused(request: web.Request, path: str, allowed: str | None) -> web.Respon
     if allowed is not None and (wrong := _wrong_method(request, allowed)) is not None:
         return wrong
     if request.app[LIFECYCLE].draining:
-        response = json_error(503, "The proxy is shutting down", "overloaded_error")
+        response = _refuse(request, 503, "The proxy is shutting down", "overloaded_error")
         response.force_close()
         return response
     return None
@@ -285,6 +302,13 @@ async def _forward_held(request: web.Request, response_id: str) -> web.StreamRes
     return response
 
 
+async def _answer_with_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """The request's id goes back to its client, unless the upstream's answer has its own."""
+    request_id = request_ids.current()
+    if request_id is not None and request_ids.HEADER not in response.headers:
+        response.headers[request_ids.HEADER] = request_id
+
+
 def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) -> web.Application:
     """The proxy application; everything it needs is built here, nothing at import."""
     app = web.Application(
@@ -307,6 +331,7 @@ def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) 
     app[LIFECYCLE] = Lifecycle()
     app[HELD] = HeldResponses(app[RECORDER].clock)
     app.cleanup_ctx.append(_upstream_session)
+    app.on_response_prepare.append(_answer_with_request_id)
     router = app.router
     router.add_route("*", "/metrics", _method_guard("GET", _admin(_metrics_text)))
     router.add_route("*", "/internal/metrics", _method_guard("GET", _admin(_metrics_json)))
@@ -345,12 +370,7 @@ async def _serve_proxy(config: Config, stop: asyncio.Event | None) -> int:
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
     await runner.setup()  # opens the upstream session: a bad CA bundle stops us here, unbound
     try:
-        site = web.TCPSite(runner, config.host, config.port)
-        try:
-            await site.start()
-        except OSError as exc:  # e.g. the port is taken: one clear line, no traceback
-            log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror)
-            raise SystemExit(1) from None
+        await _listen(runner, config)
         # Everything built so far lives as long as the process: keep it out of the cyclic
         # collector's scans, which otherwise show up in the latency tail under load.
         gc.freeze()
@@ -365,13 +385,41 @@ async def _serve_proxy(config: Config, stop: asyncio.Event | None) -> int:
             mask_url(config.upstream_url),
             config.model_name,
         )
-        async with proxy_traffic(config, runner.addresses):  # --simulate's, if asked
-            await signals.drain.wait()
+        check = asyncio.create_task(check_upstream(app[UPSTREAM], config))
+        try:
+            async with proxy_traffic(config, runner.addresses):  # --simulate's, if asked
+                await signals.drain.wait()
+        finally:
+            check.cancel()  # a shutdown never waits for the upstream to answer it
+            await asyncio.wait([check])
         status = await drain(app[LIFECYCLE], config.shutdown_grace_period, signals)
     finally:
         await runner.cleanup()
     log.info("stopped")
     return status
+
+
+async def _listen(runner: web.AppRunner, config: Config) -> None:
+    """Bind the port, or exit: 2 with one line when --host is no address of this machine
+    (a bad setting), 1 when the address cannot be had now (the port is taken, say)."""
+    site = web.TCPSite(runner, config.host, config.port)
+    try:
+        await site.start()
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"invalid value for --host (PROXY_HOST): {config.host!r} does not resolve "
+            f"({exc.strerror})",
+            setting="host",
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(
+                f"invalid value for --host (PROXY_HOST): {config.host!r} is no address of this "
+                f"machine ({os.strerror(exc.errno)})",
+                setting="host",
+            ) from None
+        log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror)
+        raise SystemExit(1) from None
 
 
 def run_app(config: Config) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
 _FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 
@@ -65,8 +67,20 @@ def identity(value: Any) -> Any:
     return value
 
 
+def text(value: str) -> str:
+    """Text that can go into a header, a metric label and a log line: valid UTF-8 (an
+    environment variable may hold any bytes), and no control character."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid UTF-8") from None
+    if _CONTROL.search(value):
+        raise ValueError("has a control character")
+    return value
+
+
 def not_blank(value: str) -> str:
-    if not value.strip():
+    if not text(value).strip():
         raise ValueError("must not be empty")
     return value
 
@@ -128,12 +142,17 @@ def split_credentials(url: str) -> tuple[str, str | None]:
 
 
 def http_url(value: str) -> str:
-    url = value.rstrip("/")
-    parts = urlsplit(url)
+    url = text(value).rstrip("/")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # a broken IPv6 literal, say
+        raise ValueError(f"is not a URL ({exc})") from None
     if parts.scheme not in ("http", "https"):
         raise ValueError("must start with http:// or https://")
     if not parts.hostname:
         raise ValueError("has no host")
+    if any(char.isspace() for char in parts.hostname):
+        raise ValueError("has an invalid host")
     try:
         parts.port  # noqa: B018 - urlsplit checks the port only when asked
     except ValueError:

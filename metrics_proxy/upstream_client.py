@@ -12,7 +12,9 @@ from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from metrics_proxy import request_ids
 from metrics_proxy.config import Config, seconds_or_none
+from metrics_proxy.errors import UpstreamWriteTimeout
 from metrics_proxy.headers import request_headers
 from metrics_proxy.resend import ResendIfClosedUnanswered
 from metrics_proxy.setting_rules import split_credentials
@@ -62,6 +64,14 @@ class Upstream:
         # vLLM started with --api-key wants this on every request; it replaces the client's.
         key = config.upstream_api_key
         self._authorization = f"Bearer {key}" if key else basic or ""
+
+    def get(self, path: str) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """The proxy's own GET of the upstream's ``path`` (no client's request), with the
+        upstream's key and the same timeouts as a client's request."""
+        headers = {"Authorization": self._authorization} if self._authorization else {}
+        return self._session.get(
+            self._base + path, headers=headers, timeout=self._timeout, allow_redirects=False
+        )
 
     def url_for(self, request: web.Request) -> URL:
         # rel_url: an absolute-form target (a client taking us for a forward proxy) keeps
@@ -118,6 +128,9 @@ class Upstream:
             headers["Accept-Encoding"] = "identity"
         if self._authorization:
             headers["Authorization"] = self._authorization
+        request_id = request_ids.current()
+        if request_id is not None:
+            headers[request_ids.HEADER] = request_id  # vLLM's own id for the request
         if body is None or (isinstance(body, bytes) and len(body) <= _UNDRAINED_WRITE):
             return self._request(request, headers, body)
         # Keep the client's framing (no switch to chunked for a streamed body), unless the
@@ -154,6 +167,8 @@ class Upstream:
         except TimeoutError:
             if deadline.client_late:
                 raise ClientBodyTimeout from None
+            if timeout.expired():  # our deadline, armed for a write: not aiohttp's
+                raise UpstreamWriteTimeout from None
             raise
 
 

@@ -6,7 +6,14 @@ import dataclasses
 
 import pytest
 
-from metrics_proxy.config import SETTINGS, SIMULATED_UPSTREAM, Config, ConfigError, seconds_or_none
+from metrics_proxy.config import (
+    SETTINGS,
+    SIMULATED_UPSTREAM,
+    Config,
+    ConfigError,
+    SettingCorrected,
+    seconds_or_none,
+)
 
 REQUIRED = {"PROXY_UPSTREAM_URL": "http://127.0.0.1:8001", "PROXY_MODEL_NAME": "m"}
 
@@ -168,6 +175,7 @@ def test_error_message_names_flag_env_and_value() -> None:
         ("PROXY_ENGINE_LABEL", "", "'' must not be empty"),
         ("PROXY_LOG_LEVEL", "verbose", "'verbose' must be one of DEBUG, INFO, WARNING"),
         ("PROXY_STREAM_USAGE", "always", "'always' must be one of none, include, continuous"),
+        ("PROXY_LOG_FORMAT", "xml", "'xml' must be one of text, json"),
         ("PROXY_DISABLE_METRICS_ENDPOINT", "maybe", "'maybe' is not a boolean"),
         ("PROXY_DISABLE_METRICS_ENDPOINT", "", "'' is not a boolean"),
         ("PROXY_UPSTREAM_URL", "localhost:8001", "'localhost:8001' must start with http://"),
@@ -177,6 +185,14 @@ def test_error_message_names_flag_env_and_value() -> None:
         ("PROXY_UPSTREAM_URL", "http://h:99999", "'http://h:99999' has an invalid port"),
         ("PROXY_UPSTREAM_URL", "http://h/?a=1", "'http://h/?a=1' must not have a query"),
         ("PROXY_UPSTREAM_URL", "http://h/#top", "'http://h/#top' must not have a query"),
+        ("PROXY_UPSTREAM_URL", "http://h o:8001", "'http://h o:8001' has an invalid host"),
+        ("PROXY_UPSTREAM_URL", "http://h\x01:1", "'http://h\\x01:1' has a control character"),
+        ("PROXY_MODEL_NAME", "a\nb", "'a\\nb' has a control character"),
+        ("PROXY_MODEL_NAME", "\udcff", "'\\udcff' is not valid UTF-8"),
+        ("PROXY_ENGINE_LABEL", "e\t1", "'e\\t1' has a control character"),
+        ("PROXY_HOST", "\udcff", "'\\udcff' is not valid UTF-8"),
+        ("PROXY_API_KEY", "k\udcff", "(hidden) is not valid UTF-8"),
+        ("PROXY_ADMIN_TOKEN", "t\n", "(hidden) has a control character"),
     ],
 )
 def test_invalid_env_values(env: str, value: str, expected: str) -> None:
@@ -245,7 +261,8 @@ def test_stream_usage_choices() -> None:
         ("http://h:8001//", "http://h:8001"),
         ("https://h", "https://h"),
         ("http://h:8001/prefix/", "http://h:8001/prefix"),
-        ("http://user:pw@h:8001/v1", "http://user:pw@h:8001/v1"),
+        ("http://user:pw@h:8001/prefix", "http://user:pw@h:8001/prefix"),
+        ("http://v1", "http://v1"),
         ("http://[::1]:8001", "http://[::1]:8001"),
     ],
 )
@@ -253,6 +270,26 @@ def test_upstream_url_keeps_prefix_and_drops_trailing_slash(given: str, stored: 
     # Credentials in the URL are lent to clients, which must be allowed explicitly.
     config = from_env(PROXY_UPSTREAM_URL=given, PROXY_ALLOW_UNAUTHENTICATED="true")
     assert config.upstream_url == stored
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("http://h:8001/v1", "http://h:8001"),
+        ("http://h:8001/v1/", "http://h:8001"),
+        ("https://h/prefix/v1", "https://h/prefix"),
+        ("http://h/v1/v1", "http://h"),
+        ("http://user:SECRET@h/v1", "http://user:SECRET@h"),
+    ],
+)
+def test_a_trailing_v1_in_the_upstream_url_is_dropped_with_a_warning(
+    given: str, stored: str
+) -> None:
+    with pytest.warns(SettingCorrected, match="ends in /v1") as caught:
+        config = from_env(PROXY_UPSTREAM_URL=given, PROXY_ALLOW_UNAUTHENTICATED="1")
+    assert config.upstream_url == stored
+    assert len(caught) == 1  # once, however many times the value is checked
+    assert "SECRET" not in str(caught[0].message)
 
 
 def test_zero_means_no_limit_where_allowed() -> None:

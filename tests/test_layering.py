@@ -82,6 +82,7 @@ PURE = (
     "apis/invocations.py",
     "apis/json_answer.py",
     "apis/messages.py",
+    "apis/models.py",
     "apis/openai.py",
     "apis/pooling.py",
     "apis/responses.py",

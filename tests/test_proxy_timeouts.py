@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 
@@ -49,8 +50,9 @@ def full_backlog() -> Iterator[str]:
 
 
 async def test_write_timeout_cuts_a_request_the_upstream_does_not_read(
-    make_stack: StackFactory, deaf_server: str
+    make_stack: StackFactory, deaf_server: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="metrics_proxy")
     stack = await make_stack(upstream_url=deaf_server, write_timeout=0.3, read_timeout=60)
     body = b'{"messages": [], "pad": "' + b"x" * (24 * 1024 * 1024) + b'"}'
     async with asyncio.timeout(20):  # far below the 60 s read timeout
@@ -59,12 +61,19 @@ async def test_write_timeout_cuts_a_request_the_upstream_does_not_read(
     assert (await response.json())["error"]["code"] == 504
     assert await stack.value("proxy_errors_total", kind="timeout") == 1
     assert await stack.gauges() == (0, 0)
+    (record,) = caplog.records
+    assert 'cause="write timeout (--write-timeout) sending the request"' in record.getMessage()
 
 
-async def test_connect_timeout(make_stack: StackFactory, full_backlog: str) -> None:
+async def test_connect_timeout(
+    make_stack: StackFactory, full_backlog: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="metrics_proxy")
     stack = await make_stack(upstream_url=full_backlog, connect_timeout=0.3)
     async with asyncio.timeout(10):
         response = await stack.client.post(CHAT, data=b'{"messages": []}')
     assert response.status == 504
     assert await stack.value("proxy_errors_total", kind="timeout") == 1
     assert await stack.gauges() == (0, 0)
+    (record,) = caplog.records
+    assert 'cause="connect timeout (--connect-timeout) connecting"' in record.getMessage()

@@ -49,12 +49,16 @@ async def test_https_upstream_with_a_custom_ca_bundle(
 
 
 async def test_https_upstream_with_an_unknown_ca_is_refused(
-    make_stack: StackFactory, tls_upstream: TestServer
+    make_stack: StackFactory, tls_upstream: TestServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="metrics_proxy")
     stack = await make_stack(upstream_url=f"https://127.0.0.1:{tls_upstream.port}")
     response = await stack.client.post(CHAT, data=STREAM)
     assert response.status == 502
     assert await stack.value("proxy_errors_total", kind="connect") == 1
+    (record,) = caplog.records
+    cause = f"connect to 127.0.0.1:{tls_upstream.port}: TLS certificate rejected"
+    assert f'cause="{cause} (unable to get local issuer certificate)"' in record.getMessage()
 
 
 async def test_verification_can_be_turned_off_explicitly(
