@@ -18,7 +18,7 @@ def test_quick_stream_rate_prints_its_table_and_draws_its_curve(tmp_path: Path) 
     figure = tmp_path / "stream_rate.svg"
     # No nginx: the smoke run needs no Debian package, never skips.
     argv = [sys.executable, str(ROOT / "benchmarks" / "bench_stream_rate.py"), "--quick"]
-    argv += ["--no-nginx", "--svg", str(figure)]
+    argv += ["--no-nginx", "--lanes", "proxy,baseline", "--svg", str(figure)]
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-4000:]
     out = result.stdout
