@@ -15,8 +15,8 @@ such, over the streams opened at once. The issue's targets are printed PASS or M
 Run: python benchmarks/bench_stream_rate.py [--quick] [--lanes LANE,...] [--no-nginx]
                                             [--svg PATH] [--write]
 --quick is a check in well under a minute: one round, 1k and 30k chunks/s, short windows, the
-steady state at 20k; --lanes picks lanes besides direct (proxy, baseline, nginx, proxy_uvloop: that one runs by
-default wherever uvloop is installed);
+steady state at 20k; --lanes picks lanes besides direct (proxy, baseline, nginx,
+proxy_uvloop: that one runs by default wherever uvloop is installed);
 --svg writes the saturation curve (default benchmarks/stream_rate.svg, a generated file);
 --write replaces the "Engine-rate streaming" section of BENCHMARKS.md.
 """
