@@ -68,14 +68,26 @@ RUN = """Run: `make bench` (three rounds, a few minutes). To check a change in w
 the steady state at 20k; its curve goes to the untracked benchmarks/stream_rate.svg);
 `--lanes proxy` runs direct and the proxy alone, `--no-nginx` leaves nginx out."""
 CARRY_P99_MS = 5.0
-LANES = ("direct", "proxy", "baseline", "nginx", "proxy_uvloop")
+LANES = (
+    "direct",
+    "proxy",
+    "baseline",
+    "nginx",
+    "proxy_uvloop",
+    "proxy_no_read_timeout",
+    "proxy_checkout",
+)
 LABELS = {
     "direct": "direct",
     "proxy": "metrics_proxy",
     "baseline": "bare aiohttp",
     "nginx": "nginx",
     "proxy_uvloop": "metrics_proxy on uvloop",
+    "proxy_no_read_timeout": "metrics_proxy, --read-timeout 0",
+    "proxy_checkout": "metrics_proxy, other checkout",
 }
+# Lanes that run only when asked for (--lanes, --compare-checkout).
+_ON_REQUEST = {"proxy_no_read_timeout", "proxy_checkout"}
 
 
 @dataclass(frozen=True)
@@ -122,13 +134,21 @@ class StreamRate:
         self.plan = QUICK if args.quick else FULL
         upstream = [str(BENCH / "engine_upstream.py"), "--interval-ms", str(self.plan.interval_ms)]
         # The proxy as a user starts it: default settings.
-        proxies = {"proxy": ProxyLane(), "proxy_uvloop": ProxyLane(uvloop=True)}
+        proxies = {
+            "proxy": ProxyLane(),
+            "proxy_uvloop": ProxyLane(uvloop=True),
+            "proxy_no_read_timeout": ProxyLane(flags=("--read-timeout", "0")),
+            "proxy_checkout": ProxyLane(checkout=args.compare_checkout),
+        }
         self.servers = Servers(directory, upstream, proxies)
         self.pinning = self.servers.pinning
         self.loader = Loader("python", directory, self.servers.load_cpus)
         self.nginx = args.nginx and shutil.which("nginx") is not None
         # Direct always runs: every "added" figure is a lane minus direct.
-        chosen = {"direct", *(LANES if args.lanes is None else args.lanes)}
+        default = [lane for lane in LANES if lane not in _ON_REQUEST]
+        chosen = {"direct", *(default if args.lanes is None else args.lanes)}
+        if args.compare_checkout is not None:
+            chosen.add("proxy_checkout")
         # uvloop is measured where it is installed (`pip install uvloop`): is it worth an extra?
         has_uvloop = importlib.util.find_spec("uvloop") is not None
         self.lanes = [
@@ -137,6 +157,7 @@ class StreamRate:
             if lane in chosen
             and (lane != "nginx" or self.nginx)
             and (lane != "proxy_uvloop" or has_uvloop)
+            and (lane != "proxy_checkout" or args.compare_checkout is not None)
         ]
         self.nginx = "nginx" in self.lanes
         self.notes: list[str] = []
@@ -513,6 +534,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="where to write the saturation curve (default: benchmarks/stream_rate.svg)",
     )
     parser.add_argument("--write", action="store_true", help="replace the section in BENCHMARKS.md")
+    parser.add_argument(
+        "--compare-checkout",
+        type=Path,
+        metavar="DIR",
+        help="also run the proxy from another checkout (e.g. `git worktree add DIR <commit>`)",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()

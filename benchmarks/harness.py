@@ -209,6 +209,8 @@ class ProxyLane:
 
     flags: tuple[str, ...] = ()
     uvloop: bool = False  # run through benchmarks/proxy_wrapper.py on uvloop's event loop
+    # The package from another checkout (an earlier commit, for before/after in one run).
+    checkout: Path | None = None
 
 
 class Servers:
@@ -266,6 +268,9 @@ class Servers:
         argv = [py, "-m", "metrics_proxy", *flags]
         if proxy.uvloop:
             argv = [py, str(BENCH / "proxy_wrapper.py"), "--uvloop", "--", *flags]
+        if proxy.checkout is not None:
+            # env execs the interpreter: the pid measured is the proxy's own.
+            argv = ["env", f"PYTHONPATH={proxy.checkout}", *argv]
         return Child(lane, argv, port, self.measured, log)
 
 
