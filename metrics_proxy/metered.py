@@ -98,6 +98,10 @@ async def _read_body(request: web.Request, context: MeteredContext) -> bytes:
     if request.headers.get("Content-Encoding", "identity").lower() != "identity":
         # vLLM takes no compressed request bodies; the proxy could not read one either.
         raise UnsupportedEncoding(request.headers["Content-Encoding"])
+    if request.content.is_eof():
+        # The whole body came in with the headers (nearly every request): reading it cannot
+        # wait, so it needs no timer, which costs as much as the rest of the read.
+        return await request.read()
     async with asyncio.timeout(context.client_timeout):
         return await request.read()
 
