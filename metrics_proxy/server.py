@@ -39,7 +39,7 @@ from metrics_proxy.routes import (
     needs_api_key,
     vllm_path,
 )
-from metrics_proxy.upstream_client import Upstream
+from metrics_proxy.upstream_client import NOT_ADDED, Upstream, request_class
 from metrics_proxy.websocket_relay import is_websocket_upgrade
 
 CONFIG = web.AppKey("config", Config)
@@ -94,7 +94,8 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        skip_auto_headers=NOT_ADDED,
+        request_class=request_class(),
         timeout=aiohttp.ClientTimeout(total=None),
     ) as session:
         recorder = app[RECORDER]
