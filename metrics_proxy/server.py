@@ -318,6 +318,22 @@ def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) 
     return app
 
 
+# Each request in flight holds a few dozen young objects (frames, futures, its record), which
+# reference counting frees when it ends. Past CPython's 700, every few requests set off a
+# young collection that finds nothing to free: at 16 requests in flight that was 4 % of the
+# CPU per request, at 64 over 5 %. This many leaves collections to real growth (a pause
+# scanning 10,000 objects is well under a millisecond).
+YOUNG_COLLECTION_THRESHOLD = 10_000
+
+
+def _tune_collector() -> None:
+    # Everything built so far lives as long as the process: keep it out of the cyclic
+    # collector's scans, which otherwise show up in the latency tail under load.
+    gc.freeze()
+    _, *older = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *older)
+
+
 async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop``), then shut down gracefully: refuse new work
     and report not-ready, give in-flight requests the grace period, end what remains (each
@@ -343,9 +359,7 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         except OSError as exc:  # e.g. the port is taken: one clear line, no traceback
             log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror)
             raise SystemExit(1) from None
-        # Everything built so far lives as long as the process: keep it out of the cyclic
-        # collector's scans, which otherwise show up in the latency tail under load.
-        gc.freeze()
+        _tune_collector()
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
