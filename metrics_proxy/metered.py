@@ -63,6 +63,7 @@ class MeteredContext:
         "client_writes",
         "held",
         "lifecycle",
+        "loop",
         "max_body",
         "queue",
         "recorder",
@@ -92,6 +93,8 @@ class MeteredContext:
         self.client_timeout = client_timeout
         self.max_body = max_body
         self.held = held
+        # Built on the loop it serves: asking asyncio for it costs a getpid() system call.
+        self.loop = asyncio.get_running_loop()
 
 
 async def _read_body(request: web.Request, context: MeteredContext) -> bytes:
@@ -244,7 +247,7 @@ class MeteredExchange:
     async def _exchange(self, upstream_body: bytes | StreamedBody) -> web.StreamResponse:
         request = self._request
         record = self.record
-        started = asyncio.get_running_loop().time()
+        started = self._context.loop.time()
         async with self._context.upstream.open(request, upstream_body, metered=True) as upstream:
             self._answered()
             record.status = upstream.status
