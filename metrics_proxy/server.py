@@ -156,10 +156,9 @@ def _admin(handler: Handler) -> Handler:
     return checked
 
 
-def refusal(request: web.Request, path: str) -> web.Response | None:
+def refusal(app: web.Application, request: web.Request, path: str) -> web.Response | None:
     """Why a request to the upstream must not go there, decided on the path vLLM would
     route (``path``, see routes.py), or None. Checked before the body is read."""
-    app = request.app
     # aiohttp routed on the path with '/' and '%' still encoded: where that differs from
     # what vLLM routes on, a path the proxy serves itself must not slip past it.
     if path != request.rel_url.path_safe and is_disguised(path):
@@ -218,13 +217,13 @@ def _in_flight(handler: Handler, allowed: str | None = None) -> Handler:
     also the method check (one wrapper on the hot path, not two)."""
 
     async def tracked(request: web.Request) -> web.StreamResponse:
-        app = request.app
-        clock = app[RECORDER].clock
-        started = clock()
+        app = request.app  # each request.app is three property lookups: asked once
+        recorder = app[RECORDER]
+        started = recorder.clock()
         path = vllm_path(request.rel_url.raw_path)
         status = CLIENT_GONE  # unless an answer says otherwise: the handler was cancelled
         try:
-            response: web.StreamResponse | None = _refused(request, path, allowed)
+            response: web.StreamResponse | None = _refused(app, request, path, allowed)
             if response is None:
                 lifecycle = app[LIFECYCLE]
                 lifecycle.enter()
@@ -238,22 +237,25 @@ def _in_flight(handler: Handler, allowed: str | None = None) -> Handler:
             status = 500  # a bug of the proxy's: aiohttp answers 500
             raise
         finally:
-            # A WebSocket is no HTTP exchange to vLLM's instrumentator either.
-            if not is_websocket_upgrade(request):
-                seconds = clock() - started
-                app[RECORDER].observe_http(handler_label(path), request.method, status, seconds)
+            # A WebSocket is no HTTP exchange to vLLM's instrumentator either; a request
+            # without an Upgrade header (nearly every one) is none.
+            if "Upgrade" not in request.headers or not is_websocket_upgrade(request):
+                seconds = recorder.clock() - started
+                recorder.observe_http(handler_label(path), request.method, status, seconds)
 
     return tracked
 
 
-def _refused(request: web.Request, path: str, allowed: str | None) -> web.Response | None:
+def _refused(
+    app: web.Application, request: web.Request, path: str, allowed: str | None
+) -> web.Response | None:
     """The answer to a request the proxy will not pass on, or None."""
-    refused = refusal(request, path)
+    refused = refusal(app, request, path)
     if refused is not None:
         return refused
     if allowed is not None and (wrong := _wrong_method(request, allowed)) is not None:
         return wrong
-    if request.app[LIFECYCLE].draining:
+    if app[LIFECYCLE].draining:
         response = json_error(503, "The proxy is shutting down", "overloaded_error")
         response.force_close()
         return response
