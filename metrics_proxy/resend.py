@@ -14,10 +14,11 @@ run twice.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
@@ -76,14 +77,15 @@ class ResendIfClosedUnanswered:
         self._opened = opened
         return response
 
-    async def __aexit__(
+    # A plain method handing back the opened one's coroutine: no frame of its own to await.
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> bool | None:
+    ) -> Coroutine[Any, Any, bool | None]:
         assert self._opened is not None
-        return await self._opened.__aexit__(exc_type, exc, traceback)
+        return self._opened.__aexit__(exc_type, exc, traceback)
 
 
 def _closed_unanswered(exc: aiohttp.ClientOSError | aiohttp.ServerDisconnectedError) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from typing import Protocol
 
 import aiohttp
@@ -129,7 +130,7 @@ class Upstream:
         connection it was sent on closed before any answer (resend.py).
         """
         if isinstance(body, bytes):
-            return ResendIfClosedUnanswered(lambda: self._open_once(request, body, metered))
+            return ResendIfClosedUnanswered(partial(self._open_once, request, body, metered))
         return self._open_once(request, body, metered)
 
     def _open_once(
