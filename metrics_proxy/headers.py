@@ -37,7 +37,12 @@ def _end_to_end(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMulti
         drop = drop.union(
             token.strip().lower() for value in connection for token in value.split(",")
         )
-    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in drop])
+    # A copy less the names to drop that are there (found in C, in any case, and each
+    # taken out with every occurrence), where filtering took a Python step per header.
+    kept = CIMultiDict(headers)
+    for name in headers.keys() & drop:
+        kept.popall(name)
+    return kept
 
 
 def request_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:

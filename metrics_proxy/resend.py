@@ -14,8 +14,7 @@ run twice.
 from __future__ import annotations
 
 import time
-import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from types import TracebackType
@@ -23,33 +22,28 @@ from typing import Any
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
-from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
 
-# Set by the connector in the task that asked for a connection (aiohttp connects in the
-# requesting task), read there once the request failed.
+# Whether the connection a request went out on came from the pool, so had carried a request
+# before: set in the task that asked for it (aiohttp connects in the requesting task), read
+# there once the request failed.
 _reused: ContextVar[bool] = ContextVar("metrics_proxy_upstream_connection_reused", default=False)
 
 
 class ReuseNotingConnector(aiohttp.TCPConnector):
-    """A TCPConnector that notes whether the connection it hands out has been used before."""
+    """A TCPConnector that notes when the connection it hands out is a new one.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._used: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()
+    aiohttp hands out a pooled connection unless it opens one, so only the (rare) opening is
+    noted: the pooled path, taken by nearly every request, costs nothing more."""
 
-    async def connect(  # aiohttp's signature, its names included (it passes them by name)
+    async def _create_connection(  # aiohttp's signature, its names included
         self,
         req: aiohttp.ClientRequest,
         traces: list[Trace],
         timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109
-    ) -> Connection:
-        connection = await super().connect(req, traces, timeout)
-        protocol = connection.protocol
-        if protocol is not None:
-            _reused.set(protocol in self._used)
-            self._used.add(protocol)
-        return connection
+    ) -> ResponseHandler:
+        _reused.set(False)
+        return await super()._create_connection(req, traces, timeout)
 
 
 OpenOnce = Callable[[], AbstractAsyncContextManager[aiohttp.ClientResponse]]
@@ -70,7 +64,7 @@ class ResendIfClosedUnanswered:
         self._opened: AbstractAsyncContextManager[aiohttp.ClientResponse] | None = None
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
-        _reused.set(False)
+        _reused.set(True)  # until the connector says it opened a new connection
         opened = self._open_once()
         sent = time.monotonic()
         try:
@@ -83,14 +77,15 @@ class ResendIfClosedUnanswered:
         self._opened = opened
         return response
 
-    async def __aexit__(
+    # A plain method handing back the opened one's coroutine: no frame of its own to await.
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> bool | None:
+    ) -> Coroutine[Any, Any, bool | None]:
         assert self._opened is not None
-        return await self._opened.__aexit__(exc_type, exc, traceback)
+        return self._opened.__aexit__(exc_type, exc, traceback)
 
 
 def _closed_unanswered(exc: aiohttp.ClientOSError | aiohttp.ServerDisconnectedError) -> bool:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from typing import Protocol
 
 import aiohttp
@@ -31,6 +32,29 @@ def client_timeout(config: Config) -> aiohttp.ClientTimeout:
         sock_connect=seconds_or_none(config.connect_timeout),
         sock_read=seconds_or_none(config.read_timeout),
     )
+
+
+# The headers aiohttp would add to a request of its own accord (and a body's Content-Type):
+# none is added, the upstream gets the client's alone.
+NOT_ADDED = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+_NOT_ADDED_TABLE: CIMultiDict[None] = CIMultiDict((name, None) for name in NOT_ADDED)
+
+
+class _RequestAsSent(aiohttp.ClientRequest):
+    """A ClientRequest that adds none of NOT_ADDED, whose table aiohttp would otherwise
+    build anew for every request from the session's skip_auto_headers (sorted, copied,
+    merged with the headers): here it is built once. aiohttp adds no other header."""
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        self._skip_auto_headers = _NOT_ADDED_TABLE  # read where a body's headers are added
+
+
+def request_class() -> type[aiohttp.ClientRequest]:
+    """The session's request class: aiohttp before 3.12 keeps that table under another
+    name, and builds it for every request as it always did."""
+    if hasattr(aiohttp.ClientRequest, "_skip_auto_headers"):
+        return _RequestAsSent
+    return aiohttp.ClientRequest
 
 
 # aiohttp's StreamWriter waits for the socket to drain only past 64 KiB of buffered output.
@@ -116,7 +140,7 @@ class Upstream:
         connection it was sent on closed before any answer (resend.py).
         """
         if isinstance(body, bytes):
-            return ResendIfClosedUnanswered(lambda: self._open_once(request, body, metered))
+            return ResendIfClosedUnanswered(partial(self._open_once, request, body, metered))
         return self._open_once(request, body, metered)
 
     def _open_once(

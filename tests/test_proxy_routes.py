@@ -10,6 +10,7 @@ import pytest
 
 from metrics_proxy.prometheus import CONTENT_TYPE_TEXT
 from tests.support.fake_upstream import Behavior
+from tests.support.raw_peers import read_message
 from tests.support.stack import Stack, StackFactory
 
 
@@ -141,6 +142,25 @@ async def test_metered_responses_are_asked_uncompressed(stack: Stack) -> None:
     metered, forwarded = stack.state.requests
     assert metered.headers["Accept-Encoding"] == "identity"  # the proxy must read it
     assert forwarded.headers["Accept-Encoding"] == "gzip, br"  # untouched elsewhere
+
+
+async def test_the_upstream_gets_no_header_of_aiohttps_own(stack: Stack) -> None:
+    """A request without User-Agent, Accept, Accept-Encoding or Content-Type reaches the
+    upstream without them: aiohttp adds none (nor its octet-stream type for a body), and
+    the proxy adds only what it means to (a metered answer asked uncompressed)."""
+    body = b'{"messages": []}'
+    for target in ("/v1/chat/completions", "/tokenize"):
+        head = f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.client.port)
+        try:
+            writer.write(f"{head}X-Mine: 1\r\n\r\n".encode() + body)
+            async with asyncio.timeout(10):
+                assert (await read_message(reader)).status == 200
+        finally:
+            writer.close()
+    metered, forwarded = stack.state.requests
+    assert sorted(metered.headers) == ["Accept-Encoding", "Content-Length", "Host", "X-Mine"]
+    assert sorted(forwarded.headers) == ["Content-Length", "Host", "X-Mine"]
 
 
 async def test_a_client_leaving_a_forwarded_request_counts_as_4xx(

@@ -38,7 +38,10 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+# Usage, RequestFacts and ResponseFacts are built for every request: as frozen dataclasses
+# each field cost an object.__setattr__ call, four times the build of a plain one (RequestFacts:
+# 9.9k instructions against 2.3k). They are read, never changed.
+@dataclass(slots=True)
 class Usage:
     """Token counts reported by the upstream."""
 
@@ -90,7 +93,7 @@ _ENGINE_TIME_KEYS = ("queue_time_ms", "time_to_first_token_ms", "generation_time
 _MAX_ENGINE_MS = 1e10  # about four months: anything longer is not a measurement
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestFacts:
     """What a request asks for: the usage flags read as vLLM reads them (lax_bool), n and
     max_tokens defensively (a wrong type means the default)."""
@@ -133,7 +136,7 @@ class Injection:
 NO_INJECTION = Injection(strip_final_usage=False, strip_chunk_usage=False, strip_null_usage=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResponseFacts:
     """What a non-streaming completion or chat response tells the meters."""
 
