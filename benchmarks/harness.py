@@ -269,8 +269,9 @@ class Servers:
         if proxy.uvloop:
             argv = [py, str(BENCH / "proxy_wrapper.py"), "--uvloop", "--", *flags]
         if proxy.checkout is not None:
-            # env execs the interpreter: the pid measured is the proxy's own.
-            argv = ["env", f"PYTHONPATH={proxy.checkout}", *argv]
+            # env execs the interpreter: the pid measured is the proxy's own. -P: the working
+            # directory (this checkout) must not come before the other one on sys.path.
+            argv = ["env", f"PYTHONPATH={proxy.checkout}", argv[0], "-P", *argv[1:]]
         return Child(lane, argv, port, self.measured, log)
 
 
