@@ -8,6 +8,7 @@ import orjson
 
 from tests.support.raw_peers import RawMessage, RawUpstream, read_message, response_head
 from tests.support.stack import StackFactory
+from tests.support.vllm_chunks import chat_event
 
 CHAT = "/v1/chat/completions"
 # The client asks for usage itself, so the proxy takes nothing out of the stream.
@@ -17,18 +18,7 @@ STREAM_WITH_USAGE = orjson.dumps(
 MODELS = orjson.dumps({"object": "list", "data": []})
 
 
-def event(delta: dict[str, str]) -> bytes:
-    chunk = {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
-    }
-    return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-
-EVENTS = event({"role": "assistant", "content": ""}) + event({"content": "tok0 "})
+EVENTS = chat_event({"role": "assistant", "content": ""}) + chat_event({"content": "tok0 "})
 
 
 async def promise_more_than_sent(

@@ -13,6 +13,7 @@ import pytest
 from tests.support.fake_upstream import BEHAVIOR_HEADER
 from tests.support.raw_peers import read_message, response_head
 from tests.support.stack import StackFactory
+from tests.support.vllm_chunks import chat_event
 
 CHAT = "/v1/chat/completions"
 # The client asks for usage itself, so the proxy passes the stream on byte for byte.
@@ -21,25 +22,14 @@ STREAM_WITH_USAGE = orjson.dumps(
 )
 
 
-def chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
-    body = {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-    return b"data: " + orjson.dumps(body) + b"\n\n"
-
-
 USAGE = (
     b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],'
     b'"usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8}}\n\n'
 )
 EVENTS = (
-    chunk({"role": "assistant", "content": ""})
-    + b"".join(chunk({"content": f"tok{i} "}) for i in range(3))
-    + chunk({}, "stop")
+    chat_event({"role": "assistant", "content": ""})
+    + b"".join(chat_event({"content": f"tok{i} "}) for i in range(3))
+    + chat_event({}, "stop")
     + USAGE
     + b"data: [DONE]\n\n"
 )

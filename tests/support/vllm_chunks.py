@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 HEAD = b'{"id":"chatcmpl-5e1f","object":"chat.completion.chunk","created":1732650000,"model":"m",'
 # A vLLM chat stream with include_usage, as recorded: role preamble, content, finish, usage.
 PAYLOADS = [
@@ -18,3 +20,15 @@ PAYLOADS = [
     HEAD + b'"choices":[],"usage":{"prompt_tokens":12,"total_tokens":16,"completion_tokens":4}}',
     b"[DONE]",
 ]
+
+
+def chat_event(delta: dict[str, str], finish_reason: str | None = None) -> bytes:
+    """One SSE event of a chat stream, in vLLM's chunk shape, for tests that write raw streams."""
+    chunk = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
