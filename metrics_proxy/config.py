@@ -386,7 +386,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "shutdown_grace_period",
         "SECONDS",
-        "on SIGTERM, time in-flight requests get to finish before they are ended",
+        "on SIGTERM or a first Ctrl-C, time in-flight requests get to finish before they are ended",
         _TIMEOUT,
     ),
     Setting("upstream_ca_bundle", "FILE", "PEM file of CAs to trust for an https upstream"),
