@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import math
+import os
 import signal
 import sys
 import time
@@ -373,7 +374,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0  # Ctrl-C is how --watch ends
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return 0  # the reader had enough (`| head`): not an error
     return 0
+
+
+def _stdout_to_devnull() -> None:
+    # Python flushes stdout again at exit; with the reader gone that flush would print a
+    # second BrokenPipeError, so later writes go nowhere.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import socket
@@ -290,3 +291,26 @@ async def test_watch_into_a_pipe_prints_plain_live_frames_one_after_another(
         assert len(lines) <= 23
         assert max(len(line) for line in lines) <= 80
         assert any(line.startswith("REQUESTS") for line in lines)
+
+
+@pytest.mark.parametrize("flags", [(), ("--watch", "0.05", "--all")])
+async def test_a_reader_that_stops_early_ends_it_quietly(
+    client: Client, flags: tuple[str, ...]
+) -> None:
+    """``print_metrics | head -1``: once the reader is gone the command ends without a
+    traceback, whether it printed once or was watching."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "metrics_proxy.print_metrics"),
+            *("--url", str(client.make_url("/internal/metrics")), *flags),
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        os.close(write_end)
+    async with asyncio.timeout(20):
+        _, err = await process.communicate()
+    assert err == b""
+    assert process.returncode == 0
