@@ -17,10 +17,20 @@ _FALSE_WORDS = frozenset({"false", "0", "no", "off"})
 # --- Parsing text from the environment or the command line -------------------------------------
 
 
+# What Kubernetes puts in <SERVICE>_PORT for every Service in the namespace: a Service named
+# "proxy" would hand the proxy PROXY_PORT=tcp://10.0.0.7:8000.
+_SERVICE_LINK = re.compile(r"(tcp|udp|sctp)://", re.IGNORECASE)
+
+
 def parse_int(raw: str) -> int:
     try:
         return int(raw)
     except ValueError:
+        if _SERVICE_LINK.match(raw.strip()):
+            raise ValueError(
+                "is not an integer: it looks like the address Kubernetes sets for a Service "
+                "named after this variable; set enableServiceLinks: false in the pod spec"
+            ) from None
         raise ValueError("is not an integer") from None
 
 

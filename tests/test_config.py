@@ -155,6 +155,14 @@ def test_error_message_names_flag_env_and_value() -> None:
         ("PROXY_PORT", "abc", "'abc' is not an integer"),
         ("PROXY_PORT", "80.5", "'80.5' is not an integer"),
         ("PROXY_PORT", "", "'' is not an integer"),
+        # A Kubernetes Service named "proxy" sets PROXY_PORT for every pod in its namespace.
+        (
+            "PROXY_PORT",
+            "tcp://10.0.0.7:8000",
+            "'tcp://10.0.0.7:8000' is not an integer: it looks like the address Kubernetes "
+            "sets for a Service named after this variable; set enableServiceLinks: false in "
+            "the pod spec",
+        ),
         ("PROXY_PORT", "-1", "'-1' must be between 0 and 65535"),
         ("PROXY_PORT", "65536", "'65536' must be between 0 and 65535"),
         ("PROXY_MAX_CONCURRENCY", "-1", "'-1' must be >= 0"),
