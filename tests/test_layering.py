@@ -110,6 +110,7 @@ PURE = (
     "sse.py",
     "stream_meter.py",
     "tenant_metrics.py",
+    "tenant_table.py",
     "tenants.py",
 )
 IO = {"aiohttp", "asyncio", "socket", "urllib.request", "http.client", "subprocess"}
