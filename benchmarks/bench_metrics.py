@@ -14,7 +14,13 @@ from collections.abc import Callable
 
 from metrics_proxy import ProxyMetricsRecorder
 from metrics_proxy.prometheus import render_json, render_text
+from metrics_proxy.prometheus.registry import Registry
 from metrics_proxy.prometheus.sketch import WindowedSketch
+from metrics_proxy.record import RequestRecord
+from metrics_proxy.tenant_metrics import TenantMetrics
+from metrics_proxy.tenants import TenantReader
+
+TENANTS = 100  # --tenant-limit's default: the most tenants with series of their own
 
 
 def _loaded_recorder() -> ProxyMetricsRecorder:
@@ -73,6 +79,7 @@ def main() -> None:
             "one request's full accounting",
             _per_call(lambda: _one_request(recorder), 20_000, args.repeats),
         ),
+        *_attribution_rows(args.repeats),
     ]
     print(
         f"# {platform.python_implementation()} {platform.python_version()}, "
@@ -82,6 +89,75 @@ def main() -> None:
     print("| --- | --- |")
     for name, seconds in rows:
         print(f"| {name} | {seconds * 1e6:.2f} µs |")
+
+
+def _attribution_rows(repeats: int) -> list[tuple[str, float]]:
+    """What attribution adds: per request (reading the tenant, its account, its series moved
+    as the request settles) and per scrape (TENANTS tenants' series)."""
+    plain = ProxyMetricsRecorder("bench-model", registry=Registry(), process_metrics=False)
+    recorder = ProxyMetricsRecorder("bench-model", registry=Registry(), process_metrics=False)
+    tenants = TenantMetrics(recorder.registry, "bench-model", "0", TENANTS)
+    for i in range(TENANTS):
+        record = recorder.start_request()
+        record.tenant_series = tenants.account(f"tenant-{i}")
+        _finish(record)
+        _finish(plain)
+    by_header = TenantReader("X-Tenant")
+    by_key = TenantReader(salt=b"a benchmark's salt, not a secret")
+    header = {"X-Tenant": "tenant-7"}
+    bearer = {"Authorization": "Bearer sk-bench-client-key-0123456789"}
+
+    def attributed(reader: TenantReader, headers: dict[str, str]) -> Callable[[], None]:
+        def one() -> None:
+            record = recorder.start_request()
+            record.tenant = tenant = reader.read(headers)
+            record.tenant_series = tenants.account(tenant)
+            _finish(record)
+
+        return one
+
+    # Interleaved, batch by batch, so that the machine's drift falls on each alike.
+    per_request = _interleaved(
+        [lambda: _finish(plain), attributed(by_header, header), attributed(by_key, bearer)],
+        20_000,
+        repeats,
+    )
+    per_scrape = _interleaved(
+        [lambda: render_text(plain.collect()), lambda: render_text(recorder.collect())],
+        50,
+        repeats,
+    )
+    names = (
+        "one request's accounting, no attribution",
+        "the same, attributed by --tenant-header",
+        "the same, attributed by --tenant-from-api-key (an HMAC)",
+        "collect + render /metrics text, no tenants",
+        f"the same with {TENANTS} tenants' series",
+    )
+    return list(zip(names, [*per_request, *per_scrape], strict=True))
+
+
+def _interleaved(fns: list[Callable[[], object]], calls: int, repeats: int) -> list[float]:
+    """Median seconds per call of each of ``fns``, timed in alternating batches."""
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, timed in zip(fns, samples, strict=True):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            timed.append((time.perf_counter() - start) / calls)
+    return [statistics.median(timed) for timed in samples]
+
+
+def _finish(recorder_or_record: ProxyMetricsRecorder | RequestRecord) -> None:
+    """A request of 10 prompt and 2 generation tokens, from its start to its account."""
+    record = (
+        recorder_or_record.start_request()
+        if isinstance(recorder_or_record, ProxyMetricsRecorder)
+        else recorder_or_record
+    )
+    record.slot_acquired()
+    record.finish("stop", prompt_tokens=10, generation_tokens=2)
 
 
 def _sketch_add() -> Callable[[], None]:

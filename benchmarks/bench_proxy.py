@@ -76,7 +76,16 @@ PACED_CONCURRENCY = 64
 PACED_INTERVAL_MS = 5
 FIGURES = ("requests", "streams", "ttft", "hold", "render", "soak")
 # Lanes besides direct and proxy (every figure is read against those two); --lanes picks.
-OPTIONAL_LANES = ("baseline", "nginx", "seed", "proxy_info", "proxy_continuous", "proxy_uvloop")
+OPTIONAL_LANES = (
+    "baseline",
+    "nginx",
+    "seed",
+    "proxy_info",
+    "proxy_continuous",
+    "proxy_uvloop",
+    "proxy_tenants",
+    "proxy_tenant_keys",
+)
 # At its pace the seed stack would take minutes over the same count: a quarter of the requests
 # at c16; its rate and CPU are read over its own steady window all the same.
 SEED_SHARE = 4
@@ -89,7 +98,19 @@ PROXY_LANES = {
     "proxy_info": ProxyLane(("--log-level", "info")),
     "proxy_continuous": ProxyLane(("--log-level", "warning", "--stream-usage", "continuous")),
     "proxy_uvloop": ProxyLane(("--log-level", "warning"), uvloop=True),
+    # Attribution: by a gateway's header (the load names TENANTS tenants in turn), and by the
+    # bearer token's keyed hash (an HMAC per request).
+    "proxy_tenants": ProxyLane(("--log-level", "warning", "--tenant-header", "X-Tenant")),
+    "proxy_tenant_keys": ProxyLane(
+        ("--log-level", "warning", "--tenant-from-api-key"),
+        env=(("PROXY_TENANT_SALT", "a benchmark's salt, not a secret"),),
+    ),
 }
+TENANTS = 8  # tenants the proxy_tenants lane's load names, in turn
+SCRAPE_TENANTS = 100  # tenants with series when /metrics is timed with attribution on
+# What each lane's load sends besides the body: attribution's lanes need a tenant.
+LANE_HEADERS = {"proxy_tenant_keys": {"Authorization": "Bearer sk-bench-client-key"}}
+LANE_TENANTS = {"proxy_tenants": TENANTS}
 
 
 class Bench:
@@ -134,9 +155,10 @@ class Bench:
         count: int,
         concurrency: int,
         headers: dict[str, str] | None = None,
+        tenants: int = 0,
     ) -> tuple[int, float, float, float]:
         """Requests done, CPU seconds of ``child`` per request, latency p50 and p99."""
-        result = self.measure(child, body, count, concurrency, headers)
+        result = self.measure(child, body, count, concurrency, headers, tenants)
         per_request = result.probed / max(1, result.window)
         return result.requests, per_request, result.p50, result.p99
 
@@ -147,16 +169,20 @@ class Bench:
         count: int,
         concurrency: int,
         headers: dict[str, str] | None = None,
+        tenants: int = 0,
     ) -> LoadResult:
-        """One load run; ``probed`` is the CPU seconds of ``child`` over its window."""
+        """One load run; ``probed`` is the CPU seconds of ``child`` over its window. A lane
+        with attribution gets its tenants (LANE_HEADERS, LANE_TENANTS) too."""
+        lane_headers = LANE_HEADERS.get(child.name, {})
         result = self.loader.requests(
             child.url,
             body,
-            headers or {},
+            {**lane_headers, **(headers or {})},
             count,
             concurrency,
             self.plan.seconds,
             probe=lambda: cpu_seconds(child.pid),
+            tenants=tenants or LANE_TENANTS.get(child.name, 0),
         )
         if result.errors or not result.requests:
             self.report.note(f"{child.name}: {result.errors} errors, {result.requests} done")
@@ -206,7 +232,17 @@ def _median(values: list[float]) -> float:
 def run_requests(bench: Bench) -> None:
     plan = bench.plan
     lanes = bench.lanes(
-        ["direct", "proxy", "baseline", "nginx", "seed", "proxy_info", "proxy_uvloop"]
+        [
+            "direct",
+            "proxy",
+            "baseline",
+            "nginx",
+            "seed",
+            "proxy_info",
+            "proxy_uvloop",
+            "proxy_tenants",
+            "proxy_tenant_keys",
+        ]
     )
     compared = [lane for lane in lanes if lane in ("direct", "proxy", "baseline", "nginx", "seed")]
     at_c1 = [*compared, *(lane for lane in lanes if lane == "proxy_uvloop")]
@@ -273,6 +309,7 @@ def run_requests(bench: Bench) -> None:
                 )
             )
     proxy = _median(cpu["proxy"]) * 1e6
+    _attribution_costs(report, cpu, proxy)
     if "proxy_info" in cpu:
         report.alone(
             Proportion(
@@ -302,6 +339,16 @@ def run_requests(bench: Bench) -> None:
                 _median(added["proxy 1 p50"]) * 1e3,
             )
         )
+
+
+def _attribution_costs(report: Report, cpu: dict[str, list[float]], proxy: float) -> None:
+    """What attribution costs per request, against the proxy without it."""
+    for lane, name in (
+        ("proxy_tenants", f"CPU per request with --tenant-header ({TENANTS} tenants)"),
+        ("proxy_tenant_keys", "CPU per request with --tenant-from-api-key (an HMAC each)"),
+    ):
+        if lane in cpu:
+            report.alone(Proportion(name, _median(cpu[lane]) * 1e6, "µs", "no attribution", proxy))
 
 
 def run_streams(bench: Bench) -> None:
@@ -470,35 +517,46 @@ def run_hold(bench: Bench) -> None:
 
 def run_render(bench: Bench) -> None:
     plan = bench.plan
-    with bench.stack(["proxy"]) as servers:
-        child = servers["proxy"]
-        bench.load(child, NONSTREAM, min(2_000, plan.requests), 16)
-        bench.load(child, STREAM, min(100, plan.streams), 16, stream_headers(20))
-        paths = ["/metrics", "/internal/metrics", "/internal/healthz"]
-        p50 = bench.loader.python(
-            "get", child.url, paths=paths, count=plan.render_samples, seconds=plan.seconds
+    lanes = bench.lanes(["proxy", "proxy_tenants"])
+    p50: dict[str, dict[str, float]] = {}
+    size: dict[str, int] = {}
+    with bench.stack(lanes) as servers:
+        for lane in lanes:
+            child = servers[lane]
+            # With attribution, SCRAPE_TENANTS tenants' series (the default --tenant-limit).
+            tenants = SCRAPE_TENANTS if lane == "proxy_tenants" else 0
+            requests = max(min(2_000, plan.requests), 2 * tenants)
+            bench.load(child, NONSTREAM, requests, 16, tenants=tenants)
+            bench.load(child, STREAM, min(100, plan.streams), 16, stream_headers(20))
+            paths = ["/metrics", "/internal/metrics", "/internal/healthz"]
+            p50[lane] = bench.loader.python(
+                "get", child.url, paths=paths, count=plan.render_samples, seconds=plan.seconds
+            )
+            with urllib.request.urlopen(child.url + "/metrics", timeout=10) as response:
+                size[lane] = len(response.read())
+    floor = p50["proxy"]["/internal/healthz"] * 1e3
+    report = bench.report
+    for path, name in (
+        ("/metrics", "GET /metrics"),
+        ("/internal/metrics", "GET /internal/metrics"),
+    ):
+        shown = f"{name} p50, idle after traffic"
+        if path == "/metrics":
+            shown += f" ({size['proxy'] // 1024} KB)"
+        report.alone(
+            Proportion(shown, p50["proxy"][path] * 1e3, "ms", "GET /internal/healthz", floor)
         )
-        with urllib.request.urlopen(child.url + "/metrics", timeout=10) as response:
-            size = len(response.read())
-    floor = p50["/internal/healthz"] * 1e3
-    bench.report.alone(
-        Proportion(
-            f"GET /metrics p50, idle after traffic ({size // 1024} KB)",
-            p50["/metrics"] * 1e3,
-            "ms",
-            "GET /internal/healthz",
-            floor,
+    if "proxy_tenants" in p50:
+        kilobytes = size["proxy_tenants"] // 1024
+        report.alone(
+            Proportion(
+                f"GET /metrics p50 with {SCRAPE_TENANTS} tenants' series ({kilobytes} KB)",
+                p50["proxy_tenants"]["/metrics"] * 1e3,
+                "ms",
+                "no attribution",
+                p50["proxy"]["/metrics"] * 1e3,
+            )
         )
-    )
-    bench.report.alone(
-        Proportion(
-            "GET /internal/metrics p50, idle after traffic",
-            p50["/internal/metrics"] * 1e3,
-            "ms",
-            "GET /internal/healthz",
-            floor,
-        )
-    )
 
 
 def run_soak(bench: Bench) -> None:

@@ -211,6 +211,8 @@ class ProxyLane:
     uvloop: bool = False  # run through benchmarks/proxy_wrapper.py on uvloop's event loop
     # The package from another checkout (an earlier commit, for before/after in one run).
     checkout: Path | None = None
+    # Environment variables of its own (a setting with no flag, PROXY_TENANT_SALT).
+    env: tuple[tuple[str, str], ...] = ()
 
 
 class Servers:
@@ -272,6 +274,8 @@ class Servers:
             # env execs the interpreter: the pid measured is the proxy's own. -P: the working
             # directory (this checkout) must not come before the other one on sys.path.
             argv = ["env", f"PYTHONPATH={proxy.checkout}", argv[0], "-P", *argv[1:]]
+        if proxy.env:
+            argv = ["env", *(f"{name}={value}" for name, value in proxy.env), *argv]
         return Child(lane, argv, port, self.measured, log)
 
 
@@ -300,6 +304,7 @@ _WRK_LUA = """wrk.method = "POST"
 wrk.body = {body}
 wrk.headers["Content-Type"] = "application/json"
 {headers}
+{tenants}
 local mark = {mark}
 local limit = {count}
 local seen = 0
@@ -324,6 +329,15 @@ end
 """
 
 
+# Each request names the next of ``tenants`` tenants (wrk.format builds it afresh).
+_WRK_TENANTS = """local sent = 0
+function request()
+    sent = sent + 1
+    wrk.headers["X-Tenant"] = "tenant-" .. (sent % {tenants})
+    return wrk.format()
+end"""
+
+
 def _lua_string(text: str) -> str:
     return json.dumps(text)  # a JSON string is a valid Lua string literal for ASCII text
 
@@ -346,8 +360,10 @@ class Loader:
         concurrency: int,
         seconds: float,
         probe: Callable[[], float] = lambda: 0.0,
+        tenants: int = 0,
     ) -> LoadResult:
-        """``count`` POSTs to the completions route at ``concurrency``, within ``seconds``.
+        """``count`` POSTs to the completions route at ``concurrency``, within ``seconds``;
+        with ``tenants``, request i names tenant-(i mod tenants) in its X-Tenant header.
 
         ``probe`` (say, a process's CPU seconds) is read around a window of the run: with
         wrk, from the MARK'th response to the last one, both in the steady state with
@@ -357,8 +373,8 @@ class Loader:
         """
         target = url + "/v1/chat/completions"
         if self.tool == "wrk":
-            return self._wrk(target, body, headers, count, concurrency, seconds, probe)
-        options = {"body": body, "headers": headers, "count": count}
+            return self._wrk(target, body, headers, count, concurrency, seconds, probe, tenants)
+        options = {"body": body, "headers": headers, "count": count, "tenants": tenants}
         before = probe()
         result = self.python(
             "requests", target, **options, concurrency=concurrency, seconds=seconds
@@ -378,6 +394,7 @@ class Loader:
         concurrency: int,
         seconds: float,
         probe: Callable[[], float],
+        tenants: int,
     ) -> LoadResult:
         self._scripts += 1
         script = self._dir / f"load{self._scripts}.lua"
@@ -387,7 +404,11 @@ class Loader:
         # Past the ramp-up, with whole waves of `concurrency` requests before it.
         mark = max(concurrency, count // 10) if count >= 3 * concurrency else 0
         lua = _WRK_LUA.format(
-            body=_lua_string(body.decode()), headers=lines, count=count, mark=mark
+            body=_lua_string(body.decode()),
+            headers=lines,
+            tenants=_WRK_TENANTS.format(tenants=tenants) if tenants else "",
+            count=count,
+            mark=mark,
         )
         script.write_text(lua)
         argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s"]

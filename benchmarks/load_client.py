@@ -2,7 +2,8 @@
 
 Every mode is bounded in count and in time and prints one ``RESULT {json}`` line:
 
-  requests  N requests at concurrency C (stops early at --seconds); latency p50/p99
+  requests  N requests at concurrency C (stops early at --seconds); latency p50/p99; with
+            --tenants T, request i names tenant-(i mod T) in its X-Tenant header
   ttft      R rounds of C streams opened at once (or evenly over --spread seconds); time to
             the first content chunk's bytes
             (round 1 opens the connections and is not counted)
@@ -23,6 +24,8 @@ import time
 from typing import Any
 
 import aiohttp
+
+TENANT_HEADER = "X-Tenant"  # what --tenants rotates (the benchmark's --tenant-header)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -49,10 +52,13 @@ async def run_requests(args: argparse.Namespace, headers: dict[str, str]) -> dic
 
         async def worker() -> None:
             nonlocal errors
-            while next(counter) < args.count and time.monotonic() < deadline:
+            while (number := next(counter)) < args.count and time.monotonic() < deadline:
                 started = time.perf_counter()
+                sent = headers
+                if args.tenants:
+                    sent = {**headers, TENANT_HEADER: f"tenant-{number % args.tenants}"}
                 try:
-                    async with session.post(args.url, data=args.body, headers=headers) as resp:
+                    async with session.post(args.url, data=args.body, headers=sent) as resp:
                         await resp.read()
                         ok = resp.status == 200
                 except aiohttp.ClientError:
@@ -191,6 +197,7 @@ def main() -> None:
     parser.add_argument("--path", action="append", default=[])
     parser.add_argument("--spread", type=float, default=0.0, help="ttft: open over this long")
     parser.add_argument("--marker", type=str.encode, default=b'"content":" tok"')
+    parser.add_argument("--tenants", type=int, default=0, help="requests: tenants to rotate")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -68,6 +68,8 @@ def _metered_line(
         "prompt_tokens": record.prompt_tokens,
         "generation_tokens": record.output_chunks if generation is None else generation,
     }
+    if record.tenant is not None:  # as read: a gateway's name, or a key's tag, never a key
+        fields["tenant"] = record.tenant
     if cause is not None:
         fields["error"] = record.error_kind or ErrorKind.UPSTREAM_STATUS
         fields["cause"] = cause

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aiohttp-proxy", description=_DESCRIPTION, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     for setting in SETTINGS:
+        if setting.env_only:
+            continue
         if setting.kind is bool:
             parser.add_argument(
                 setting.flag,

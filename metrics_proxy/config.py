@@ -14,13 +14,16 @@ from metrics_proxy.setting_rules import (
     PARSERS,
     above,
     at_least,
+    at_least_chars,
     between,
     check_type,
+    header_name,
     http_url,
     identity,
     mask_url,
     not_blank,
     one_of,
+    share,
     text,
 )
 
@@ -103,6 +106,13 @@ class Config:
     api_key: str = field(default="", repr=False)
     allow_unauthenticated: bool = False
     allow_admin_routes: bool = False
+    # Attribution: who sent each request, as a label of the proxy's tenant series.
+    tenant_header: str = ""
+    tenant_from_api_key: bool = False
+    # Keys the HMAC of bearer tokens; from the environment only (a flag shows in ps).
+    tenant_salt: str = field(default="", repr=False)
+    tenant_limit: int = 100
+    tenant_max_share: float = 1.0
     # A demo with no GPU: the built-in simulated vLLM instead of an upstream (see from_env).
     simulate: bool = False
     simulate_options: str = ""
@@ -127,6 +137,12 @@ class Config:
                 "accept that",
                 setting="api_key",
             )
+        _check_attribution(self)
+
+    @property
+    def attribution(self) -> bool:
+        """Whether requests are attributed to tenants (--tenant-header, --tenant-from-api-key)."""
+        return bool(self.tenant_header) or self.tenant_from_api_key
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Config:
@@ -155,8 +171,7 @@ class Config:
             if setting.secret and isinstance(raw, str) and not raw.strip():
                 # An empty secret would read as "off" and open what it was meant to close.
                 raise ConfigError(
-                    f"invalid value for {setting.flag} ({setting.env}): it is empty; "
-                    "unset it to turn it off",
+                    f"invalid value for {setting.spelled}: it is empty; unset it to turn it off",
                     setting=setting.name,
                 )
             values[setting.name] = setting.coerce(raw)
@@ -192,6 +207,23 @@ def _with_simulation(values: dict[str, Any]) -> dict[str, Any]:
     return values | {"upstream_url": SIMULATED_UPSTREAM}
 
 
+def _check_attribution(config: Config) -> None:
+    """The attribution settings that make no sense together, each refused in one line."""
+    if config.tenant_from_api_key and not config.tenant_salt:
+        raise ConfigError(
+            "--tenant-from-api-key (PROXY_TENANT_FROM_API_KEY) needs PROXY_TENANT_SALT in the "
+            "environment: a secret of at least 16 characters, the same on every replica",
+            setting="tenant_salt",
+        )
+    if config.tenant_max_share < 1 and not (config.attribution and config.max_concurrency):
+        raise ConfigError(
+            "--tenant-max-share (PROXY_TENANT_MAX_SHARE) shares --max-concurrency's slots "
+            "among tenants: it needs --max-concurrency and --tenant-header or "
+            "--tenant-from-api-key",
+            setting="tenant_max_share",
+        )
+
+
 def seconds_or_none(seconds: float) -> float | None:
     """Map a timeout setting to aiohttp's spelling: 0 means no limit, which aiohttp calls None."""
     return None if seconds == 0 else seconds
@@ -209,7 +241,9 @@ def _kind(hint: object) -> type:
     return hint
 
 
-_SECRETS = frozenset({"upstream_api_key", "admin_token", "api_key"})
+_SECRETS = frozenset({"upstream_api_key", "admin_token", "api_key", "tenant_salt"})
+# Read from the environment alone: no flag, so never on a command line (ps shows those).
+_ENV_ONLY = frozenset({"tenant_salt"})
 _FIELDS = {field.name: field for field in dataclasses.fields(Config)}
 _KINDS = {name: _kind(hint) for name, hint in get_type_hints(Config).items()}
 
@@ -232,8 +266,18 @@ class Setting:
         return self.name in _SECRETS
 
     @property
+    def env_only(self) -> bool:
+        """Set in the environment only: the command line has no flag for it."""
+        return self.name in _ENV_ONLY
+
+    @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+    @property
+    def spelled(self) -> str:
+        """How a message names it: flag and variable, or the variable alone."""
+        return self.env if self.env_only else f"{self.flag} ({self.env})"
 
     @property
     def env(self) -> str:
@@ -260,7 +304,7 @@ class Setting:
             return self.rule(check_type(self.kind, value))
         except ValueError as exc:
             raise ConfigError(
-                f"invalid value for {self.flag} ({self.env}): {self._shown(raw)} {exc}",
+                f"invalid value for {self.spelled}: {self._shown(raw)} {exc}",
                 setting=self.name,
             ) from None
 
@@ -426,6 +470,39 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "forward vLLM's administrative routes (LoRA loading, sleep, cache resets, profiling, "
         "weight updates, ...), which are refused with 403 otherwise",
+    ),
+    Setting(
+        "tenant_header",
+        "NAME",
+        "attribute each request to the tenant this request header names (e.g. X-Tenant), in "
+        "the proxy_tenant_* series and the log; trust it only when a gateway in front sets it",
+        header_name,
+    ),
+    Setting(
+        "tenant_from_api_key",
+        None,
+        "attribute each request to its bearer token's keyed hash (HMAC-SHA256 under "
+        "PROXY_TENANT_SALT, cut to 12 hex digits; never the token); after --tenant-header",
+    ),
+    Setting(
+        "tenant_salt",
+        None,
+        "the secret key of --tenant-from-api-key's hash, at least 16 characters, the same on "
+        "every replica; environment only",
+        at_least_chars(16),
+    ),
+    Setting(
+        "tenant_limit",
+        "N",
+        'most tenants with series of their own; later ones are counted as tenant="other"',
+        at_least(1),
+    ),
+    Setting(
+        "tenant_max_share",
+        "FRACTION",
+        "with --max-concurrency, the largest share of its slots one tenant may hold while "
+        "another tenant waits (0 < FRACTION <= 1; 1 = no cap)",
+        share,
     ),
     Setting(
         "simulate",

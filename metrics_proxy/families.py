@@ -283,6 +283,43 @@ PROXY_ESTIMATED_TOKEN_COUNTS = FamilySpec(
     MODEL_ENGINE,
 )
 
+# Attribution (opt-in: --tenant-header, --tenant-from-api-key): registered only when it is on,
+# so a proxy without it exports none of them. A tenant's series appear with its first request;
+# at most --tenant-limit tenants get their own, the rest share TENANT_OTHER.
+MODEL_ENGINE_TENANT = (*MODEL_ENGINE, "tenant")
+TENANT_REQUESTS = FamilySpec(
+    "proxy_tenant_requests_total",
+    "counter",
+    "Requests by tenant and outcome: vLLM's finished_reason, or 'rejected' for a request no "
+    "engine ran (refused by the proxy's queue limits or the upstream).",
+    (*MODEL_ENGINE_TENANT, "outcome"),
+)
+TENANT_PROMPT_TOKENS = FamilySpec(
+    "proxy_tenant_prompt_tokens_total",
+    "counter",
+    "Prefill tokens processed, by tenant.",
+    MODEL_ENGINE_TENANT,
+)
+TENANT_GENERATION_TOKENS = FamilySpec(
+    "proxy_tenant_generation_tokens_total",
+    "counter",
+    "Generation tokens processed, by tenant.",
+    MODEL_ENGINE_TENANT,
+)
+TENANT_QUEUE_TIME = FamilySpec(
+    "proxy_tenant_queue_time_seconds",
+    "histogram",
+    "Histogram of time spent waiting for a slot, by tenant (as vllm:request_queue_time_seconds).",
+    MODEL_ENGINE_TENANT,
+    buckets.REQUEST_LATENCY,
+)
+# A request no engine ran; the other outcomes are FinishedReason's values.
+REJECTED_OUTCOME = "rejected"
+# The tenant of every request past --tenant-limit distinct ones, and of requests that name
+# none (or a name the proxy will not use as a label).
+TENANT_OTHER = "other"
+TENANT_UNKNOWN = "unknown"
+
 VLLM_FAMILIES = (
     NUM_REQUESTS_RUNNING,
     NUM_REQUESTS_WAITING,
@@ -307,5 +344,11 @@ VLLM_FAMILIES = (
 )
 HTTP_FAMILIES = (HTTP_REQUESTS, HTTP_REQUEST_DURATION_HIGHR, HTTP_REQUEST_DURATION)
 PROXY_FAMILIES = (PROXY_ERRORS, PROXY_CLIENT_DISCONNECTS, PROXY_ESTIMATED_TOKEN_COUNTS)
+TENANT_FAMILIES = (
+    TENANT_REQUESTS,
+    TENANT_PROMPT_TOKENS,
+    TENANT_GENERATION_TOKENS,
+    TENANT_QUEUE_TIME,
+)
 # In the order /metrics shows them (after the process collector's).
 FAMILIES = (*VLLM_FAMILIES, *HTTP_FAMILIES, *PROXY_FAMILIES)

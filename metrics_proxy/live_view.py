@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from metrics_proxy.tenant_table import TenantTotals, by_tokens, tenant_totals
+
 __all__ = ["HEIGHT", "WIDTH", "live_frame", "short", "short_seconds"]
 
 WIDTH = 80
@@ -190,21 +192,91 @@ def _errors_block(interval: _Interval) -> list[str]:
     return _side_by_side(left, right)
 
 
+# A tenant's row: its totals, tokens/s, requests/s, mean wait for a slot.
+_TenantRow = tuple[TenantTotals, float | None, float | None, float | None]
+
+
+def _tenant_row(row: TenantTotals, old: TenantTotals | None, seconds: float) -> _TenantRow:
+    """``row`` over the interval since ``old`` (None: no interval yet, totals only). A
+    counter that went back (a restarted proxy) counts from zero."""
+    if old is None or seconds <= 0:
+        return (row, None, None, row.queue_mean)
+    tokens, requests = row.tokens - old.tokens, row.requests - old.requests
+    queued = row.queued - old.queued
+    waited = row.queue_seconds - old.queue_seconds
+    return (
+        row,
+        (tokens if tokens >= 0 else row.tokens) / seconds,
+        (requests if requests >= 0 else row.requests) / seconds,
+        waited / queued if queued > 0 else None,
+    )
+
+
+def _tenant_rows(interval: _Interval) -> list[_TenantRow]:
+    """Every tenant, busiest first: by tokens/s over the interval (by total tokens before
+    there is one)."""
+    now = by_tokens(tenant_totals(interval.current).values())
+    before = None if interval.previous is None else tenant_totals(interval.previous)
+    rows = [
+        _tenant_row(
+            row,
+            None if before is None else before.get(row.tenant, TenantTotals(row.tenant)),
+            interval.seconds,
+        )
+        for row in now
+    ]
+    return sorted(rows, key=lambda found: -(found[1] or 0.0))
+
+
+def _tenants_block(tenants: list[_TenantRow], rows: int) -> list[str]:
+    """The busiest ``rows`` tenants (attribution): tokens and requests per second, tokens
+    since start, mean wait for a slot over the interval."""
+    heading = f"{f'TENANTS ({len(tenants)})':<{_LEFT_LABEL + 2}}"
+    heading += f"{'tok/s':>{_RATE}}{'req/s':>{_RATE + 1}}{'tokens':>{_TOTAL + 1}}{'queue':>10}"
+    lines = [heading]
+    for row, tokens, requests, queue in tenants[:rows]:
+        cells = ["-" if x is None else _compact(x) for x in (tokens, requests)]
+        waited = "-" if queue is None else short_seconds(queue)
+        lines.append(
+            f"  {_label(row.tenant, _LEFT_LABEL)}{cells[0]:>{_RATE}}{cells[1]:>{_RATE + 1}}"
+            f"{_compact(row.tokens):>{_TOTAL + 1}}{waited:>10}"
+        )
+    return lines
+
+
 def live_frame(
     current: Snapshot, previous: Snapshot | None, seconds: float, title: str, status: str = ""
 ) -> list[str]:
     """The frame: ``title``, a ``status`` line, then requests by outcome, tokens and in-flight
-    gauges, latency quantiles over the recent window, errors and disconnects. Rates are over
-    the ``seconds`` between ``previous`` and ``current``. At most WIDTH columns and
-    HEIGHT - 1 lines."""
+    gauges, latency quantiles over the recent window, errors and disconnects, and the busiest
+    tenants when attribution is on. Rates are over the ``seconds`` between ``previous`` and
+    ``current``. At most WIDTH columns and HEIGHT - 1 lines."""
     interval = _Interval(
         _families(current), None if previous is None else _families(previous), seconds
     )
-    lines = [title, status]
-    lines += _requests_block(interval)
-    lines += ["", *_latency_block(interval)]
-    lines += ["", *_errors_block(interval)]
+    blocks = [_requests_block(interval), _latency_block(interval), _errors_block(interval)]
+    room = HEIGHT - 1 - 2 - sum(map(len, blocks))
+    tenants = _tenant_rows(interval)
+    blanks, rows = _tenant_room(room, len(tenants))
+    if tenants:
+        blocks.append(_tenants_block(tenants, rows))
+    lines = [title, status, *blocks[0]]
+    for place, block in enumerate(blocks[1:]):
+        lines += ["", *block] if place < blanks else block
     return [_fit(line) for line in lines[: HEIGHT - 1]]
+
+
+def _tenant_room(room: int, tenants: int) -> tuple[int, int]:
+    """How many blank lines go between blocks, and how many tenants' rows fit, in ``room``
+    lines. The tenants (attribution on) get two rows before the blank before them, and at
+    least one row before any blank line."""
+    if not tenants:
+        return 2, 0
+    for blanks in (3, 2):
+        rows = room - blanks - 1  # the heading
+        if rows >= min(tenants, 2):
+            return blanks, rows
+    return 0, max(1, room - 1)
 
 
 def _fit(line: str) -> str:

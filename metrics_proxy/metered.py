@@ -23,6 +23,7 @@ from metrics_proxy.apis.base import (
     parse_request,
     streams_its_body,
 )
+from metrics_proxy.attribution import Attribution
 from metrics_proxy.background import HeldResponses
 from metrics_proxy.client_io import (
     ClientGone,
@@ -64,6 +65,7 @@ class MeteredContext:
     of responses that run on after their exchange wait to be counted."""
 
     __slots__ = (
+        "attribution",
         "client_timeout",
         "client_writes",
         "held",
@@ -88,6 +90,7 @@ class MeteredContext:
         client_timeout: float | None,
         max_body: int,
         held: HeldResponses,
+        attribution: Attribution | None = None,
     ) -> None:
         self.upstream = upstream
         self.recorder = recorder
@@ -98,6 +101,7 @@ class MeteredContext:
         self.client_timeout = client_timeout
         self.max_body = max_body
         self.held = held
+        self.attribution = attribution  # who sent each request, when asked (attribution.py)
         # Built on the loop it serves: asking asyncio for it costs a getpid() system call.
         self.loop = asyncio.get_running_loop()
 
@@ -158,6 +162,7 @@ class MeteredExchange:
         "_request",
         "_response",
         "_stream",
+        "_tenant",
         "record",
     )
 
@@ -181,11 +186,14 @@ class MeteredExchange:
         self._refused_because: str | None = None  # why the proxy refused it, for the log
         self._cause: str | None = None  # what failed upstream, for the log
         self.record = record
+        attribution = context.attribution
+        # The tenant its slot is held for ("": no attribution), read before it queues.
+        self._tenant = "" if attribution is None else attribution.attribute(request.headers, record)
 
     async def run(self, upstream_body: bytes | StreamedBody) -> web.StreamResponse:
-        queue = self._context.queue
+        queue, tenant = self._context.queue, self._tenant
         try:
-            await queue.acquire()
+            await queue.acquire(tenant)
         except (QueueFull, QueueTimeout) as exc:
             return self._refuse(exc)
         except BaseException as exc:
@@ -207,7 +215,7 @@ class MeteredExchange:
         except (TimeoutError, aiohttp.ClientError, ClientBodyTimeout) as exc:
             return self._fail(self._failure(exc))
         finally:
-            queue.release()
+            queue.release(tenant)
             self._settle()
 
     def _aborted(self) -> None:

@@ -22,6 +22,7 @@ import orjson
 from metrics_proxy.live_view import live_frame
 from metrics_proxy.live_view import short as _short
 from metrics_proxy.live_view import short_seconds as _seconds
+from metrics_proxy.tenant_table import by_tokens, tenant_totals
 
 __all__ = [
     "SnapshotError",
@@ -155,8 +156,32 @@ def _histogram_section(families: list[dict[str, Any]], hidden: set[str]) -> list
     return lines
 
 
+TOP_TENANTS = 10  # rows of the tenant table; every series is in the sections above it
+_TENANT_WIDTH = 26
+_TENANT_COLUMNS = ("requests", "rejected", "prompt", "generation", "queue avg", "queue p90")
+
+
+def _tenant_section(families: list[dict[str, Any]]) -> list[str]:
+    """The busiest tenants (attribution), by tokens; nothing without tenant series."""
+    rows = by_tokens(tenant_totals({f["name"]: f["samples"] for f in families}).values())
+    if not rows:
+        return []
+    shown = f"{min(len(rows), TOP_TENANTS)} of {len(rows)}"
+    heading = "".join(f"{name:>11}" for name in _TENANT_COLUMNS)
+    lines = [f"TOP TENANTS by tokens ({shown})", f"  {'tenant':<{_TENANT_WIDTH}}{heading}"]
+    for row in rows[:TOP_TENANTS]:
+        counts = (row.requests, row.rejected, row.prompt_tokens, row.generation_tokens)
+        times = (row.queue_mean, row.queue_p90)
+        cells = [_value(x) for x in counts]
+        cells += ["-" if t is None else _seconds(t) for t in times]
+        tenant = _fit(row.tenant, _TENANT_WIDTH - 1)
+        lines.append(f"  {tenant:<{_TENANT_WIDTH}}{''.join(f'{c:>11}' for c in cells)}")
+    return lines
+
+
 def format_snapshot(snapshot: Snapshot, filters: Sequence[str] = ()) -> str:
-    """The snapshot as a text table: gauges, counters, then histograms, in snapshot order.
+    """The snapshot as a text table: gauges, counters, then histograms, in snapshot order,
+    and the top tenants when attribution is on.
 
     ``model_name``/``engine`` go once into the header when all series agree on them; seconds
     are shown in ms or µs when small.
@@ -175,6 +200,9 @@ def format_snapshot(snapshot: Snapshot, filters: Sequence[str] = ()) -> str:
     histograms = [f for f in families if f.get("type") == "histogram"]
     if histograms:
         lines += ["", *_histogram_section(histograms, hidden)]
+    tenants = _tenant_section(families)
+    if tenants:
+        lines += ["", *tenants]
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,14 @@ class Meters(Protocol):
     def finalize_request(self, record: RequestRecord) -> None: ...
 
 
+class TenantSeries(Protocol):
+    """A tenant's series (attribution): every settled request of the tenant, rejected or not."""
+
+    label: str
+
+    def settle(self, record: RequestRecord) -> None: ...
+
+
 # _DETACHED: it ran, gave back its gauges, and waits for its account (see detach).
 _WAITING, _RUNNING, _DONE, _DETACHED = 0, 1, 2, 3
 # Outcomes of requests vLLM's engine did not finish: no per-request histograms for them.
@@ -66,6 +74,8 @@ class RequestRecord:
         "slot_at",
         "stage",
         "status",
+        "tenant",
+        "tenant_series",
     )
 
     def __init__(self, meters: Meters, arrival: float) -> None:
@@ -91,6 +101,9 @@ class RequestRecord:
         self.error_kind: ErrorKind | None = None
         self.stage = DisconnectStage.WAITING  # where a client that leaves finds it
         self.status = 502  # the HTTP status the client got
+        # Who sent it, with attribution on: as read (the log's), and the series it counts in.
+        self.tenant: str | None = None
+        self.tenant_series: TenantSeries | None = None
         # Set by settle: generation tokens counted from chunks, not reported; the longest
         # of the n outputs.
         self.estimated = False
@@ -175,6 +188,8 @@ class RequestRecord:
         if not self.rejected:
             self._count_tokens(ran=state != _WAITING)
             meters.finalize_request(self)
+        if self.tenant_series is not None:
+            self.tenant_series.settle(self)
         return True
 
     def finish(

@@ -18,10 +18,11 @@ from aiohttp import web
 
 from metrics_proxy import request_ids
 from metrics_proxy.access_log import log_metered, log_refusal
-from metrics_proxy.admission import AdmissionQueue
+from metrics_proxy.admission import AdmissionQueue, tenant_cap
 from metrics_proxy.apis import API_BY_ROUTE, Api, ApiChoice
 from metrics_proxy.apis.base import UsageMode
 from metrics_proxy.apis.responses import RESPONSES
+from metrics_proxy.attribution import Attribution
 from metrics_proxy.auth import BearerTokens, split_tokens
 from metrics_proxy.background import HeldResponses, RetrievalWatch, retrieved_id
 from metrics_proxy.client_io import ClientWriteLimits
@@ -59,6 +60,7 @@ ADMIN_TOKENS = web.AppKey("admin_tokens", BearerTokens)
 API_KEYS = web.AppKey("api_keys", BearerTokens)
 HELD = web.AppKey("held", HeldResponses)
 UPSTREAM = web.AppKey("upstream", Upstream)
+ATTRIBUTION: web.AppKey[Attribution | None] = web.AppKey("attribution")
 
 _HEALTHY = orjson.dumps({"status": "ok"})
 
@@ -121,6 +123,7 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
             client_timeout=seconds_or_none(config.client_timeout),
             max_body=config.max_body_size,
             held=app[HELD],
+            attribution=app[ATTRIBUTION],
         )
         app[PROBE] = UpstreamProbe(session, config.upstream_url, clock=recorder.clock)
         app[UPSTREAM] = upstream
@@ -326,10 +329,13 @@ def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) 
     app[RECORDER] = recorder or ProxyMetricsRecorder(
         config.model_name, engine=config.engine_label, max_model_len=config.max_model_len
     )
+    recorder = app[RECORDER]
+    app[ATTRIBUTION] = Attribution.of(config, recorder.registry, recorder.clock)
     app[QUEUE] = AdmissionQueue(
         config.max_concurrency,
         max_waiting=config.max_queue_length,
         max_wait=config.max_queue_wait,
+        tenant_cap=tenant_cap(config.max_concurrency, config.tenant_max_share),
     )
     app[LIFECYCLE] = Lifecycle()
     app[HELD] = HeldResponses(app[RECORDER].clock)

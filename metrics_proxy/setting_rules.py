@@ -139,6 +139,41 @@ def one_of(choices: tuple[str, ...]) -> Callable[[Any], Any]:
     return rule
 
 
+def share(value: float) -> float:
+    """A fraction of a whole: above 0, at most 1."""
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise ValueError("must be above 0 and at most 1")
+    return value
+
+
+def at_least_chars(length: int) -> Callable[[Any], Any]:
+    """Text that is empty (unset) or at least ``length`` characters long: a secret key."""
+
+    def rule(value: str) -> str:
+        if value and len(text(value)) < length:
+            raise ValueError(f"is shorter than {length} characters")
+        return value
+
+    return rule
+
+
+# An HTTP field name (RFC 9110 token); the ones that carry credentials are refused, or a
+# key could become a label value.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+
+
+def header_name(value: str) -> str:
+    """Empty (unset), or the name of a request header that carries no credentials."""
+    if not value:
+        return value
+    if not _TOKEN.fullmatch(value):
+        raise ValueError("is not an HTTP header name")
+    if value.lower() in _CREDENTIAL_HEADERS:
+        raise ValueError("carries credentials, which must never become a label")
+    return value
+
+
 def split_credentials(url: str) -> tuple[str, str | None]:
     """``url`` without ``user:password@``, and the ``Authorization`` value those ask for
     (HTTP Basic), or None when it has none."""

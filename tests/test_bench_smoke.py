@@ -31,6 +31,9 @@ def test_quick_benchmark_prints_its_table() -> None:
         "| added TTFT p99, 20 streams opened over 0.1 s |",
         "| RSS per held stream, ",
         "| GET /metrics p50, idle after traffic ",
+        "| CPU per request with --tenant-header (8 tenants) |",
+        "| CPU per request with --tenant-from-api-key (an HMAC each) |",
+        "| GET /metrics p50 with 100 tenants' series (",
         "| soak: RSS after ",
     ):
         assert figure in out

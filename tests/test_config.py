@@ -378,3 +378,73 @@ def test_simulate_is_never_mixed_up_with_a_real_upstream(
     env: dict[str, str], expected: str
 ) -> None:
     assert error_for(env) == expected
+
+
+# --- Attribution -------------------------------------------------------------------------------
+
+SALT = "s" * 16
+
+
+def test_attribution_is_off_by_default() -> None:
+    config = from_env()
+    assert not config.attribution
+    assert (config.tenant_header, config.tenant_limit, config.tenant_max_share) == ("", 100, 1.0)
+    assert from_env(PROXY_TENANT_HEADER="X-Tenant").attribution
+    keyed = from_env(PROXY_TENANT_FROM_API_KEY="true", PROXY_TENANT_SALT=SALT)
+    assert keyed.attribution
+    assert SALT not in repr(keyed)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"PROXY_TENANT_FROM_API_KEY": "1"},
+            "--tenant-from-api-key (PROXY_TENANT_FROM_API_KEY) needs PROXY_TENANT_SALT in the "
+            "environment",
+        ),
+        (
+            {"PROXY_TENANT_FROM_API_KEY": "1", "PROXY_TENANT_SALT": "s3cret-short"},
+            "invalid value for PROXY_TENANT_SALT: (hidden) is shorter than 16 characters",
+        ),
+        (
+            {"PROXY_TENANT_SALT": ""},
+            "invalid value for PROXY_TENANT_SALT: it is empty",
+        ),
+        (
+            {"PROXY_TENANT_HEADER": "Authorization"},
+            "invalid value for --tenant-header (PROXY_TENANT_HEADER): 'Authorization' carries "
+            "credentials",
+        ),
+        (
+            {"PROXY_TENANT_HEADER": "x-api-key"},
+            "'x-api-key' carries credentials",
+        ),
+        ({"PROXY_TENANT_HEADER": "X Tenant"}, "'X Tenant' is not an HTTP header name"),
+        ({"PROXY_TENANT_LIMIT": "0"}, "'0' must be >= 1"),
+        ({"PROXY_TENANT_MAX_SHARE": "0"}, "'0' must be above 0 and at most 1"),
+        ({"PROXY_TENANT_MAX_SHARE": "1.5"}, "'1.5' must be above 0 and at most 1"),
+        (
+            {"PROXY_TENANT_MAX_SHARE": "0.5", "PROXY_TENANT_HEADER": "X-Tenant"},
+            "--tenant-max-share (PROXY_TENANT_MAX_SHARE) shares --max-concurrency's slots",
+        ),
+        (
+            {"PROXY_TENANT_MAX_SHARE": "0.5", "PROXY_MAX_CONCURRENCY": "4"},
+            "it needs --max-concurrency and --tenant-header or --tenant-from-api-key",
+        ),
+    ],
+)
+def test_attribution_settings_that_cannot_work(env: dict[str, str], expected: str) -> None:
+    message = error_for(env)
+    assert expected in message
+    assert "s3cret" not in message
+
+
+def test_the_salt_has_no_flag() -> None:
+    salt = next(s for s in SETTINGS if s.env == "PROXY_TENANT_SALT")
+    assert salt.env_only
+    assert salt.secret
+    share = from_env(
+        PROXY_TENANT_HEADER="X-Tenant", PROXY_MAX_CONCURRENCY="4", PROXY_TENANT_MAX_SHARE="0.5"
+    )
+    assert share.tenant_max_share == 0.5

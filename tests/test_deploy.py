@@ -18,6 +18,7 @@ import yaml
 from metrics_proxy import __version__
 from metrics_proxy.config import SETTINGS, Config
 from metrics_proxy.recorder import ProxyMetricsRecorder
+from metrics_proxy.tenant_metrics import TenantMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -402,9 +403,12 @@ def test_dashboard_variables_are_all_defined() -> None:
 
 def _exported_series() -> dict[str, set[str]]:
     """Series name → label names, from a real recorder that has seen one HTTP exchange (the
-    http_* families have no series before)."""
+    http_* families have no series before) and, with attribution on, one tenant's request."""
     recorder = ProxyMetricsRecorder("m")
     recorder.observe_http("/v1/chat/completions", "POST", 200, 0.1)
+    request = recorder.start_request()
+    request.tenant_series = TenantMetrics(recorder.registry, "m", "proxy", 1).account("t")
+    request.finish("stop")
     series: dict[str, set[str]] = {}
     for family in recorder.collect():
         labels = {name for sample in family.samples for name, _ in sample.labels}
@@ -446,5 +450,10 @@ def test_proxy_panels_read_only_series_the_proxy_exports() -> None:
         "http_requests_total",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
+        "proxy_tenant_requests_total",
+        "proxy_tenant_prompt_tokens_total",
+        "proxy_tenant_generation_tokens_total",
+        "proxy_tenant_queue_time_seconds_sum",
+        "proxy_tenant_queue_time_seconds_count",
     }
     assert described <= seen

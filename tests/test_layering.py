@@ -109,6 +109,9 @@ PURE = (
     "simulator/responses_shapes.py",
     "sse.py",
     "stream_meter.py",
+    "tenant_metrics.py",
+    "tenant_table.py",
+    "tenants.py",
 )
 IO = {"aiohttp", "asyncio", "socket", "urllib.request", "http.client", "subprocess"}
 

@@ -20,6 +20,7 @@ import pytest
 from metrics_proxy import ProxyMetricsRecorder
 from metrics_proxy.live_view import HEIGHT, LATENCIES, WIDTH, live_frame, short
 from metrics_proxy.print_metrics import ENTER_SCREEN, ERASE_BELOW, ERASE_LINE, HOME, LEAVE_SCREEN
+from metrics_proxy.tenant_metrics import TenantMetrics
 from tests.support.fake_upstream import BEHAVIOR_HEADER
 from tests.support.stack import Stack
 
@@ -324,3 +325,64 @@ def _check_screen(terminal: Terminal, raw: bytes) -> None:
     assert raw.startswith(ENTER_SCREEN.encode())
     assert raw.endswith(LEAVE_SCREEN.encode())
     assert not terminal.cursor.hidden
+
+
+# --- Tenants (attribution) -------------------------------------------------------------------
+
+
+def _tenant_recorder() -> tuple[ProxyMetricsRecorder, TenantMetrics, Clock]:
+    recorder, clock = _recorder()
+    return recorder, TenantMetrics(recorder.registry, "m", "proxy", 100, clock=clock), clock
+
+
+def _send(recorder: ProxyMetricsRecorder, tenants: TenantMetrics, clock: Clock, tenant: str,
+          tokens: int, queue: float = 0.0) -> None:  # fmt: skip
+    request = recorder.start_request()
+    request.tenant_series = tenants.account(tenant)
+    clock.now += queue
+    request.slot_acquired()
+    request.finish("stop", prompt_tokens=tokens, generation_tokens=tokens)
+
+
+def _tenant_lines(frame: list[str]) -> list[list[str]]:
+    start = next(i for i, line in enumerate(frame) if line.startswith("TENANTS"))
+    return [line.split() for line in frame[start:]]
+
+
+def test_the_busiest_tenants_by_tokens_per_second_and_their_wait() -> None:
+    recorder, tenants, clock = _tenant_recorder()
+    _send(recorder, tenants, clock, "heavy-yesterday", 10_000)
+    _send(recorder, tenants, clock, "busy-now", 10)
+    before = recorder.snapshot()
+    for _ in range(4):
+        _send(recorder, tenants, clock, "busy-now", 500, queue=0.25)
+    frame = live_frame(recorder.snapshot(), before, 2.0, TITLE)
+    lines = _tenant_lines(frame)
+    assert lines[0][:2] == ["TENANTS", "(2)"]
+    assert lines[0][2:] == ["tok/s", "req/s", "tokens", "queue"]
+    assert lines[1] == ["busy-now", "2000", "2", "4020", "250ms"]  # 4000 tokens in 2 s
+    assert lines[2] == ["heavy-yesterday", "0", "0", "20000", "-"]  # no wait in the interval
+
+
+def test_no_tenant_block_without_attribution() -> None:
+    recorder, clock = _recorder()
+    _serve(recorder, clock, "stop", 0.02)
+    assert not any(
+        line.startswith("TENANTS") for line in live_frame(recorder.snapshot(), None, 0, TITLE)
+    )
+
+
+def test_with_every_block_full_the_busiest_tenant_still_shows() -> None:
+    recorder, tenants, clock = _tenant_recorder()
+    for kind in ("bad_request", "body_too_large", "connect", "timeout", "client_timeout"):
+        recorder.count_error(kind)
+    for reason in ("repetition", "abort", "error", "length"):
+        recorder.start_request().finish(reason)
+    for i in range(300):
+        _send(recorder, tenants, clock, f"tenant-{i}-" + "x" * 40, 1 + i)
+    frame = live_frame(recorder.snapshot(), None, 0.0, "t" * 200, "s" * 200)
+    assert len(frame) <= HEIGHT - 1
+    assert max(len(line) for line in frame) <= WIDTH
+    lines = _tenant_lines(frame)
+    assert lines[0][:2] == ["TENANTS", "(101)"]  # --tenant-limit's 100, the rest as "other"
+    assert lines[1][0] == "other"  # 200 folded tenants' tokens

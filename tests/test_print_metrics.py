@@ -22,6 +22,7 @@ from metrics_proxy import ProxyMetricsRecorder
 from metrics_proxy.config import Config
 from metrics_proxy.print_metrics import build_parser, format_snapshot, histogram_bar, main
 from metrics_proxy.server import create_app
+from metrics_proxy.tenant_metrics import TenantMetrics
 
 Client = TestClient[web.Request, web.Application]
 
@@ -314,3 +315,43 @@ async def test_a_reader_that_stops_early_ends_it_quietly(
         _, err = await process.communicate()
     assert err == b""
     assert process.returncode == 0
+
+
+# --- Top tenants (attribution) ----------------------------------------------------------------
+
+
+def _tenant_snapshot(tenants: int) -> dict[str, Any]:
+    clock = Clock()
+    recorder = ProxyMetricsRecorder("m", clock=clock)
+    accounts = TenantMetrics(recorder.registry, "m", "proxy", 100, clock=clock)
+    for i in range(tenants):
+        for outcome in ("stop", "rejected"):
+            request = recorder.start_request()
+            request.tenant_series = accounts.account(f"tenant-{i:02}")
+            clock.now += 0.5
+            if outcome == "rejected":
+                request.discard()
+                continue
+            request.slot_acquired()
+            request.finish("stop", prompt_tokens=10 * i, generation_tokens=i)
+    return recorder.snapshot()
+
+
+def test_the_top_tenants_by_tokens() -> None:
+    text = format_snapshot(_tenant_snapshot(12))
+    lines = text.split("TOP TENANTS by tokens (10 of 12)\n")[1].splitlines()
+    assert lines[0].split() == ["tenant", "requests", "rejected", "prompt", "generation", "queue",
+                                "avg", "queue", "p90"]  # fmt: skip
+    row = lines[1].split()
+    assert row[:6] == ["tenant-11", "2", "1", "110", "11", "500ms"]
+    assert float(row[6].removesuffix("ms")) == pytest.approx(500, rel=0.01)  # the sketch's
+    assert [line.split()[0] for line in lines[1:]] == [f"tenant-{i:02}" for i in range(11, 1, -1)]
+    assert max(len(line) for line in text.splitlines()) <= 100
+    # Every series is in the counters above it too.
+    assert _row(text, "proxy_tenant_prompt_tokens_total{tenant=tenant-00}") == "0"
+
+
+def test_no_tenant_table_without_tenants_or_filtered_out() -> None:
+    assert "TOP TENANTS" not in format_snapshot(_tenant_snapshot(0))  # only "other", unused
+    assert "TOP TENANTS" not in format_snapshot(_tenant_snapshot(2), ["vllm:"])
+    assert "TOP TENANTS" in format_snapshot(_tenant_snapshot(2), ["proxy_tenant"])

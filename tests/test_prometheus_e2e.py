@@ -31,6 +31,7 @@ QUERIES: list[dict[str, str]] = json.loads(
 )["queries"]
 DASHBOARD = ROOT / "deploy" / "grafana" / "metrics-proxy-dashboard.json"
 MODEL = "e2e-model"
+TENANT_HEADER = "X-Tenant"
 JOB = "metrics-proxy"
 WINDOW = "1m"  # stands in for $__rate_interval: wider than the whole run, so rates see it all
 # Engine-only, so not exported (README "Not observable from a proxy"): the query must be empty.
@@ -143,6 +144,9 @@ class PrometheusAPI:
 async def _chat(http: aiohttp.ClientSession, proxy: TestServer, **options: Any) -> int:
     behavior = options.pop("behavior", None)
     headers = {BEHAVIOR_HEADER: json.dumps(behavior)} if behavior else {}
+    # Attribution (--tenant-header): the refusals come from one tenant, the rest from another.
+    refused = behavior is not None and "status" in behavior
+    headers[TENANT_HEADER] = "team-refused" if refused else "team-a"
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **options}
     async with http.post(
         proxy.make_url("/v1/chat/completions"), json=body, headers=headers
@@ -158,8 +162,9 @@ async def _traffic(http: aiohttp.ClientSession, proxy: TestServer) -> None:
         _chat(http, proxy, stream=True, behavior={"finish_reason": "length"}),
         _chat(http, proxy, stream=False, behavior={"finish_reason": "length"}),
         _chat(http, proxy, stream=False, behavior={"status": 500}),
+        _chat(http, proxy, stream=False, behavior={"status": 400}),
     )
-    assert statuses == [200] * 9 + [500]
+    assert statuses == [200] * 9 + [500, 400]
     async with http.post(
         proxy.make_url("/v1/completions"), json={"model": MODEL, "prompt": "hi", "stream": True}
     ) as response:
@@ -197,7 +202,13 @@ async def test_dashboard_queries_answer_from_a_real_prometheus(
         make_fake_upstream(Behavior(ttft=0.02, itl=0.005, completion_tokens=8))
     )
     proxy = await aiohttp_server(
-        create_app(Config(upstream_url=str(upstream.make_url("")), model_name=MODEL))
+        create_app(
+            Config(
+                upstream_url=str(upstream.make_url("")),
+                model_name=MODEL,
+                tenant_header=TENANT_HEADER,
+            )
+        )
     )
     timeout = aiohttp.ClientTimeout(total=10)
     with _prometheus(prometheus_binary, tmp_path, f"127.0.0.1:{proxy.port}") as server:
@@ -217,8 +228,9 @@ async def test_dashboard_queries_answer_from_a_real_prometheus(
                         statuses = await asyncio.gather(
                             _chat(http, proxy, stream=True),
                             _chat(http, proxy, behavior={"status": 500}),
+                            _chat(http, proxy, behavior={"status": 400}),
                         )
-                        assert list(statuses) == [200, 500]
+                        assert list(statuses) == [200, 500, 400]
                 results = {
                     q["expr"]: await prometheus.query(_substitute(q["expr"]))
                     for q in [*QUERIES, *_proxy_panel_queries()]
@@ -259,6 +271,18 @@ async def test_dashboard_queries_answer_from_a_real_prometheus(
     assert errors["upstream_status"] > 0, errors
     (ratio,) = _values(results[_expr("Proxy HTTP 5xx ratio")])
     assert 0 < ratio < 1
+    # The tenant row: each tenant where its traffic puts it.
+    tokens = _by_tenant(results[_expr("Top tenants by tokens/s")])
+    assert tokens["team-a"] > 0, tokens
+    assert set(_by_tenant(results[_expr("Rejected requests by tenant")])) == {"team-refused"}
+    requests = _by_tenant(results[_expr("Top tenants by requests/s")])
+    # (and "unknown": the one completion request names no tenant)
+    assert requests.keys() == {"team-a", "team-refused", "unknown"}, requests
+    assert set(_by_tenant(results[_expr("Top tenants by mean queue time")])) <= set(requests)
+
+
+def _by_tenant(result: list[dict[str, Any]]) -> dict[str, float]:
+    return {series["metric"]["tenant"]: float(series["value"][1]) for series in result}
 
 
 def _expr(panel_prefix: str) -> str:

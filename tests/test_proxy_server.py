@@ -214,3 +214,22 @@ def test_every_spelling_of_the_command_is_the_same_command(command: list[str]) -
     )  # fmt: skip
     assert result.returncode == 0
     assert result.stdout.startswith("usage: aiohttp-proxy")
+
+
+def test_the_tenant_salt_is_read_from_the_environment_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert "salt-on-the-command-line" not in help_text()
+    assert "--tenant-salt" not in help_text()
+    with pytest.raises(SystemExit) as info:
+        parse_config([*REQUIRED_ARGS, "--tenant-salt", "salt-on-the-command-line"], {})
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        parse_config([*REQUIRED_ARGS, "--tenant-from-api-key"], {})
+    assert info.value.code == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("aiohttp-proxy: error: --tenant-from-api-key")
+    assert "PROXY_TENANT_SALT" in err
+    salted = {"PROXY_TENANT_SALT": "a fleet-wide salt of 16+"}
+    config = parse_config([*REQUIRED_ARGS, "--tenant-from-api-key"], salted)
+    assert config.tenant_salt == salted["PROXY_TENANT_SALT"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from metrics_proxy import ProxyMetricsRecorder
 from metrics_proxy.config import SETTINGS
+from metrics_proxy.tenant_metrics import TenantMetrics
 
 NONE = "\N{EN DASH}"  # how the README writes "nothing" in a table cell
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -25,11 +26,12 @@ def table_rows(heading_cell: str) -> list[list[str]]:
 
 
 def test_every_setting_is_in_the_settings_table() -> None:
-    rows = {row[0].strip("`"): row for row in table_rows("flag")}
-    assert set(rows) == {setting.flag for setting in SETTINGS}
+    rows = {row[1].strip("`"): row for row in table_rows("flag")}
+    assert set(rows) == {setting.env for setting in SETTINGS}
     for setting in SETTINGS:
-        row = rows[setting.flag]
-        assert row[1] == f"`{setting.env}`"
+        row = rows[setting.env]
+        # A setting read from the environment alone (a secret) has no flag.
+        assert row[0] == (NONE if setting.env_only else f"`{setting.flag}`")
         if setting.required:
             assert row[2] == "required"
         elif setting.default in ("", None):
@@ -50,6 +52,11 @@ def test_every_setting_is_in_the_settings_table() -> None:
 def test_the_metric_list_matches_the_recorder() -> None:
     recorder = ProxyMetricsRecorder("m")
     recorder.observe_http("/v1/models", "GET", 200, 0.1)  # http_* series appear on first use
+    # With attribution on, the tenant families too; a request's outcome appears as it settles.
+    tenants = TenantMetrics(recorder.registry, "m", "proxy", limit=1)
+    record = recorder.start_request()
+    record.tenant_series = tenants.account("t")
+    record.finish("stop")
     families = {f.name: f for f in recorder.collect()}
     rows = {row[0].strip("`"): row for row in table_rows("family")}
     assert set(rows) == set(families)
