@@ -1,0 +1,219 @@
+"""--model-name auto through HTTP: one proxy in front of a router serving several models, each
+request counted under the model it asks for, among those the upstream lists in /v1/models
+(read on a timer, never per request); any other name counts as model_name="other"."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+import pytest
+
+from metrics_proxy.recorder import MAX_MODEL_NAME, MAX_MODELS
+from tests.support.stack import Stack, StackFactory
+from tests.test_audio_api import FORM, TRANSCRIPTIONS, audio_form
+
+CHAT = "/v1/chat/completions"
+SUCCESS = "vllm:request_success_total"
+# A router's list: two models, and a LoRA adapter vLLM lists with its parent.
+ROUTER_MODELS = [
+    {"id": "llama", "object": "model", "max_model_len": 8192},
+    {"id": "qwen", "object": "model", "max_model_len": 32768},
+    {"id": "llama-sql", "object": "model", "parent": "llama"},
+]
+FAST_REFRESH = 0.02  # seconds: the tests await each refresh by its effect, bounded
+
+
+async def auto_stack(make_stack: StackFactory, models: Any = None, **settings: Any) -> Stack:
+    """A proxy with --model-name auto in front of a fake listing ``models``."""
+    settings.setdefault("model_refresh_interval", FAST_REFRESH)
+    stack = await make_stack(model_name="auto", **settings)
+    stack.state.model_list = ROUTER_MODELS if models is None else models
+    return stack
+
+
+async def models_with_series(stack: Stack) -> set[str]:
+    samples = (await stack.snapshot())["vllm:num_requests_running"]["samples"]
+    return {sample["labels"]["model_name"] for sample in samples}
+
+
+async def wait_for_series(stack: Stack, *models: str, timeout: float = 5.0) -> set[str]:
+    """Poll until each of ``models`` has series (the list is read on the proxy's timer)."""
+    async with asyncio.timeout(timeout):
+        while not set(models) <= (found := await models_with_series(stack)):  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+    return found
+
+
+async def model_list_reads(stack: Stack) -> int:
+    return sum(1 for r in stack.state.requests if r.path == "/v1/models")
+
+
+async def chat(stack: Stack, model: object, *, stream: bool = False) -> int:
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": "Hi"}], "stream": stream}
+    if model is not ...:
+        body["model"] = model
+    response = await stack.client.post(CHAT, data=orjson.dumps(body))
+    await response.read()
+    return response.status
+
+
+async def successes(stack: Stack, model: str) -> float:
+    return float(await stack.value(SUCCESS, model_name=model, finished_reason="stop"))
+
+
+async def test_each_listed_model_gets_its_own_series_with_exact_counts(
+    make_stack: StackFactory,
+) -> None:
+    stack = await auto_stack(make_stack)
+    found = await wait_for_series(stack, "llama", "qwen", "llama-sql")
+    assert found == {"other", "llama", "qwen", "llama-sql"}
+    for _ in range(2):
+        assert await chat(stack, "llama") == 200
+    assert await chat(stack, "qwen", stream=True) == 200
+    assert await successes(stack, "llama") == 2
+    assert await successes(stack, "qwen") == 1
+    assert await successes(stack, "llama-sql") == 0
+    assert await successes(stack, "other") == 0
+    # The fake reports 5 generated tokens a request: each model's own, exactly.
+    assert await stack.value("vllm:generation_tokens_total", model_name="llama") == 10
+    assert await stack.value("vllm:generation_tokens_total", model_name="qwen") == 5
+    ttft = await stack.value("vllm:time_to_first_token_seconds", model_name="qwen")
+    assert ttft["count"] == 1
+    # Every family of every model exists at zero, as vLLM's do per engine.
+    text = await (await stack.client.get("/metrics")).text()
+    for model in ("llama", "qwen", "llama-sql", "other"):
+        assert f'vllm:num_requests_waiting{{engine="proxy",model_name="{model}"}} 0' in text
+        assert f'vllm:admission_rejections_total{{model_name="{model}",' in text
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["evil", "x" * 10_000, 42, ["llama"], {"id": "llama"}, None, True, ...],
+    ids=["unlisted", "10kB", "number", "list", "object", "null", "bool", "absent"],
+)
+async def test_any_other_model_counts_as_other(make_stack: StackFactory, model: object) -> None:
+    stack = await auto_stack(make_stack)
+    await wait_for_series(stack, "llama")
+    assert await chat(stack, model) == 200
+    assert await successes(stack, "other") == 1
+    assert await successes(stack, "llama") == 0
+    assert await models_with_series(stack) == {"other", "llama", "qwen", "llama-sql"}
+
+
+async def test_the_list_is_read_again_on_its_timer(make_stack: StackFactory) -> None:
+    stack = await auto_stack(make_stack, [{"id": "llama"}])
+    await wait_for_series(stack, "llama")
+    assert await chat(stack, "mistral") == 200  # not served yet: other
+    stack.state.model_list = [{"id": "llama"}, {"id": "mistral"}]
+    await wait_for_series(stack, "mistral")
+    assert await chat(stack, "mistral") == 200
+    assert await successes(stack, "mistral") == 1
+    assert await successes(stack, "other") == 1
+
+
+async def test_a_model_that_leaves_the_list_keeps_its_series(make_stack: StackFactory) -> None:
+    stack = await auto_stack(make_stack, [{"id": "llama"}, {"id": "qwen"}])
+    await wait_for_series(stack, "llama", "qwen")
+    assert await chat(stack, "qwen") == 200
+    stack.state.model_list = [{"id": "llama"}]
+    reads = await model_list_reads(stack)
+    await stack.state.wait_until(lambda s: sum(r.path == "/v1/models" for r in s.requests) > reads)
+    # Its counters never go back (Prometheus would read a reset), and it still counts.
+    assert await successes(stack, "qwen") == 1
+    assert await chat(stack, "qwen") == 200
+    assert await successes(stack, "qwen") == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [(500, b'{"error": {"message": "router down"}}'), (200, b"not json"), (200, b'{"data": 7}')],
+    ids=["500", "bad-json", "no-list"],
+)
+async def test_an_upstream_that_fails_the_list_keeps_the_last_one(
+    make_stack: StackFactory, caplog: pytest.LogCaptureFixture, answer: tuple[int, bytes]
+) -> None:
+    stack = await auto_stack(make_stack)
+    await wait_for_series(stack, "llama")
+    stack.state.models_answer = answer
+    reads = await model_list_reads(stack)
+    with caplog.at_level(logging.WARNING, logger="metrics_proxy"):
+        await stack.state.wait_until(
+            lambda s: sum(r.path == "/v1/models" for r in s.requests) >= reads + 2
+        )
+        assert await chat(stack, "llama") == 200
+    assert await successes(stack, "llama") == 1
+    warnings = [r.getMessage() for r in caplog.records if "cannot refresh" in r.getMessage()]
+    assert warnings
+    assert warnings[0].endswith("the last one stays")
+
+
+async def test_a_hostile_list_is_bounded(
+    make_stack: StackFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    long_name = "y" * (MAX_MODEL_NAME + 1)
+    hostile: list[Any] = [{"id": long_name}, {"id": 7}, "model", {"no": "id"}]
+    hostile += [{"id": f"m{i}"} for i in range(3 * MAX_MODELS)]
+    with caplog.at_level(logging.WARNING, logger="metrics_proxy"):
+        stack = await auto_stack(make_stack, hostile)
+        await wait_for_series(stack, "m0", f"m{MAX_MODELS - 1}")
+        assert await chat(stack, long_name) == 200
+        assert await chat(stack, f"m{MAX_MODELS}") == 200
+    found = await models_with_series(stack)
+    assert found == {"other", *(f"m{i}" for i in range(MAX_MODELS))}
+    assert await successes(stack, "other") == 2
+    assert any("get no series of their own" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_list_past_the_size_cap_is_no_list(make_stack: StackFactory) -> None:
+    stack = await auto_stack(make_stack)
+    entries = [{"id": "llama"}, *({"id": "z" * 100} for _ in range(20_000))]
+    stack.state.models_answer = (200, orjson.dumps({"object": "list", "data": entries}))
+    await stack.state.wait_until(lambda s: sum(r.path == "/v1/models" for r in s.requests) >= 2)
+    assert await models_with_series(stack) == {"other"}
+
+
+async def test_failures_before_the_body_is_read_count_as_other(make_stack: StackFactory) -> None:
+    stack = await auto_stack(make_stack)
+    await wait_for_series(stack, "llama")
+    response = await stack.client.post(CHAT, data=b"{not json")
+    assert response.status == 400
+    assert await stack.value("proxy_errors_total", model_name="other", kind="bad_request") == 1
+    assert await stack.value("proxy_errors_total", model_name="llama", kind="bad_request") == 0
+
+
+async def test_an_upstream_failure_counts_under_the_requests_model(
+    make_stack: StackFactory,
+) -> None:
+    stack = await auto_stack(make_stack)
+    await wait_for_series(stack, "qwen")
+    body = orjson.dumps({"model": "qwen", "messages": []})
+    response = await stack.client.post(
+        CHAT, data=body, headers={"X-Fake-Behavior": '{"status": 500}'}
+    )
+    assert response.status == 500
+    errors = await stack.value("proxy_errors_total", model_name="qwen", kind="upstream_status")
+    assert errors == 1
+    assert await stack.value(SUCCESS, model_name="qwen", finished_reason="error") == 1
+
+
+async def test_a_forms_model_field_picks_its_series(make_stack: StackFactory) -> None:
+    stack = await auto_stack(make_stack)
+    await wait_for_series(stack, "qwen")
+    body = audio_form(("model", "qwen"), ("stream", "true"))
+    response = await stack.client.post(TRANSCRIPTIONS, data=body, headers=FORM)
+    assert response.status == 200
+    await response.read()
+    assert await successes(stack, "qwen") == 1
+    assert await successes(stack, "other") == 0
+    assert await stack.value("vllm:num_requests_running", model_name="other") == 0
+    assert await stack.value("vllm:num_requests_running", model_name="qwen") == 0
+
+
+async def test_a_fixed_model_name_ignores_the_body_and_reads_no_list(stack: Stack) -> None:
+    assert await chat(stack, "qwen") == 200
+    assert await successes(stack, "m") == 1
+    assert await models_with_series(stack) == {"m"}
+    assert await model_list_reads(stack) == 0
