@@ -18,7 +18,7 @@ from tests.test_audio_api import FORM, TRANSCRIPTIONS, audio_form
 CHAT = "/v1/chat/completions"
 SUCCESS = "vllm:request_success_total"
 # A router's list: two models, and a LoRA adapter vLLM lists with its parent.
-ROUTER_MODELS = [
+ROUTER_MODELS: list[dict[str, Any]] = [
     {"id": "llama", "object": "model", "max_model_len": 8192},
     {"id": "qwen", "object": "model", "max_model_len": 32768},
     {"id": "llama-sql", "object": "model", "parent": "llama"},
