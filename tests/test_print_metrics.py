@@ -314,3 +314,34 @@ async def test_a_reader_that_stops_early_ends_it_quietly(
         _, err = await process.communicate()
     assert err == b""
     assert process.returncode == 0
+
+
+def _two_model_snapshot() -> dict[str, Any]:
+    """A --model-name auto recorder: two served models, a request of each, one unlisted."""
+    recorder = ProxyMetricsRecorder("auto", clock=Clock(), process_metrics=False)
+    recorder.serve_models(["llama", "qwen"])
+    for model, tokens in (("llama", 3), ("qwen", 5), ("qwen", 5), ("evil", 1)):
+        request = recorder.start_request(model=model)
+        request.slot_acquired()
+        request.finish("stop", prompt_tokens=tokens, generation_tokens=1)
+    return recorder.snapshot()
+
+
+def test_several_models_print_their_model_name_on_each_row() -> None:
+    text = format_snapshot(_two_model_snapshot())
+    assert text.startswith("all series: engine=proxy\n")
+    assert _row(text, "vllm:prompt_tokens_total{model_name=llama}") == "3"
+    assert _row(text, "vllm:prompt_tokens_total{model_name=qwen}") == "10"
+    assert _row(text, "vllm:prompt_tokens_total{model_name=other}") == "1"
+
+
+def test_one_model_is_picked_with_model(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    snapshot = _two_model_snapshot()
+    monkeypatch.setattr("metrics_proxy.print_metrics.fetch_snapshot", lambda *_: snapshot)
+    assert main(["--model", "qwen", "--filter", "prompt_tokens_total"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("all series: model_name=qwen engine=proxy\n")
+    assert _row(out, "vllm:prompt_tokens_total") == "10"
+    assert "llama" not in out
