@@ -76,7 +76,15 @@ PACED_CONCURRENCY = 64
 PACED_INTERVAL_MS = 5
 FIGURES = ("requests", "streams", "ttft", "hold", "render", "soak")
 # Lanes besides direct and proxy (every figure is read against those two); --lanes picks.
-OPTIONAL_LANES = ("baseline", "nginx", "seed", "proxy_info", "proxy_continuous", "proxy_uvloop")
+OPTIONAL_LANES = (
+    "baseline",
+    "nginx",
+    "seed",
+    "proxy_info",
+    "proxy_continuous",
+    "proxy_uvloop",
+    "proxy_auto",
+)
 # At its pace the seed stack would take minutes over the same count: a quarter of the requests
 # at c16; its rate and CPU are read over its own steady window all the same.
 SEED_SHARE = 4
@@ -89,6 +97,8 @@ PROXY_LANES = {
     "proxy_info": ProxyLane(("--log-level", "info")),
     "proxy_continuous": ProxyLane(("--log-level", "warning", "--stream-usage", "continuous")),
     "proxy_uvloop": ProxyLane(("--log-level", "warning"), uvloop=True),
+    # Each request's model from its body, among those the fast upstream lists ("bench").
+    "proxy_auto": ProxyLane(("--log-level", "warning", "--model-name", "auto")),
 }
 
 
@@ -206,7 +216,7 @@ def _median(values: list[float]) -> float:
 def run_requests(bench: Bench) -> None:
     plan = bench.plan
     lanes = bench.lanes(
-        ["direct", "proxy", "baseline", "nginx", "seed", "proxy_info", "proxy_uvloop"]
+        ["direct", "proxy", "baseline", "nginx", "seed", "proxy_info", "proxy_uvloop", "proxy_auto"]
     )
     compared = [lane for lane in lanes if lane in ("direct", "proxy", "baseline", "nginx", "seed")]
     at_c1 = [*compared, *(lane for lane in lanes if lane == "proxy_uvloop")]
@@ -280,6 +290,16 @@ def run_requests(bench: Bench) -> None:
                 _median(cpu["proxy_info"]) * 1e6,
                 "µs",
                 "--log-level warning",
+                proxy,
+            )
+        )
+    if "proxy_auto" in cpu:
+        report.alone(
+            Proportion(
+                "CPU per request with `--model-name auto` (the model read from each body)",
+                _median(cpu["proxy_auto"]) * 1e6,
+                "µs",
+                "a fixed --model-name",
                 proxy,
             )
         )

@@ -32,6 +32,7 @@ def test_quick_benchmark_prints_its_table() -> None:
         "| RSS per held stream, ",
         "| GET /metrics p50, idle after traffic ",
         "| soak: RSS after ",
+        "CPU per request with `--model-name auto`",
     ):
         assert figure in out
     assert "Targets:" in out
