@@ -11,9 +11,12 @@ from typing import Any
 import orjson
 import pytest
 
+from metrics_proxy.apis import API_BY_ROUTE, ApiChoice
+from metrics_proxy.apis.base import streams_its_body
 from metrics_proxy.recorder import MAX_MODEL_NAME, MAX_MODELS
 from tests.support.stack import Stack, StackFactory
 from tests.test_audio_api import FORM, TRANSCRIPTIONS, audio_form
+from tests.test_pooling_routes import BODIES
 
 CHAT = "/v1/chat/completions"
 SUCCESS = "vllm:request_success_total"
@@ -217,3 +220,62 @@ async def test_a_fixed_model_name_ignores_the_body_and_reads_no_list(stack: Stac
     assert await successes(stack, "m") == 1
     assert await models_with_series(stack) == {"m"}
     assert await model_list_reads(stack) == 0
+
+
+# What each metered route's body needs besides its model (chat's messages by default).
+ROUTE_FIELDS: dict[str, dict[str, Any]] = {
+    **{path: {k: v for k, v in body.items() if k != "model"} for path, body in BODIES.items()},
+    "/v1/completions": {"prompt": "hi"},
+    "/v1/messages": {"max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+    "/v1/responses": {"input": "hi"},
+    "/inference/v1/generate": {"token_ids": [1, 2], "sampling_params": {"max_tokens": 4}},
+    "/generative_scoring": {"query": "q", "items": ["a"], "label_token_ids": [1]},
+    "/v1/decisions": {"input": "hi"},
+}
+JSON_ROUTES = [
+    path
+    for path, api in API_BY_ROUTE.items()
+    if isinstance(api, ApiChoice) or not streams_its_body(api)
+]
+
+
+async def _counted(stack: Stack, model: str) -> float:
+    """Requests accounted under ``model``: finished (any reason), or refused upstream."""
+    snapshot = await stack.snapshot()
+    return sum(
+        float(sample["value"])
+        for name in (SUCCESS, "proxy_errors_total")
+        for sample in snapshot[name]["samples"]
+        if sample["labels"]["model_name"] == model
+    )
+
+
+@pytest.mark.parametrize("path", JSON_ROUTES)
+async def test_every_metered_route_counts_under_the_bodys_model(
+    make_stack: StackFactory, path: str
+) -> None:
+    stack = await auto_stack(make_stack)
+    await wait_for_series(stack, "qwen")
+    fields = ROUTE_FIELDS.get(path, {"messages": [{"role": "user", "content": "hi"}]})
+    response = await stack.client.post(path, data=orjson.dumps({"model": "qwen", **fields}))
+    await response.read()
+    assert (await _counted(stack, "qwen"), await _counted(stack, "other")) == (1, 0)
+
+
+async def test_a_background_response_counts_under_its_model_when_retrieved(
+    make_stack: StackFactory,
+) -> None:
+    stack = await auto_stack(make_stack)
+    await wait_for_series(stack, "qwen")
+    body = orjson.dumps({"model": "qwen", "input": "hi", "background": True})
+    response = await stack.client.post("/v1/responses", data=body)
+    response_id = (await response.json())["id"]
+    await stack.state.wait_until(lambda s: s.responses[response_id].finished)
+    assert await successes(stack, "qwen") == 0  # held until an answer shows it finished
+    # The GET names no model: the record held since the POST counts under the POST's.
+    retrieved = await stack.client.get(f"/v1/responses/{response_id}")
+    assert retrieved.status == 200
+    await retrieved.read()
+    assert await successes(stack, "qwen") == 1
+    assert await stack.value("vllm:generation_tokens_total", model_name="qwen") == 5
+    assert await _counted(stack, "other") == 0
