@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from metrics_proxy import ProxyMetricsRecorder
 from metrics_proxy.config import Config
-from metrics_proxy.print_metrics import build_parser, format_snapshot, histogram_bar, main
+from metrics_proxy.print_metrics import _frame, build_parser, format_snapshot, histogram_bar, main
 from metrics_proxy.server import create_app
 
 Client = TestClient[web.Request, web.Application]
@@ -345,3 +345,11 @@ def test_one_model_is_picked_with_model(
     assert out.startswith("all series: model_name=qwen engine=proxy\n")
     assert _row(out, "vllm:prompt_tokens_total") == "10"
     assert "llama" not in out
+
+
+def test_the_live_views_title_counts_the_models() -> None:
+    args = build_parser().parse_args(["--watch", "1"])
+    title = _frame(args, _two_model_snapshot(), None, 0.0, "")[0]
+    assert "  3 models  every 1s  " in title
+    picked = build_parser().parse_args(["--watch", "1", "--model", "qwen"])
+    assert "  model qwen  every 1s  " in _frame(picked, _two_model_snapshot(), None, 0.0, "")[0]
