@@ -99,10 +99,6 @@ class RequestRecord:
 
     # --- while it runs -------------------------------------------------------------------
 
-    @property
-    def meters(self) -> Meters:
-        return self._meters
-
     def move_to(self, meters: Meters) -> None:
         """Count under other meters from now on (a form's model is known once its fields have
         passed): the gauge it holds moves with it; what it observed stays where it went."""
