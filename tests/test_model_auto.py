@@ -14,6 +14,7 @@ import pytest
 from metrics_proxy.apis import API_BY_ROUTE, ApiChoice
 from metrics_proxy.apis.base import streams_its_body
 from metrics_proxy.recorder import MAX_MODEL_NAME, MAX_MODELS
+from tests.support.fake_upstream import Behavior
 from tests.support.stack import Stack, StackFactory
 from tests.test_audio_api import FORM, TRANSCRIPTIONS, audio_form
 from tests.test_pooling_routes import BODIES
@@ -279,3 +280,50 @@ async def test_a_background_response_counts_under_its_model_when_retrieved(
     assert await successes(stack, "qwen") == 1
     assert await stack.value("vllm:generation_tokens_total", model_name="qwen") == 5
     assert await _counted(stack, "other") == 0
+
+
+async def test_gauges_rejections_and_disconnects_are_each_models(
+    make_stack: StackFactory,
+) -> None:
+    stack = await auto_stack(
+        make_stack, behavior=Behavior(stall_before_headers=True), max_concurrency=1
+    )
+    await wait_for_series(stack, "llama", "qwen")
+
+    def post(model: str) -> asyncio.Future[Any]:
+        body = orjson.dumps({"model": model, "messages": [], "stream": True})
+        return asyncio.ensure_future(stack.client.post(CHAT, data=body))
+
+    holder = post("llama")
+    await stack.state.wait_until(lambda s: any(r.method == "POST" for r in s.requests))
+    waiter = post("qwen")
+    await stack.wait_for("vllm:num_requests_waiting", 1, model_name="qwen")
+    assert await stack.value("vllm:num_requests_running", model_name="llama") == 1
+    assert await stack.value("vllm:num_requests_waiting", model_name="llama") == 0
+    for task in (waiter, holder):
+        task.cancel()
+    await stack.wait_for("vllm:num_requests_running", 0, model_name="llama")
+    await stack.wait_for("vllm:num_requests_waiting", 0, model_name="qwen")
+    disconnects = "proxy_client_disconnects_total"
+    assert await stack.value(disconnects, model_name="qwen", stage="waiting") == 1
+    assert await stack.value(disconnects, model_name="llama", stage="before_headers") == 1
+    assert await stack.value(SUCCESS, model_name="qwen", finished_reason="abort") == 1
+    assert await stack.value(SUCCESS, model_name="llama", finished_reason="abort") == 1
+    assert await _counted(stack, "other") == 0
+
+
+async def test_a_queue_refusal_counts_under_the_requests_model(make_stack: StackFactory) -> None:
+    stalled = Behavior(stall_before_headers=True)
+    stack = await auto_stack(make_stack, behavior=stalled, max_concurrency=1, max_queue_wait=0.05)
+    await wait_for_series(stack, "qwen")
+    holder = asyncio.ensure_future(
+        stack.client.post(CHAT, data=orjson.dumps({"model": "llama", "messages": []}))
+    )
+    await stack.state.wait_until(lambda s: any(r.method == "POST" for r in s.requests))
+    late = await stack.client.post(CHAT, data=orjson.dumps({"model": "qwen", "messages": []}))
+    assert late.status == 503
+    rejections = "vllm:admission_rejections_total"
+    assert await stack.value(rejections, model_name="qwen", reason="max_queue_wait") == 1
+    assert await stack.value(rejections, model_name="llama", reason="max_queue_wait") == 0
+    holder.cancel()
+    await stack.wait_for("vllm:num_requests_running", 0, model_name="llama")
