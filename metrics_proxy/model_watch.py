@@ -31,13 +31,21 @@ class ModelWatch:
         self._refused = 0  # names refused series so far: a WARNING each time it grows
 
     async def run(self) -> None:
-        """Read the list at once, with the start-up check's log lines, then on the timer."""
-        models = await check_upstream(self._upstream, self._config)
+        """Read the list at once, with the start-up check's log lines, then on the timer.
+        Nothing ends it but a cancel: a list frozen by one odd answer would be worse."""
+        first = True
         while True:
-            if models is not None:
-                self._serve(models)
+            try:
+                if first:
+                    models = await check_upstream(self._upstream, self._config)
+                else:
+                    models = await self.refresh()
+                if models is not None:
+                    self._serve(models)
+            except Exception:
+                log.exception("--model-name auto: reading the model list failed; the last stays")
+            first = False
             await asyncio.sleep(self._config.model_refresh_interval)
-            models = await self.refresh()
 
     async def refresh(self) -> list[str] | None:
         """One read of the list; None (and a WARNING with the cause) when it failed."""
