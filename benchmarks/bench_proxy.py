@@ -85,6 +85,7 @@ OPTIONAL_LANES = (
     "proxy_uvloop",
     "proxy_tenants",
     "proxy_tenant_keys",
+    "proxy_auto",
 )
 # At its pace the seed stack would take minutes over the same count: a quarter of the requests
 # at c16; its rate and CPU are read over its own steady window all the same.
@@ -105,6 +106,8 @@ PROXY_LANES = {
         ("--log-level", "warning", "--tenant-from-api-key"),
         env=(("PROXY_TENANT_SALT", "a benchmark's salt, not a secret"),),
     ),
+    # Each request's model from its body, among those the fast upstream lists ("bench").
+    "proxy_auto": ProxyLane(("--log-level", "warning", "--model-name", "auto")),
 }
 TENANTS = 8  # tenants the proxy_tenants lane's load names, in turn
 SCRAPE_TENANTS = 100  # tenants with series when /metrics is timed with attribution on
@@ -242,6 +245,7 @@ def run_requests(bench: Bench) -> None:
             "proxy_uvloop",
             "proxy_tenants",
             "proxy_tenant_keys",
+            "proxy_auto",
         ]
     )
     compared = [lane for lane in lanes if lane in ("direct", "proxy", "baseline", "nginx", "seed")]
@@ -317,6 +321,16 @@ def run_requests(bench: Bench) -> None:
                 _median(cpu["proxy_info"]) * 1e6,
                 "µs",
                 "--log-level warning",
+                proxy,
+            )
+        )
+    if "proxy_auto" in cpu:
+        report.alone(
+            Proportion(
+                "CPU per request with `--model-name auto` (the model read from each body)",
+                _median(cpu["proxy_auto"]) * 1e6,
+                "µs",
+                "a fixed --model-name",
                 proxy,
             )
         )

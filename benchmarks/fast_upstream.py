@@ -1,12 +1,12 @@
 """A cheap fake vLLM for the proxy benchmark: raw asyncio, HTTP/1.1 keep-alive, loopback only.
 
-POST /v1/chat/completions (or /v1/completions) answers a fixed small JSON body, or with
-``"stream": true`` a vLLM-shaped event stream: a role chunk, N content chunks, a finish chunk,
-a usage chunk when ``stream_options.include_usage`` (usage on every chunk as well with
-``continuous_usage_stats``) and ``data: [DONE]``, each event its own chunked-encoding frame,
-written as fast as the connection takes them. The chunks are the simulated vLLM's
-(metrics_proxy.simulator.openai_shapes), built once at import: a chunk costs a write, or one
-%-format where it carries usage. Request headers shape a stream:
+GET /v1/models lists the one model, "bench". POST /v1/chat/completions (or /v1/completions)
+answers a fixed small JSON body, or with ``"stream": true`` a vLLM-shaped event stream: a role
+chunk, N content chunks, a finish chunk, a usage chunk when ``stream_options.include_usage``
+(usage on every chunk as well with ``continuous_usage_stats``) and ``data: [DONE]``, each event
+its own chunked-encoding frame, written as fast as the connection takes them. The chunks are
+the simulated vLLM's (metrics_proxy.simulator.openai_shapes), built once at import: a chunk
+costs a write, or one %-format where it carries usage. Request headers shape a stream:
 
   x-bench-chunks    content chunks (default 200)
   x-bench-delay-ms  wait before the first content chunk (response headers go out at once)
@@ -57,6 +57,12 @@ _NOT_FOUND = b'{"error": "not found"}'
 _NOT_FOUND_RESPONSE = (
     b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
     % (len(_NOT_FOUND), _NOT_FOUND)
+)
+# GET /v1/models: the one model it serves, as vLLM lists it (--model-name auto reads it).
+_MODELS = orjson.dumps({"object": "list", "data": [{"id": _MODEL, "object": "model"}]})
+_MODELS_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+    % (len(_MODELS), _MODELS)
 )
 _SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
@@ -151,6 +157,9 @@ class _Connection(asyncio.Protocol):
                 return
             body = bytes(buffer[end + 4 : total])
             del buffer[:total]
+            if parts[:2] == [b"GET", b"/v1/models"]:
+                transport.write(_MODELS_RESPONSE)
+                continue
             if len(parts) < 2 or parts[0] != b"POST" or not parts[1].endswith(b"completions"):
                 transport.write(_NOT_FOUND_RESPONSE)
                 continue

@@ -77,7 +77,8 @@ class Config:
 
     # Not in the repr: it may carry credentials (http://user:password@host).
     upstream_url: str = field(repr=False)
-    model_name: str
+    model_name: str  # "auto": each request's model, among those the upstream lists
+    model_refresh_interval: float = 30.0
     host: str = "0.0.0.0"
     port: int = 8000
     engine_label: str = "proxy"
@@ -345,7 +346,19 @@ SETTINGS: tuple[Setting, ...] = (
         "trailing /v1 is not; required unless --simulate",
         _upstream_root,
     ),
-    Setting("model_name", "NAME", "model name for the metrics' model_name label", not_blank),
+    Setting(
+        "model_name",
+        "NAME",
+        "model name for the metrics' model_name label; auto: the model each request asks for, "
+        'among those the upstream lists in /v1/models (any other counts as "other")',
+        not_blank,
+    ),
+    Setting(
+        "model_refresh_interval",
+        "SECONDS",
+        "with --model-name auto, how often the upstream's /v1/models is read again",
+        at_least(0.01),
+    ),
     Setting("host", "HOST", "interface to listen on", not_blank),
     Setting("port", "PORT", "port to listen on; 0 picks a free one", between(0, 65535)),
     Setting("engine_label", "LABEL", "value of the metrics' engine label", not_blank),

@@ -14,7 +14,7 @@ from typing import Any
 
 from metrics_proxy.tenant_table import TenantTotals, by_tokens, tenant_totals
 
-__all__ = ["HEIGHT", "WIDTH", "live_frame", "short", "short_seconds"]
+__all__ = ["HEIGHT", "WIDTH", "busiest_model", "live_frame", "short", "short_seconds"]
 
 WIDTH = 80
 HEIGHT = 24  # the frame takes at most HEIGHT - 1 lines: the last newline would scroll
@@ -160,11 +160,37 @@ def _requests_block(interval: _Interval) -> list[str]:
     return _side_by_side(left, right)
 
 
+def _recent_count(sample: dict[str, Any]) -> float:
+    recent = sample.get("recent")
+    count = recent.get("count") if isinstance(recent, dict) else None
+    return count if isinstance(count, int | float) else 0
+
+
+def busiest_model(current: dict[str, list[dict[str, Any]]]) -> str | None:
+    """With several models (--model-name auto), the one with the most requests over the
+    recent window (e2e): the latency block shows its quantiles, which cannot be merged.
+    None with one model or none."""
+    samples = current.get(LATENCIES[2][1], [])
+    models: list[tuple[str, float]] = [
+        (str(s.get("labels", {}).get("model_name")), _recent_count(s)) for s in samples
+    ]
+    if len({model for model, _ in models}) < 2:
+        return None
+    # max keeps the first of equals: the snapshot's order, "other" first.
+    return max(models, key=lambda pair: pair[1])[0]
+
+
 def _latency_block(interval: _Interval) -> list[str]:
     lines: list[str] = []
     window = None
-    for label, name in LATENCIES:
+    model = busiest_model(interval.current)
+    for row_label, name in LATENCIES:
         samples = interval.current.get(name) or [{}]
+        label = row_label
+        if model is not None:
+            samples = [s for s in samples if s.get("labels", {}).get("model_name") == model]
+            samples = samples or [{}]
+            label = _label(f"{row_label} {model}", _LEFT_LABEL)
         recent = samples[0].get("recent")
         if isinstance(recent, dict):
             window = recent.get("seconds", window)
@@ -248,7 +274,8 @@ def live_frame(
     current: Snapshot, previous: Snapshot | None, seconds: float, title: str, status: str = ""
 ) -> list[str]:
     """The frame: ``title``, a ``status`` line, then requests by outcome, tokens and in-flight
-    gauges, latency quantiles over the recent window, errors and disconnects, and the busiest
+    gauges (summed over models), latency quantiles over the recent window (of the busiest
+    model, named on each row, when there are several), errors and disconnects, and the busiest
     tenants when attribution is on. Rates are over the ``seconds`` between ``previous`` and
     ``current``. At most WIDTH columns and HEIGHT - 1 lines."""
     interval = _Interval(

@@ -21,6 +21,7 @@ from metrics_proxy.apis.base import (
     ResponseFacts,
     UsageMode,
     parse_request,
+    requested_model,
     streams_its_body,
 )
 from metrics_proxy.attribution import Attribution
@@ -51,6 +52,7 @@ from metrics_proxy.families import DisconnectStage, ErrorKind, FinishedReason, R
 from metrics_proxy.form_body import FormBody
 from metrics_proxy.headers import response_headers
 from metrics_proxy.lifecycle import EndedByShutdown, Lifecycle, shutdown_event
+from metrics_proxy.model_series import ModelSeries
 from metrics_proxy.record import RequestRecord
 from metrics_proxy.recorder import ProxyMetricsRecorder
 from metrics_proxy.relay import BodyFilter, RelayControl, relay
@@ -141,10 +143,11 @@ async def handle_metered(
         api = api.choose(obj)
     facts = api.read_request(obj)
     upstream_body, injection = api.prepare(body, obj, facts, context.usage_mode)
-    record = recorder.start_request(arrival)
+    series = recorder.series_for(requested_model(obj))  # one dict lookup, or none
+    record = series.start_request(arrival)
     record.n = facts.n
     record.max_tokens = facts.max_tokens
-    exchange = MeteredExchange(context, request, record, api, injection, facts.stream)
+    exchange = MeteredExchange(context, request, series, record, api, injection, facts.stream)
     return await exchange.run(upstream_body)
 
 
@@ -161,6 +164,7 @@ class MeteredExchange:
         "_refused_because",
         "_request",
         "_response",
+        "_series",
         "_stream",
         "_tenant",
         "record",
@@ -170,6 +174,7 @@ class MeteredExchange:
         self,
         context: MeteredContext,
         request: web.Request,
+        series: ModelSeries,
         record: RequestRecord,
         api: Api,
         injection: Injection,
@@ -177,6 +182,7 @@ class MeteredExchange:
     ) -> None:
         self._context = context
         self._request = request
+        self._series = series  # its model's, which the record moves too
         self._api = api
         self._injection = injection
         self._stream = stream
@@ -225,7 +231,7 @@ class MeteredExchange:
         record.finished_reason = FinishedReason.ABORT
         record.status = CLIENT_GONE
         if not self._context.lifecycle.ending:
-            self._context.recorder.count_disconnect(record.stage)
+            self._series.count_disconnect(record.stage)
 
     async def _end_for_shutdown(self) -> web.StreamResponse:
         """The shutdown ended a stream the upstream had not: it ends as a failed stream does,
@@ -247,7 +253,7 @@ class MeteredExchange:
         """A queue bound was hit: the request never ran (429 full, 503 waited too long)."""
         full = isinstance(exc, QueueFull)
         reason = RejectionReason.MAX_NUM_QUEUED_REQS if full else RejectionReason.MAX_QUEUE_WAIT
-        self._context.recorder.count_admission_rejection(reason)
+        self._series.count_admission_rejection(reason)
         self.record.rejected = True
         status = self.record.status = 429 if full else 503
         message = "The proxy's queue is full" if full else "Waited too long in the proxy's queue"
@@ -278,7 +284,7 @@ class MeteredExchange:
 
     def _count(self, kind: ErrorKind) -> None:
         self.record.fail(kind)
-        self._context.recorder.count_error(kind)
+        self._series.count_error(kind)
         if kind in _BROKEN_UPSTREAM and self._cause is None:
             # Every caller counts a broken upstream in the except clause that caught it: the
             # exception being handled is the one the log line describes.
@@ -338,7 +344,7 @@ class MeteredExchange:
     ) -> bool:
         """4xx: the upstream refused the request, its engine never ran it (vLLM does not count
         those); 5xx: it failed. Either way its answer goes to the client as it is."""
-        self._context.recorder.count_error(ErrorKind.UPSTREAM_STATUS)
+        self._series.count_error(ErrorKind.UPSTREAM_STATUS)
         self.record.rejected = upstream.status < 500
         answer = ErrorAnswerReader()
         complete = await self._copy(upstream, response, answer)
@@ -420,7 +426,7 @@ class MeteredExchange:
         else:
             # The upstream closed the stream cleanly but said neither a finish nor [DONE].
             self.record.error_kind = ErrorKind.UPSTREAM_DISCONNECT
-            self._context.recorder.count_error(ErrorKind.UPSTREAM_DISCONNECT)
+            self._series.count_error(ErrorKind.UPSTREAM_DISCONNECT)
 
     @property
     def _clock(self) -> Callable[[], float]:
@@ -544,7 +550,10 @@ async def _handle_form(
         recorder.count_error(failure.kind)
         log_refusal(request, failure.status, failure.message)
         return failure.response()
-    exchange = _FormExchange(context, request, recorder.start_request(arrival), api, body)
+    # Its model is known once its fields have passed: until then it counts as the fixed
+    # model's, or "other" with auto.
+    series = recorder.series_for(None)
+    exchange = _FormExchange(context, request, series, series.start_request(arrival), api, body)
     return await exchange.run(body)
 
 
@@ -557,11 +566,12 @@ class _FormExchange(MeteredExchange):
         self,
         context: MeteredContext,
         request: web.Request,
+        series: ModelSeries,
         record: RequestRecord,
         api: Api,
         body: FormBody,
     ) -> None:
-        super().__init__(context, request, record, api, NO_INJECTION, stream=False)
+        super().__init__(context, request, series, record, api, NO_INJECTION, stream=False)
         self._body = body
 
     def _answered(self) -> None:
@@ -572,6 +582,10 @@ class _FormExchange(MeteredExchange):
         self._injection = body.injection
         self.record.n = facts.n
         self.record.max_tokens = facts.max_tokens
+        series = self._context.recorder.series_for(facts.model)
+        if series is not self._series:
+            self._series = series
+            self.record.move_to(series)
 
     def _aborted(self) -> None:
         super()._aborted()

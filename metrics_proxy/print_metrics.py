@@ -31,7 +31,9 @@ __all__ = [
     "format_snapshot",
     "histogram_bar",
     "main",
+    "model_names",
     "select_families",
+    "select_model",
     "shared_labels",
 ]
 
@@ -84,6 +86,35 @@ def select_families(snapshot: Snapshot, filters: Sequence[str] = ()) -> list[dic
     """The families whose name contains any of ``filters`` (all of them when there are none)."""
     families: list[dict[str, Any]] = snapshot["families"]
     return [f for f in families if not filters or any(s in f["name"] for s in filters)]
+
+
+def model_names(snapshot: Snapshot) -> list[str]:
+    """The ``model_name`` values of the snapshot's series, in order (several with
+    --model-name auto)."""
+    seen: dict[str, None] = {}
+    for family in snapshot["families"]:
+        for sample in family["samples"]:
+            model = sample.get("labels", {}).get("model_name")
+            if isinstance(model, str):
+                seen[model] = None
+    return list(seen)
+
+
+def select_model(snapshot: Snapshot, model: str | None) -> Snapshot:
+    """The snapshot with only ``model``'s series, and those with no model_name (``http_*``,
+    the process); all of it when ``model`` is None."""
+    if model is None:
+        return snapshot
+
+    def kept(sample: dict[str, Any]) -> bool:
+        labels: dict[str, str] = sample.get("labels", {})
+        return labels.get("model_name", model) == model
+
+    families = [
+        {**family, "samples": [s for s in family["samples"] if kept(s)]}
+        for family in snapshot["families"]
+    ]
+    return {**snapshot, "families": families}
 
 
 def shared_labels(snapshot: Snapshot) -> dict[str, str]:
@@ -292,12 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="only families whose name contains it (repeatable: any of them)",
     )
     parser.add_argument(
+        "--model",
+        metavar="NAME",
+        help="only this model's series (a proxy with --model-name auto has one set per model)",
+    )
+    parser.add_argument(
         "--timeout", type=_positive_seconds, default=5.0, help="socket timeout (default 5)"
     )
     return parser
 
 
 def _render(snapshot: Snapshot, args: argparse.Namespace) -> str:
+    snapshot = select_model(snapshot, args.model)
     if args.json:
         selected = {**snapshot, "families": select_families(snapshot, args.filter)}
         return orjson.dumps(selected, option=orjson.OPT_INDENT_2).decode() + "\n"
@@ -353,10 +390,11 @@ def _frame(
     if args.all or args.json or args.filter:
         title = f"{args.url}  every {args.watch:g}s  {clock}  Ctrl-C quits"
         return [_fit(title, WIDTH), *([status] if status else []), *_render(now, args).splitlines()]
-    model = shared_labels(now).get("model_name", "?")
-    title = (
-        f"{urlsplit(args.url).netloc}  model {model}  every {args.watch:g}s  {clock}  Ctrl-C quits"
-    )
+    now = select_model(now, args.model)
+    before = None if before is None else select_model(before, args.model)
+    models = model_names(now)
+    shown = f"model {models[0]}" if len(models) == 1 else f"{len(models)} models"
+    title = f"{urlsplit(args.url).netloc}  {shown}  every {args.watch:g}s  {clock}  Ctrl-C quits"
     if not status and before is None:
         status = "(rates from the next frame on)"
     return live_frame(now, before, seconds, title, status)

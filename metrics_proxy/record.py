@@ -112,6 +112,20 @@ class RequestRecord:
 
     # --- while it runs -------------------------------------------------------------------
 
+    def move_to(self, meters: Meters) -> None:
+        """Count under other meters from now on (a form's model is known once its fields have
+        passed): the gauge it holds moves with it; what it observed stays where it went."""
+        old = self._meters
+        if meters is old:
+            return
+        self._meters = meters
+        if self._state == _WAITING:
+            old.decrement_waiting()
+            meters.increment_waiting()
+        elif self._state == _RUNNING:
+            old.decrement_running()
+            meters.increment_running()
+
     @property
     def settled(self) -> bool:
         return self._state == _DONE

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from metrics_proxy import families
-from metrics_proxy.families import (
-    HTTP_EXCLUDED_HANDLERS,
-    DisconnectStage,
-    ErrorKind,
-    FamilySpec,
-    FinishedReason,
-    RejectionReason,
-    WaitingReason,
-)
+from metrics_proxy.families import HTTP_EXCLUDED_HANDLERS, FamilySpec
+from metrics_proxy.model_series import ModelSeries
 from metrics_proxy.prometheus.metrics import (
     Counter,
     CounterChild,
@@ -29,7 +23,35 @@ from metrics_proxy.prometheus.samples import MetricFamily
 from metrics_proxy.record import RequestRecord
 from metrics_proxy.routes import method_label
 
+__all__ = [
+    "AUTO_MODEL",
+    "MAX_MODELS",
+    "MAX_MODEL_NAME",
+    "OTHER_MODEL",
+    "ModelSeries",
+    "ProxyMetricsRecorder",
+    "ServedModels",
+]
+
 _MetricT = TypeVar("_MetricT", Counter, Gauge, Histogram)
+
+# The model_name that labels each request with the model it asks for (--model-name auto).
+AUTO_MODEL = "auto"
+# With auto, what any request for a model without series counts under.
+OTHER_MODEL = "other"
+# The bounds of auto's series, whatever the upstream lists: each model costs about 300
+# series (every family at zero), so 100 models are some 30,000 series on a scrape.
+MAX_MODELS = 100
+MAX_MODEL_NAME = 256  # characters; vLLM's served names are paths or short ids
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModels:
+    """What one list of served models changed: the models that got series, and how many
+    names got none (too long, or past MAX_MODELS)."""
+
+    added: tuple[str, ...]
+    refused: int
 
 
 def _status_class(status: int) -> str:
@@ -89,6 +111,8 @@ class ProxyMetricsRecorder:
 
     Built for one ``model_name``, one ``engine`` label value and a ``max_model_len`` that
     sizes the token histograms as vLLM does. All series exist at zero from the start.
+    With ``model_name="auto"`` each request counts under the model it asks for, among those
+    given series by :meth:`serve_models` (the upstream's list), any other under "other".
     Not thread-safe by design: call it from the event loop only.
 
     Example::
@@ -120,55 +144,56 @@ class ProxyMetricsRecorder:
         self.registry = registry if registry is not None else Registry()
         if process_metrics:
             self.registry.register(ProcessCollector())
-        metrics = _TableMetrics(self.registry, max_model_len, clock)
-        self._bind_request_gauges(metrics)
-        self._bind_request_counters(metrics)
-        self._bind_request_histograms(metrics)
-        self._bind_http(metrics)
-        self._bind_proxy_series(metrics)
+        self._metrics = _TableMetrics(self.registry, max_model_len, clock)
+        self._bind_http(self._metrics)
+        auto = model_name == AUTO_MODEL
+        self._default = self._new_series(OTHER_MODEL if auto else model_name)
+        # With auto: the series of each model the upstream served, "other" first.
+        self._by_model = {OTHER_MODEL: self._default} if auto else None
 
-    # --- the children each event moves, looked up once ---------------------------------------
+    # --- the series of each model ---------------------------------------------------------
 
-    def _bind_request_gauges(self, metrics: _TableMetrics) -> None:
-        labels = (self.model_name, self.engine)
-        self._running = metrics.get(families.NUM_REQUESTS_RUNNING, Gauge).labels(*labels)
-        self._waiting = metrics.get(families.NUM_REQUESTS_WAITING, Gauge).labels(*labels)
-        by_reason = metrics.get(families.NUM_REQUESTS_WAITING_BY_REASON, Gauge)
-        # Every reason exists at zero, as in vLLM, though the proxy's queue only waits for
-        # capacity.
-        waiting = {r.value: by_reason.labels(*labels, r.value) for r in WaitingReason}
-        self._waiting_capacity = waiting[WaitingReason.CAPACITY.value]
+    @property
+    def per_request_model(self) -> bool:
+        """Built with ``model_name="auto"``: each request counts under the model it asks for."""
+        return self._by_model is not None
 
-    def _bind_request_counters(self, metrics: _TableMetrics) -> None:
-        labels = (self.model_name, self.engine)
-        self._prompt_tokens = metrics.get(families.PROMPT_TOKENS, Counter).labels(*labels)
-        self._generation_tokens = metrics.get(families.GENERATION_TOKENS, Counter).labels(*labels)
-        self._success = metrics.get(families.REQUEST_SUCCESS, Counter)
-        self._success_by_reason = {
-            r.value: self._success.labels(*labels, r.value) for r in FinishedReason
-        }
-        rejections = metrics.get(families.ADMISSION_REJECTIONS, Counter)
-        self._rejections = {
-            r.value: rejections.labels(self.model_name, r.value) for r in RejectionReason
-        }
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The model names that have series, in the order they got them."""
+        return (self.model_name,) if self._by_model is None else tuple(self._by_model)
 
-    def _bind_request_histograms(self, metrics: _TableMetrics) -> None:
-        def child(spec: FamilySpec) -> HistogramChild:
-            return metrics.get(spec, Histogram).labels(self.model_name, self.engine)
+    def series_for(self, model: object) -> ModelSeries:
+        """The series a request asking for ``model`` (a body's "model" member, of any type)
+        counts under: with a fixed model name, always its own; with ``auto``, the model's
+        when it has series, else "other"."""
+        by_model = self._by_model
+        if by_model is None or type(model) is not str:
+            return self._default
+        return by_model.get(model, self._default)
 
-        self._request_prompt_tokens = child(families.REQUEST_PROMPT_TOKENS)
-        self._request_generation_tokens = child(families.REQUEST_GENERATION_TOKENS)
-        self._request_max_generation_tokens = child(families.REQUEST_MAX_NUM_GENERATION_TOKENS)
-        self._request_params_n = child(families.REQUEST_PARAMS_N)
-        self._request_params_max_tokens = child(families.REQUEST_PARAMS_MAX_TOKENS)
-        self._ttft = child(families.TIME_TO_FIRST_TOKEN)
-        self._itl = child(families.INTER_TOKEN_LATENCY)
-        self._tpot = child(families.REQUEST_TIME_PER_OUTPUT_TOKEN)
-        self._e2e = child(families.E2E_REQUEST_LATENCY)
-        self._queue_time = child(families.REQUEST_QUEUE_TIME)
-        self._inference_time = child(families.REQUEST_INFERENCE_TIME)
-        self._prefill_time = child(families.REQUEST_PREFILL_TIME)
-        self._decode_time = child(families.REQUEST_DECODE_TIME)
+    def serve_models(self, names: Iterable[str]) -> ServedModels:
+        """With ``auto``: give series to the models in ``names`` that have none yet (vLLM's
+        series exist at zero per model from the start). Bounded: a name over
+        MAX_MODEL_NAME characters, or past MAX_MODELS models, gets none (its requests count
+        as "other"). A model never loses its series: counters must not vanish mid-life."""
+        by_model = self._by_model
+        added: list[str] = []
+        refused = 0
+        if by_model is None:
+            return ServedModels((), 0)
+        for name in names:
+            if name in by_model:
+                continue
+            if len(name) > MAX_MODEL_NAME or len(by_model) > MAX_MODELS:
+                refused += 1
+                continue
+            by_model[name] = self._new_series(name)
+            added.append(name)
+        return ServedModels(tuple(added), refused)
+
+    def _new_series(self, model_name: str) -> ModelSeries:
+        return ModelSeries(self._metrics, model_name, self.engine, self.clock)
 
     def _bind_http(self, metrics: _TableMetrics) -> None:
         # Their labelled series appear with their first request, as the instrumentator's do.
@@ -177,94 +202,48 @@ class ProxyMetricsRecorder:
         self._http_duration = metrics.get(families.HTTP_REQUEST_DURATION, Histogram)
         self._http_children: dict[tuple[str, str, int], tuple[CounterChild, HistogramChild]] = {}
 
-    def _bind_proxy_series(self, metrics: _TableMetrics) -> None:
-        labels = (self.model_name, self.engine)
-        errors = metrics.get(families.PROXY_ERRORS, Counter)
-        self._errors = {k.value: errors.labels(*labels, k.value) for k in ErrorKind}
-        disconnects = metrics.get(families.PROXY_CLIENT_DISCONNECTS, Counter)
-        self._disconnects = {s.value: disconnects.labels(*labels, s.value) for s in DisconnectStage}
-        estimated = metrics.get(families.PROXY_ESTIMATED_TOKEN_COUNTS, Counter)
-        self._estimated = estimated.labels(*labels)
-
-    # --- the seed's names ---------------------------------------------------------------
+    # --- the seed's names: the series of the fixed model (with auto, of "other") -------------
 
     def increment_waiting(self) -> None:
-        self._waiting.inc()
-        self._waiting_capacity.inc()
+        self._default.increment_waiting()
 
     def decrement_waiting(self) -> None:
-        self._waiting.dec()
-        self._waiting_capacity.dec()
+        self._default.decrement_waiting()
 
     def increment_running(self) -> None:
-        self._running.inc()
+        self._default.increment_running()
 
     def decrement_running(self) -> None:
-        self._running.dec()
+        self._default.decrement_running()
 
     def observe_queue_time(self, seconds: float) -> None:
-        self._queue_time.observe(seconds)
+        self._default.observe_queue_time(seconds)
 
     def observe_time_to_first_token(self, seconds: float, now: float | None = None) -> None:
         """``now``: the recorder's clock when the token came, if the caller read it."""
-        self._ttft.observe(seconds, now)
+        self._default.observe_time_to_first_token(seconds, now)
 
     def observe_inter_token_latency(self, seconds: float, now: float | None = None) -> None:
-        self._itl.observe(seconds, now)
+        self._default.observe_inter_token_latency(seconds, now)
 
     def finalize_request(self, record: RequestRecord) -> None:
-        """Count one finished request: its reason, tokens, and (when the upstream finished
-        it, as vLLM's engine would) its per-request histograms."""
-        reason = record.finished_reason
-        child = self._success_by_reason.get(reason)
-        if child is None:
-            child = self._success.labels(self.model_name, self.engine, reason)
-        child.inc()
-        prompt_tokens = record.prompt_tokens
-        generation_tokens = record.generation_tokens or 0
-        if prompt_tokens is not None:
-            self._prompt_tokens.inc(prompt_tokens)
-        self._generation_tokens.inc(generation_tokens)
-        if record.estimated:
-            self._estimated.inc()
-        queue = record.queue_seconds
-        if queue is not None:  # observed at the end, as vLLM does: counted requests only
-            self._queue_time.observe(queue)
-        if not record.completed:
-            return
-        if prompt_tokens is not None:
-            self._request_prompt_tokens.observe(prompt_tokens)
-        self._request_generation_tokens.observe(generation_tokens)
-        self._request_max_generation_tokens.observe(record.max_generation_tokens)
-        self._request_params_n.observe(record.n)
-        if record.max_tokens is not None:
-            self._request_params_max_tokens.observe(record.max_tokens)
-        self._observe_intervals(record, generation_tokens)
-
-    def _observe_intervals(self, record: RequestRecord, generation_tokens: int) -> None:
-        self._e2e.observe(record.e2e_seconds)
-        inference = record.inference_seconds
-        if inference is not None:
-            self._inference_time.observe(inference)
-        prefill, decode = record.prefill_seconds, record.decode_seconds
-        if prefill is not None and decode is not None:
-            self._prefill_time.observe(prefill)
-            self._decode_time.observe(decode)
-            tpot = decode / (generation_tokens - 1) if generation_tokens > 1 else 0.0
-            self._tpot.observe(tpot)
+        """Count one finished request under the fixed model (see ModelSeries)."""
+        self._default.finalize_request(record)
 
     # --- the proxy's own events ---------------------------------------------------------
 
     # Each takes a member of its families.py StrEnum or, the same thing, its string value.
+    # Those outside any one request's model (a bad body, a forwarded path) count under the
+    # fixed model, or "other" with auto.
 
     def count_error(self, kind: str) -> None:
-        self._errors[kind].inc()
+        self._default.count_error(kind)
 
     def count_disconnect(self, stage: str) -> None:
-        self._disconnects[stage].inc()
+        self._default.count_disconnect(stage)
 
     def count_admission_rejection(self, reason: str) -> None:
-        self._rejections[reason].inc()
+        self._default.count_admission_rejection(reason)
 
     def observe_http(self, handler: str, method: str, status: int, seconds: float) -> None:
         """One HTTP exchange, as vLLM's instrumentator counts it (status as ``2xx`` etc.)."""
@@ -283,9 +262,11 @@ class ProxyMetricsRecorder:
         children[1].observe(seconds)
         self._http_duration_highr.observe(seconds)
 
-    def start_request(self, now: float | None = None) -> RequestRecord:
-        """Record one request from its arrival; it waits until its slot is acquired."""
-        return RequestRecord(self, self.clock() if now is None else now)
+    def start_request(self, now: float | None = None, *, model: object = None) -> RequestRecord:
+        """Record one request from its arrival, under the series of ``model`` (see
+        :meth:`series_for`); it waits until its slot is acquired."""
+        series = self._default if self._by_model is None else self.series_for(model)
+        return RequestRecord(series, self.clock() if now is None else now)
 
     # --- output --------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from metrics_proxy.forwarding import Forwarder
 from metrics_proxy.lifecycle import Lifecycle, StopSignals, drain
 from metrics_proxy.log_safety import install_log_guard, mask_url
 from metrics_proxy.metered import MeteredContext, handle_metered
+from metrics_proxy.model_watch import ModelWatch
 from metrics_proxy.prometheus import CONTENT_TYPE_TEXT, render_json, render_text
 from metrics_proxy.readiness import UpstreamProbe
 from metrics_proxy.recorder import ProxyMetricsRecorder
@@ -128,6 +129,16 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         app[PROBE] = UpstreamProbe(session, config.upstream_url, clock=recorder.clock)
         app[UPSTREAM] = upstream
         yield
+
+
+async def _model_watch(app: web.Application) -> AsyncIterator[None]:
+    """With --model-name auto, the upstream's model list, read now and on its timer for as
+    long as the app runs (a shutdown cancels a read under way)."""
+    watch = ModelWatch(app[UPSTREAM], app[RECORDER], app[CONFIG])
+    task = asyncio.create_task(watch.run())
+    yield
+    task.cancel()
+    await asyncio.wait([task])
 
 
 def _refuse(request: web.Request, status: int, message: str, error_type: str) -> web.Response:
@@ -340,6 +351,8 @@ def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) 
     app[LIFECYCLE] = Lifecycle()
     app[HELD] = HeldResponses(app[RECORDER].clock)
     app.cleanup_ctx.append(_upstream_session)
+    if app[RECORDER].per_request_model:
+        app.cleanup_ctx.append(_model_watch)  # its first read is the start-up check
     app.on_response_prepare.append(_answer_with_request_id)
     router = app.router
     router.add_route("*", "/metrics", _method_guard("GET", _admin(_metrics_text)))
@@ -408,18 +421,24 @@ async def _serve_proxy(config: Config, stop: asyncio.Event | None) -> int:
             mask_url(config.upstream_url),
             config.model_name,
         )
-        check = asyncio.create_task(check_upstream(app[UPSTREAM], config))
+        # With --model-name auto the model watch makes the same check as it starts.
+        checks = [] if app[RECORDER].per_request_model else [_start_check(app)]
         try:
             async with proxy_traffic(config, runner.addresses):  # --simulate's, if asked
                 await signals.drain.wait()
         finally:
-            check.cancel()  # a shutdown never waits for the upstream to answer it
-            await asyncio.wait([check])
+            for check in checks:
+                check.cancel()  # a shutdown never waits for the upstream to answer it
+                await asyncio.wait([check])
         status = await drain(app[LIFECYCLE], config.shutdown_grace_period, signals)
     finally:
         await runner.cleanup()
     log.info("stopped")
     return status
+
+
+def _start_check(app: web.Application) -> asyncio.Task[list[str] | None]:
+    return asyncio.create_task(check_upstream(app[UPSTREAM], app[CONFIG]))
 
 
 async def _listen(runner: web.AppRunner, config: Config) -> None:

@@ -13,9 +13,20 @@ from typing import Any
 
 from metrics_proxy.auth import split_tokens
 from metrics_proxy.config import Config, ConfigError
+from metrics_proxy.recorder import AUTO_MODEL
 
 _OWN_HOST = "127.0.0.1"  # the simulator's interface: nothing outside this machine reaches it
 _ANY_HOST = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def _served_model(config: Config) -> str:
+    """The model the simulator serves and the traffic asks for: --model-name, or with auto
+    the simulator's own default (listed in its /v1/models, so it gets series)."""
+    if config.model_name != AUTO_MODEL:
+        return config.model_name
+    from metrics_proxy.simulator.profile import Profile
+
+    return Profile().model
 
 
 def _knobs(config: Config) -> Any:
@@ -39,7 +50,7 @@ async def simulated_upstream(config: Config) -> AsyncIterator[Config]:
         return
     from metrics_proxy.simulate import simulation_of, start_simulator
 
-    simulation = simulation_of(_knobs(config), config.model_name, config.max_model_len)
+    simulation = simulation_of(_knobs(config), _served_model(config), config.max_model_len)
     runner, url = await start_simulator(simulation, _OWN_HOST, 0, access_log=False)
     try:
         yield dataclasses.replace(config, upstream_url=url)
@@ -65,5 +76,6 @@ async def proxy_traffic(config: Config, addresses: Sequence[Any]) -> AsyncIterat
 
     keys = split_tokens(config.api_key) if config.api_key else ()
     api_key = keys[0] if keys else ""
-    async with background_traffic(_knobs(config), own_url(addresses), config.model_name, api_key):
+    traffic = background_traffic(_knobs(config), own_url(addresses), _served_model(config), api_key)
+    async with traffic:
         yield

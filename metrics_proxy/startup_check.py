@@ -1,6 +1,7 @@
 """One look at the upstream as the proxy starts: does it answer, and which models does it
 serve? What it finds goes to the log; nothing waits for it (the proxy serves at once, and an
-upstream that comes up later is fine), and a shutdown cancels it."""
+upstream that comes up later is fine), and a shutdown cancels it. ``fetch_models`` is the
+bounded read of the list that --model-name auto repeats (model_watch.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from metrics_proxy.config import Config
 from metrics_proxy.errors import ErrorAnswerReader, status_cause, upstream_cause
 from metrics_proxy.log_format import text_value
 from metrics_proxy.log_safety import mask_url
+from metrics_proxy.recorder import AUTO_MODEL
 from metrics_proxy.upstream_client import Upstream
 
 log = logging.getLogger("metrics_proxy")
@@ -24,11 +26,21 @@ _MAX_ANSWER = 1 << 20  # a model list is small; a larger answer is none
 _MAX_SHOWN = 20
 
 
-async def check_upstream(upstream: Upstream, config: Config) -> None:
-    """``GET /v1/models`` (with the upstream's key, if set), bounded by --connect-timeout:
-    an INFO line with the models served, or a WARNING with what went wrong; a WARNING too
-    when --model-name is not among them."""
-    where = f"upstream {mask_url(config.upstream_url)}"
+class ModelListError(Exception):
+    """GET /v1/models gave no model list; the message says why, safe to log."""
+
+    def __init__(self, cause: str, *, unreachable: bool = False) -> None:
+        super().__init__(cause)
+        self.unreachable = unreachable
+
+
+def upstream_where(config: Config) -> str:
+    return f"upstream {mask_url(config.upstream_url)}"
+
+
+async def fetch_models(upstream: Upstream, config: Config) -> list[str]:
+    """The ids the upstream lists in ``GET /v1/models`` (with its key, if set), bounded by
+    --connect-timeout and in size; :class:`ModelListError` says what went wrong."""
     seconds = config.connect_timeout or _UNBOUNDED_CHECK
     try:
         async with asyncio.timeout(seconds) as bound:
@@ -38,19 +50,32 @@ async def check_upstream(upstream: Upstream, config: Config) -> None:
             cause = f"no answer to GET {MODELS_PATH} within {seconds * 1000:.0f} ms"
         else:
             cause = upstream_cause(exc, answered=False)
-        log.warning("%s is unreachable: %s; requests fail until it answers", where, cause)
-        return
+        raise ModelListError(cause, unreachable=True) from None
     if status >= 400:
         reader = ErrorAnswerReader()
         reader.feed(body)
         cause = status_cause(status, reader.message())
-        log.warning("%s: GET %s: %s", where, MODELS_PATH, text_value(cause))
-        return
+        raise ModelListError(f"GET {MODELS_PATH}: {text_value(cause)}")
     models = served_models(body)
     if models is None:
-        log.warning("%s: the answer to GET %s is no model list", where, MODELS_PATH)
-        return
+        raise ModelListError(f"the answer to GET {MODELS_PATH} is no model list")
+    return models
+
+
+async def check_upstream(upstream: Upstream, config: Config) -> list[str] | None:
+    """One look as the proxy starts: an INFO line with the models served, or a WARNING with
+    what went wrong; a WARNING too when --model-name is not among them. The models, or None."""
+    where = upstream_where(config)
+    try:
+        models = await fetch_models(upstream, config)
+    except ModelListError as exc:
+        if exc.unreachable:
+            log.warning("%s is unreachable: %s; requests fail until it answers", where, exc)
+        else:
+            log.warning("%s: %s", where, exc)
+        return None
     _log_models(where, models, config.model_name)
+    return models
 
 
 async def _get_models(upstream: Upstream) -> tuple[int, bytes]:
@@ -63,12 +88,18 @@ async def _get_models(upstream: Upstream) -> tuple[int, bytes]:
         return response.status, bytes(body)
 
 
-def _log_models(where: str, models: list[str], model_name: str) -> None:
+def shown_models(models: list[str]) -> str:
+    """The first few of ``models``, safe to log."""
     shown = ", ".join(text_value(model) for model in models[:_MAX_SHOWN])
     if len(models) > _MAX_SHOWN:
         shown += f" and {len(models) - _MAX_SHOWN} more"
-    log.info("%s serves %d models: %s", where, len(models), shown or "none")
-    if models and model_name not in models:
+    return shown or "none"
+
+
+def _log_models(where: str, models: list[str], model_name: str) -> None:
+    log.info("%s serves %d models: %s", where, len(models), shown_models(models))
+    # With auto, the label is each request's model: there is no one name to check.
+    if models and model_name != AUTO_MODEL and model_name not in models:
         log.warning(
             "--model-name %s is not a model the upstream serves: the model_name label of the "
             "proxy's series will differ from vLLM's own",

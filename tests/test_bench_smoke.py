@@ -35,6 +35,7 @@ def test_quick_benchmark_prints_its_table() -> None:
         "| CPU per request with --tenant-from-api-key (an HMAC each) |",
         "| GET /metrics p50 with 100 tenants' series (",
         "| soak: RSS after ",
+        "CPU per request with `--model-name auto`",
     ):
         assert figure in out
     assert "Targets:" in out

@@ -386,3 +386,22 @@ def test_with_every_block_full_the_busiest_tenant_still_shows() -> None:
     lines = _tenant_lines(frame)
     assert lines[0][:2] == ["TENANTS", "(101)"]  # --tenant-limit's 100, the rest as "other"
     assert lines[1][0] == "other"  # 200 folded tenants' tokens
+
+
+def test_with_several_models_counters_sum_and_latency_is_the_busiest_models() -> None:
+    clock = Clock()
+    recorder = ProxyMetricsRecorder("auto", process_metrics=False, clock=clock)
+    recorder.serve_models(["llama", "qwen"])
+    for model, ttft in (("llama", 0.5), ("qwen", 0.02), ("qwen", 0.02)):
+        request = recorder.start_request(model=model)
+        request.slot_acquired()
+        clock.now += ttft
+        request.output()
+        request.finish("stop", prompt_tokens=100, generation_tokens=1)
+    frame = live_frame(recorder.snapshot(), None, 0.0, TITLE)
+    assert _cells(frame, "stop") == ["-", "3"]
+    assert _cells(frame, "prompt") == ["-", "300"]
+    p50, _, _, count = _cells(frame, "TTFT")[1:]  # "TTFT qwen": the busiest, named
+    assert _cells(frame, "TTFT")[0] == "qwen"
+    assert (p50, count) == ("20ms", "2")
+    assert len(frame) <= HEIGHT - 1

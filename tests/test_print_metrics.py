@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from metrics_proxy import ProxyMetricsRecorder
 from metrics_proxy.config import Config
-from metrics_proxy.print_metrics import build_parser, format_snapshot, histogram_bar, main
+from metrics_proxy.print_metrics import _frame, build_parser, format_snapshot, histogram_bar, main
 from metrics_proxy.server import create_app
 from metrics_proxy.tenant_metrics import TenantMetrics
 
@@ -355,3 +355,42 @@ def test_no_tenant_table_without_tenants_or_filtered_out() -> None:
     assert "TOP TENANTS" not in format_snapshot(_tenant_snapshot(0))  # only "other", unused
     assert "TOP TENANTS" not in format_snapshot(_tenant_snapshot(2), ["vllm:"])
     assert "TOP TENANTS" in format_snapshot(_tenant_snapshot(2), ["proxy_tenant"])
+
+
+def _two_model_snapshot() -> dict[str, Any]:
+    """A --model-name auto recorder: two served models, a request of each, one unlisted."""
+    recorder = ProxyMetricsRecorder("auto", clock=Clock(), process_metrics=False)
+    recorder.serve_models(["llama", "qwen"])
+    for model, tokens in (("llama", 3), ("qwen", 5), ("qwen", 5), ("evil", 1)):
+        request = recorder.start_request(model=model)
+        request.slot_acquired()
+        request.finish("stop", prompt_tokens=tokens, generation_tokens=1)
+    return recorder.snapshot()
+
+
+def test_several_models_print_their_model_name_on_each_row() -> None:
+    text = format_snapshot(_two_model_snapshot())
+    assert text.startswith("all series: engine=proxy\n")
+    assert _row(text, "vllm:prompt_tokens_total{model_name=llama}") == "3"
+    assert _row(text, "vllm:prompt_tokens_total{model_name=qwen}") == "10"
+    assert _row(text, "vllm:prompt_tokens_total{model_name=other}") == "1"
+
+
+def test_one_model_is_picked_with_model(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    snapshot = _two_model_snapshot()
+    monkeypatch.setattr("metrics_proxy.print_metrics.fetch_snapshot", lambda *_: snapshot)
+    assert main(["--model", "qwen", "--filter", "prompt_tokens_total"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("all series: model_name=qwen engine=proxy\n")
+    assert _row(out, "vllm:prompt_tokens_total") == "10"
+    assert "llama" not in out
+
+
+def test_the_live_views_title_counts_the_models() -> None:
+    args = build_parser().parse_args(["--watch", "1"])
+    title = _frame(args, _two_model_snapshot(), None, 0.0, "")[0]
+    assert "  3 models  every 1s  " in title
+    picked = build_parser().parse_args(["--watch", "1", "--model", "qwen"])
+    assert "  model qwen  every 1s  " in _frame(picked, _two_model_snapshot(), None, 0.0, "")[0]

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from metrics_proxy.config import Config
 from metrics_proxy.server import create_app
-from tests.support.fake_upstream import BEHAVIOR_HEADER, Behavior, make_fake_upstream
+from tests.support.fake_upstream import BEHAVIOR_HEADER, FAKE_STATE, Behavior, make_fake_upstream
 
 pytestmark = [pytest.mark.needs_prometheus, pytest.mark.slow]
 
@@ -32,6 +32,7 @@ QUERIES: list[dict[str, str]] = json.loads(
 DASHBOARD = ROOT / "deploy" / "grafana" / "metrics-proxy-dashboard.json"
 MODEL = "e2e-model"
 TENANT_HEADER = "X-Tenant"
+SECOND = "e2e-second"  # with --model-name auto, the router's other model
 JOB = "metrics-proxy"
 WINDOW = "1m"  # stands in for $__rate_interval: wider than the whole run, so rates see it all
 # Engine-only, so not exported (README "Not observable from a proxy"): the query must be empty.
@@ -141,13 +142,15 @@ class PrometheusAPI:
         return int(float(result[0]["value"][1])) if result else 0
 
 
-async def _chat(http: aiohttp.ClientSession, proxy: TestServer, **options: Any) -> int:
+async def _chat(
+    http: aiohttp.ClientSession, proxy: TestServer, model: str = MODEL, **options: Any
+) -> int:
     behavior = options.pop("behavior", None)
     headers = {BEHAVIOR_HEADER: json.dumps(behavior)} if behavior else {}
     # Attribution (--tenant-header): the refusals come from one tenant, the rest from another.
     refused = behavior is not None and "status" in behavior
     headers[TENANT_HEADER] = "team-refused" if refused else "team-a"
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **options}
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **options}
     async with http.post(
         proxy.make_url("/v1/chat/completions"), json=body, headers=headers
     ) as response:
@@ -155,26 +158,26 @@ async def _chat(http: aiohttp.ClientSession, proxy: TestServer, **options: Any) 
         return response.status
 
 
-async def _traffic(http: aiohttp.ClientSession, proxy: TestServer) -> None:
+async def _traffic(http: aiohttp.ClientSession, proxy: TestServer, model: str) -> None:
     statuses = await asyncio.gather(
-        *(_chat(http, proxy, stream=True) for _ in range(4)),
-        *(_chat(http, proxy, stream=False) for _ in range(3)),
-        _chat(http, proxy, stream=True, behavior={"finish_reason": "length"}),
-        _chat(http, proxy, stream=False, behavior={"finish_reason": "length"}),
-        _chat(http, proxy, stream=False, behavior={"status": 500}),
-        _chat(http, proxy, stream=False, behavior={"status": 400}),
+        *(_chat(http, proxy, model, stream=True) for _ in range(4)),
+        *(_chat(http, proxy, model, stream=False) for _ in range(3)),
+        _chat(http, proxy, model, stream=True, behavior={"finish_reason": "length"}),
+        _chat(http, proxy, model, stream=False, behavior={"finish_reason": "length"}),
+        _chat(http, proxy, model, stream=False, behavior={"status": 500}),
+        _chat(http, proxy, model, stream=False, behavior={"status": 400}),
     )
     assert statuses == [200] * 9 + [500, 400]
     async with http.post(
-        proxy.make_url("/v1/completions"), json={"model": MODEL, "prompt": "hi", "stream": True}
+        proxy.make_url("/v1/completions"), json={"model": model, "prompt": "hi", "stream": True}
     ) as response:
         await response.read()
         assert response.status == 200
 
 
-def _substitute(expr: str) -> str:
+def _substitute(expr: str, model: str) -> str:
     return (
-        expr.replace("$model_name", MODEL)
+        expr.replace("$model_name", model)
         .replace("$__rate_interval", WINDOW)
         .replace("$proxy_job", JOB)
     )
@@ -195,22 +198,41 @@ def _proxy_panel_queries() -> list[dict[str, str]]:
     ]
 
 
+async def _proxy_serving(
+    aiohttp_server: ServerFactory, models: tuple[str, ...]
+) -> tuple[TestServer, Config]:
+    """The proxy in front of the fake: for one model with that --model-name; for several, a
+    router's list and --model-name auto, returned once every model has its series."""
+    upstream_app = make_fake_upstream(Behavior(ttft=0.02, itl=0.005, completion_tokens=8))
+    upstream = await aiohttp_server(upstream_app)
+    auto = len(models) > 1
+    if auto:
+        upstream_app[FAKE_STATE].model_list = [{"id": model} for model in models]
+    config = Config(
+        upstream_url=str(upstream.make_url("")),
+        model_name="auto" if auto else MODEL,
+        tenant_header=TENANT_HEADER,
+    )
+    proxy = await aiohttp_server(create_app(config))
+    async with aiohttp.ClientSession() as http, asyncio.timeout(10):
+        while True:  # the list is read as the proxy starts: a bounded poll for its series
+            async with http.get(proxy.make_url("/metrics")) as response:
+                text = await response.text()
+            if all(f'model_name="{model}"' in text for model in models):
+                return proxy, config
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("models", [(MODEL,), (MODEL, SECOND)], ids=["one-model", "auto-two"])
 async def test_dashboard_queries_answer_from_a_real_prometheus(
-    prometheus_binary: str, aiohttp_server: ServerFactory, tmp_path: Path
+    prometheus_binary: str,
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+    models: tuple[str, ...],
 ) -> None:
-    upstream = await aiohttp_server(
-        make_fake_upstream(Behavior(ttft=0.02, itl=0.005, completion_tokens=8))
-    )
-    proxy = await aiohttp_server(
-        create_app(
-            Config(
-                upstream_url=str(upstream.make_url("")),
-                model_name=MODEL,
-                tenant_header=TENANT_HEADER,
-            )
-        )
-    )
+    proxy, _ = await _proxy_serving(aiohttp_server, models)
     timeout = aiohttp.ClientTimeout(total=10)
+    queries = [*QUERIES, *_proxy_panel_queries()]
     with _prometheus(prometheus_binary, tmp_path, f"127.0.0.1:{proxy.port}") as server:
         async with aiohttp.ClientSession(timeout=timeout) as http:
             prometheus = PrometheusAPI(http, server)
@@ -218,27 +240,36 @@ async def test_dashboard_queries_answer_from_a_real_prometheus(
                 await prometheus.wait_ready()
                 # A scrape before any traffic: rate() needs a sample from before the increase.
                 await prometheus.wait_for_scrapes(1)
-                await _traffic(http, proxy)
+                for model in models:
+                    await _traffic(http, proxy, model)
                 seen = await prometheus.scrapes()
                 # A trickle until two scrapes have followed the burst (bounded). It holds a 500
                 # too: http_requests_total{status="5xx"} is born at the burst's first 500, and
                 # rate() sees only increases after a series' first sample.
                 async with asyncio.timeout(SCRAPE_WAIT):
                     while await prometheus.scrapes() < seen + 2:
-                        statuses = await asyncio.gather(
-                            _chat(http, proxy, stream=True),
-                            _chat(http, proxy, behavior={"status": 500}),
-                            _chat(http, proxy, behavior={"status": 400}),
-                        )
-                        assert list(statuses) == [200, 500, 400]
+                        for model in models:
+                            statuses = await asyncio.gather(
+                                _chat(http, proxy, model, stream=True),
+                                _chat(http, proxy, model, behavior={"status": 500}),
+                                _chat(http, proxy, model, behavior={"status": 400}),
+                            )
+                            assert list(statuses) == [200, 500, 400]
                 results = {
-                    q["expr"]: await prometheus.query(_substitute(q["expr"]))
-                    for q in [*QUERIES, *_proxy_panel_queries()]
+                    model: {
+                        q["expr"]: await prometheus.query(_substitute(q["expr"], model))
+                        for q in queries
+                    }
+                    for model in models
                 }
             except BaseException:
                 print(server.log.read_text()[-4000:])  # shown by pytest on failure
                 raise
+    for model in models:  # the dashboard with its model_name variable set to each
+        _check_dashboard(results[model])
 
+
+def _check_dashboard(results: dict[str, list[dict[str, Any]]]) -> None:
     problems = []
     for q in QUERIES:
         panel, expr = q["panel"], q["expr"]

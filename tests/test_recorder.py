@@ -13,7 +13,9 @@ import orjson
 import pytest
 
 from metrics_proxy import ProxyMetricsRecorder
+from metrics_proxy.families import FinishedReason, RejectionReason
 from metrics_proxy.prometheus import HistogramValue, MetricFamily, render_json, render_text
+from metrics_proxy.recorder import MAX_MODEL_NAME, MAX_MODELS
 
 DATA = Path(__file__).parent / "data"
 VLLM = json.loads((DATA / "vllm_metrics.json").read_text())
@@ -320,3 +322,79 @@ def test_promtool_accepts_the_output_after_traffic(promtool: str) -> None:
     ]
     assert result.returncode in (0, 3), problems
     assert not unexpected, unexpected
+
+
+def _series_by_model(recorder: ProxyMetricsRecorder, name: str) -> dict[str, int]:
+    """How many series of family ``name`` each model_name has."""
+    (family,) = [f for f in recorder.collect() if f.name == name]
+    counts: dict[str, int] = {}
+    for sample in family.samples:
+        model = dict(sample.labels)["model_name"]
+        counts[model] = counts.get(model, 0) + 1
+    return counts
+
+
+def test_auto_gives_each_served_model_every_series_at_zero() -> None:
+    recorder = ProxyMetricsRecorder("auto", process_metrics=False)
+    assert recorder.per_request_model
+    assert list(recorder.models) == ["other"]
+    served = recorder.serve_models(["a", "b", "a"])
+    assert (served.added, served.refused) == (("a", "b"), 0)
+    assert recorder.serve_models(["b"]).added == ()  # a model is bound once
+    assert recorder.models == ("other", "a", "b")
+    reasons = _series_by_model(recorder, "vllm:request_success_total")
+    every = len(FinishedReason)  # every finished_reason at zero, for each model
+    assert reasons == {"other": every, "a": every, "b": every}
+    rejections = _series_by_model(recorder, "vllm:admission_rejections_total")
+    assert set(rejections.values()) == {len(RejectionReason)}
+
+
+@pytest.mark.parametrize("model", ["a", "b"])
+def test_auto_counts_a_request_under_its_model(model: str) -> None:
+    recorder = ProxyMetricsRecorder("auto", process_metrics=False)
+    recorder.serve_models(["a", "b"])
+    recorder.start_request(model=model).finish("stop", prompt_tokens=3, generation_tokens=2)
+    (family,) = [f for f in recorder.collect() if f.name == "vllm:prompt_tokens_total"]
+    values = {dict(s.labels)["model_name"]: s.value for s in family.samples}
+    assert values == {"other": 0, "a": 0, "b": 0} | {model: 3}
+
+
+@pytest.mark.parametrize("model", [None, 7, ["a"], {"a": 1}, "c", "a" * 10_000])
+def test_auto_folds_any_other_model_into_other(model: object) -> None:
+    recorder = ProxyMetricsRecorder("auto", process_metrics=False)
+    recorder.serve_models(["a"])
+    assert recorder.series_for(model) is recorder.series_for("other")
+    assert recorder.series_for("a") is not recorder.series_for("other")
+
+
+def test_auto_is_bounded_in_models_and_name_length() -> None:
+    recorder = ProxyMetricsRecorder("auto", process_metrics=False)
+    names = ["n" * (MAX_MODEL_NAME + 1), *(f"m{i}" for i in range(MAX_MODELS + 5))]
+    served = recorder.serve_models(names)
+    assert len(served.added) == MAX_MODELS
+    assert served.refused == 6
+    assert len(recorder.models) == MAX_MODELS + 1  # and "other"
+
+
+def test_a_fixed_model_name_ignores_the_requested_model() -> None:
+    recorder = ProxyMetricsRecorder("m", process_metrics=False)
+    assert not recorder.per_request_model
+    assert recorder.serve_models(["a"]).added == ()
+    assert recorder.series_for("a") is recorder.series_for(None)
+    assert recorder.models == ("m",)
+
+
+def test_a_record_moved_to_another_model_takes_its_gauge_along() -> None:
+    recorder = ProxyMetricsRecorder("auto", process_metrics=False)
+    recorder.serve_models(["a"])
+    record = recorder.start_request()
+    record.slot_acquired()
+    record.move_to(recorder.series_for("a"))
+    (family,) = [f for f in recorder.collect() if f.name == "vllm:num_requests_running"]
+    assert {dict(s.labels)["model_name"]: s.value for s in family.samples} == {
+        "other": 0,
+        "a": 1,
+    }
+    record.finish("stop", prompt_tokens=1, generation_tokens=1)
+    (family,) = [f for f in recorder.collect() if f.name == "vllm:num_requests_running"]
+    assert {s.value for s in family.samples} == {0}

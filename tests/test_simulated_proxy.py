@@ -4,6 +4,7 @@ process, as an operator's first try meets it; and `make run` with no UPSTREAM.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -105,6 +106,26 @@ async def test_simulate_from_the_environment_with_background_traffic() -> None:
                 if done >= 5:
                     break
                 await asyncio.sleep(0.05)  # nothing to await: the traffic is the proxy's own
+
+
+async def test_simulate_with_model_name_auto_counts_the_simulators_model() -> None:
+    port = free_port()
+    argv = [*command(), "--simulate", "--model-name", "auto", "--host", "127.0.0.1"]
+    argv += ["--simulate-options", f"{FAST} --traffic 50 --seed 1", "--port", str(port)]
+    async with (
+        running(argv, environ_without_settings(), port),
+        aiohttp.ClientSession() as session,
+        asyncio.timeout(15),
+    ):
+        while True:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                text = await response.text()
+            with contextlib.suppress(KeyError):  # until the list is read
+                labels = {"model_name": "my-model"}
+                if series(text, "vllm:e2e_request_latency_seconds_count", **labels) >= 3:
+                    break
+            await asyncio.sleep(0.05)  # nothing to await: the traffic is the proxy's own
+    assert 'model_name="auto"' not in text
 
 
 async def test_make_run_without_upstream_serves_the_simulated_vllm() -> None:

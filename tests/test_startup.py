@@ -101,6 +101,20 @@ async def test_the_models_the_upstream_serves_are_logged(
         assert b" WARNING " not in stderr
 
 
+async def test_with_model_name_auto_the_models_served_get_series(fake_upstream_url: str) -> None:
+    proxy = await ProxyCommand.start("--upstream-url", fake_upstream_url, "--model-name", "auto")
+    try:
+        await proxy.serving()
+        served = await proxy.line_matching(rb" serves ")
+        series = await proxy.line_matching(rb"--model-name auto: ")
+    finally:
+        stderr = await proxy.stop()
+    assert served.decode().rstrip().endswith("serves 1 models: fake-model")
+    assert series.decode().rstrip().endswith("series for 1 more models: fake-model")
+    assert b" WARNING " not in stderr  # no one --model-name to find among them
+    assert stderr.count(b" serves ") == 1  # the watch's first read is the start-up check
+
+
 @pytest.fixture
 async def keyed_upstream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> str:
     """An upstream that answers /v1/models only with its key, 404 anything else."""

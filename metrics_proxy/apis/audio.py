@@ -32,7 +32,8 @@ _STREAM = "stream"
 _INCLUDE = "stream_include_usage"
 _CONTINUOUS = "stream_continuous_usage_stats"
 _MAX_TOKENS = "max_completion_tokens"
-FORM_FIELDS = frozenset({_STREAM, _INCLUDE, _CONTINUOUS, _MAX_TOKENS})
+_MODEL = "model"
+FORM_FIELDS = frozenset({_STREAM, _INCLUDE, _CONTINUOUS, _MAX_TOKENS, _MODEL})
 
 # The answer's chunks are chat's, the proxy's usage request undone the same way.
 _CHUNKS = OpenAIApi((), carries_output)
@@ -60,6 +61,15 @@ def _positive(value: bytes | None) -> int | None:
     return number if number > 0 else None
 
 
+def _text(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def form_facts(fields: FormFields, readable: bool) -> RequestFacts:
     """What a form asks for; never raises. A request has one output (the routes' ``n`` is a
     beam width, and vLLM samples one)."""
@@ -74,6 +84,7 @@ def form_facts(fields: FormFields, readable: bool) -> RequestFacts:
         n=1,
         max_tokens=_positive(fields.get(_MAX_TOKENS)),
         refused=not readable or None in (stream, include, continuous) or options_without_stream,
+        model=_text(fields.get(_MODEL)),
     )
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "Usage",
     "UsageMode",
     "parse_request",
+    "requested_model",
     "streams_its_body",
     "vllm_finished_reason",
 ]
@@ -105,6 +106,8 @@ class RequestFacts:
     max_tokens: int | None  # max_completion_tokens, else max_tokens, when a positive int
     # stream or stream_options holds a value vLLM refuses with a 400: nothing is added to it.
     refused: bool = False
+    # The model a form names (its "model" field, as text); a JSON body's is requested_model's.
+    model: str | None = None
 
 
 class UsageMode(StrEnum):
@@ -301,6 +304,13 @@ def parse_request(body: bytes) -> dict[str, Any]:
     if type(obj) is not dict:
         raise BadRequestBody("Request body must be a JSON object")
     return obj
+
+
+def requested_model(obj: dict[str, Any]) -> object:
+    """The model a decoded request asks for: every API the proxy meters names it in the
+    body's top-level "model" member (OpenAI's, Anthropic's, Cohere's v2, vLLM's pooling and
+    token APIs). Any JSON value, or None: the recorder decides what it counts under."""
+    return obj.get("model")
 
 
 _VLLM_FINISHED_REASONS = frozenset(FinishedReason)

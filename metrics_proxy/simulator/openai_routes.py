@@ -55,8 +55,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 
 async def models(request: web.Request) -> web.Response:
-    model = request.app[SIMULATION].model
-    return json_response({"object": "list", "data": [{"id": model, "object": "model"}]})
+    return json_response({"object": "list", "data": request.app[SIMULATION].listed_models()})
 
 
 async def health(request: web.Request) -> web.Response:

@@ -57,6 +57,9 @@ class Simulation:
         self.behavior = behavior or Behavior()
         self.profile = profile
         self.responses: dict[str, StoredResponse] = {}
+        # The entries of GET /v1/models, as vLLM writes them (LoRA adapters with a "parent"):
+        # None lists the one served model. A router in front of several would list them all.
+        self.model_list: list[dict[str, Any]] | None = None
         self._rng = random.Random(seed)
         self._response_ids = 0
 
@@ -64,6 +67,12 @@ class Simulation:
     def model(self) -> str:
         """The served model's name: answers to requests that name none carry it."""
         return self.profile.model if self.profile is not None else "fake-model"
+
+    def listed_models(self) -> list[dict[str, Any]]:
+        """The entries of ``GET /v1/models``."""
+        if self.model_list is not None:
+            return self.model_list
+        return [{"id": self.model, "object": "model"}]
 
     def behavior_for(self, request: web.Request, body: dict[str, Any]) -> Behavior:
         """How to answer this request; ValueError refuses it with a 400."""

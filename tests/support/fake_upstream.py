@@ -5,8 +5,9 @@ Tests serve it with ``aiohttp_server(make_fake_upstream())``, steer one request 
 ``X-Fake-Behavior`` header (fields of :class:`Behavior` replaced), and read what it saw and
 how each response ended from ``app[FAKE_STATE]``. The wire format, pacing and faults are the
 simulator's; here are only the test hooks: the steering header, the record of requests and
-outcomes with events to await them, and a few routes no vLLM has (``/echo-headers``,
-``/slow-body``, ``/tokenize``'s byte count, ``/v1/realtime`` as an echo).
+outcomes with events to await them, a raw answer to ``/v1/models`` (``models_answer``), and a
+few routes no vLLM has (``/echo-headers``, ``/slow-body``, ``/tokenize``'s byte count,
+``/v1/realtime`` as an echo).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class FakeUpstreamState(Simulation):
         self.closed_early = 0  # ... abandoned because the client went away
         self.resets = 0  # ... cut short by the fake itself (reset_after)
         self._changed = asyncio.Event()
+        # GET /v1/models answers this (status, body) instead of the list, when set.
+        self.models_answer: tuple[int, bytes] | None = None
 
     def behavior_for(self, request: web.Request, body: dict[str, Any]) -> Behavior:
         """The default Behavior, as this request's header overrides it."""
@@ -120,6 +123,9 @@ async def _record(request: web.Request, handler: Handler) -> web.StreamResponse:
         ReceivedRequest(request.method, request.path_qs, headers, body, request.raw_path)
     )
     state._notify()
+    if request.path == "/v1/models" and state.models_answer is not None:
+        status, answer = state.models_answer
+        return web.Response(status=status, body=answer, content_type="application/json")
     return await handler(request)
 
 

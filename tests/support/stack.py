@@ -94,10 +94,16 @@ def make_stack(
     aiohttp_server: Callable[..., Awaitable[TestServer]],
     aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
 ) -> StackFactory:
-    """Build a Stack: ``behavior`` for the fake, keyword settings for the proxy's Config."""
+    """Build a Stack: ``behavior`` for the fake, ``models`` the entries it lists in /v1/models
+    from the start (a router's), keyword settings for the proxy's Config."""
 
-    async def build(behavior: Behavior | None = None, **settings: Any) -> Stack:
+    async def build(
+        behavior: Behavior | None = None,
+        models: list[dict[str, Any]] | None = None,
+        **settings: Any,
+    ) -> Stack:
         upstream_app = make_fake_upstream(behavior)
+        upstream_app[FAKE_STATE].model_list = models
         upstream = await aiohttp_server(upstream_app)
         settings.setdefault("upstream_url", str(upstream.make_url("")))
         settings.setdefault("model_name", "m")
