@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from metrics_proxy.config import Config
 from metrics_proxy.prometheus.registry import Registry
 from metrics_proxy.record import RequestRecord
+from metrics_proxy.recorder import AUTO_MODEL, OTHER_MODEL
 from metrics_proxy.tenant_metrics import TenantMetrics
 from metrics_proxy.tenants import TenantReader
 
@@ -31,8 +32,11 @@ class Attribution:
             return None
         salt = config.tenant_salt.encode() if config.tenant_from_api_key else None
         reader = TenantReader(config.tenant_header, salt)
+        # The model "other" tenants count under from the start: with --model-name auto, the
+        # fold of unlisted models, never the word "auto".
+        model = OTHER_MODEL if config.model_name == AUTO_MODEL else config.model_name
         metrics = TenantMetrics(
-            registry, config.model_name, config.engine_label, config.tenant_limit, clock=clock
+            registry, model, config.engine_label, config.tenant_limit, clock=clock
         )
         return cls(reader, metrics)
 

@@ -13,6 +13,7 @@ class Meters(Protocol):
     """What a record moves while it runs (gauges, interval histograms) and, once, at its end."""
 
     clock: Callable[[], float]
+    model_name: str
 
     def increment_waiting(self) -> None: ...
     def decrement_waiting(self) -> None: ...
@@ -109,6 +110,12 @@ class RequestRecord:
         self.estimated = False
         self.max_generation_tokens = 0
         meters.increment_waiting()
+
+    @property
+    def model_name(self) -> str:
+        """The model it counts under (with ``--model-name auto``, the one it asked for among
+        those served, else "other")."""
+        return self._meters.model_name
 
     # --- while it runs -------------------------------------------------------------------
 

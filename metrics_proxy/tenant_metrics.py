@@ -15,36 +15,56 @@ from metrics_proxy.record import RequestRecord
 __all__ = ["TenantAccount", "TenantMetrics"]
 
 
-class TenantAccount:
-    """One tenant's series, bound once: what each of its requests moves as it settles."""
+class _ModelChildren:
+    """A tenant's children under one model_name."""
 
-    __slots__ = ("_by_outcome", "_generation", "_labels", "_prompt", "_queue", "_requests", "label")
+    __slots__ = ("by_outcome", "generation", "labels", "prompt", "queue")
+
+    def __init__(self, metrics: TenantMetrics, model_name: str, tenant: str) -> None:
+        self.labels = (model_name, metrics.engine, tenant)
+        self.by_outcome: dict[str, CounterChild] = {}
+        self.prompt = metrics.prompt_tokens.labels(*self.labels)
+        self.generation = metrics.generation_tokens.labels(*self.labels)
+        self.queue = metrics.queue_time.labels(*self.labels)
+
+
+class TenantAccount:
+    """One tenant's series, bound once per model it asks for: what each of its requests
+    moves as it settles. The model is the record's (with ``--model-name auto``, the one its
+    body asked for among those served), so the tenant's series join vLLM's by model_name."""
+
+    __slots__ = ("_by_model", "_metrics", "label")
 
     def __init__(self, metrics: TenantMetrics, label: str) -> None:
         self.label = label
-        self._labels = (metrics.model_name, metrics.engine, label)
-        self._requests = metrics.requests
-        self._by_outcome: dict[str, CounterChild] = {}
-        self._prompt = metrics.prompt_tokens.labels(*self._labels)
-        self._generation = metrics.generation_tokens.labels(*self._labels)
-        self._queue = metrics.queue_time.labels(*self._labels)
+        self._metrics = metrics
+        # The models are bounded by the recorder (those served, and "other").
+        self._by_model = {metrics.model_name: _ModelChildren(metrics, metrics.model_name, label)}
 
     def settle(self, record: RequestRecord) -> None:
         """Count ``record``, settled: its outcome, its wait for a slot, and the tokens of a
         request an engine ran (the same counts as vLLM's series)."""
+        model_name = record.model_name
+        children = self._by_model.get(model_name)
+        if children is None:
+            children = self._by_model[model_name] = _ModelChildren(
+                self._metrics, model_name, self.label
+            )
         outcome = REJECTED_OUTCOME if record.rejected else record.finished_reason
-        child = self._by_outcome.get(outcome)
+        child = children.by_outcome.get(outcome)
         if child is None:  # a tenant's outcomes appear as they happen, as its tokens do
-            child = self._by_outcome[outcome] = self._requests.labels(*self._labels, outcome)
+            child = children.by_outcome[outcome] = self._metrics.requests.labels(
+                *children.labels, outcome
+            )
         child.inc()
         queue = record.queue_seconds
         if queue is not None:
-            self._queue.observe(queue)
+            children.queue.observe(queue)
         if record.rejected:
             return
         if record.prompt_tokens is not None:
-            self._prompt.inc(record.prompt_tokens)
-        self._generation.inc(record.generation_tokens or 0)
+            children.prompt.inc(record.prompt_tokens)
+        children.generation.inc(record.generation_tokens or 0)
 
 
 class TenantMetrics:

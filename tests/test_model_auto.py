@@ -327,3 +327,30 @@ async def test_a_queue_refusal_counts_under_the_requests_model(make_stack: Stack
     assert await stack.value(rejections, model_name="llama", reason="max_queue_wait") == 0
     holder.cancel()
     await stack.wait_for("vllm:num_requests_running", 0, model_name="llama")
+
+
+async def test_a_tenants_series_carry_the_model_each_request_asked_for(
+    make_stack: StackFactory,
+) -> None:
+    """With attribution too, a tenant's series join vLLM's by model_name: one per model it
+    used, never one labelled "auto"."""
+    stack = await auto_stack(make_stack, tenant_header="X-Tenant")
+    await wait_for_series(stack, "llama", "qwen")
+    for model in ("llama", "llama", "qwen", "evil"):
+        body = {"model": model, "messages": [{"role": "user", "content": "Hi"}]}
+        response = await stack.client.post(
+            CHAT, data=orjson.dumps(body), headers={"X-Tenant": "team-a"}
+        )
+        await response.read()
+        assert response.status == 200
+    requests = "proxy_tenant_requests_total"
+    for model, count in (("llama", 2), ("qwen", 1), ("other", 1)):
+        assert await stack.value(requests, model_name=model, tenant="team-a", outcome="stop") == (
+            count
+        )
+        tokens = await stack.value(
+            "proxy_tenant_generation_tokens_total", model_name=model, tenant="team-a"
+        )
+        assert tokens == await stack.value("vllm:generation_tokens_total", model_name=model)
+    samples = (await stack.snapshot())["proxy_tenant_queue_time_seconds"]["samples"]
+    assert {sample["labels"]["model_name"] for sample in samples} == {"llama", "qwen", "other"}
