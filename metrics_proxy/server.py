@@ -22,6 +22,7 @@ from metrics_proxy.admission import AdmissionQueue
 from metrics_proxy.apis import API_BY_ROUTE, Api, ApiChoice
 from metrics_proxy.apis.base import UsageMode
 from metrics_proxy.apis.responses import RESPONSES
+from metrics_proxy.arrival_stamps import ArrivalSite, request_arrival, request_done
 from metrics_proxy.auth import BearerTokens, split_tokens
 from metrics_proxy.background import HeldResponses, RetrievalWatch, retrieved_id
 from metrics_proxy.client_io import ClientWriteLimits
@@ -236,7 +237,7 @@ def _in_flight(handler: Handler, allowed: str | None = None) -> Handler:
     async def tracked(request: web.Request) -> web.StreamResponse:
         app = request.app  # each request.app is three property lookups: asked once
         recorder = app[RECORDER]
-        started = recorder.clock()
+        started = request_arrival(request, recorder.clock)
         request_ids.assign(request.headers.get(request_ids.HEADER))
         path = vllm_path(request.rel_url.raw_path)
         status = CLIENT_GONE  # unless an answer says otherwise: the handler was cancelled
@@ -260,6 +261,7 @@ def _in_flight(handler: Handler, allowed: str | None = None) -> Handler:
             if "Upgrade" not in request.headers or not is_websocket_upgrade(request):
                 seconds = recorder.clock() - started
                 recorder.observe_http(handler_label(path), request.method, status, seconds)
+            request_done(request)
 
     return tracked
 
@@ -419,7 +421,7 @@ async def _serve_proxy(config: Config, stop: asyncio.Event | None) -> int:
 async def _listen(runner: web.AppRunner, config: Config) -> None:
     """Bind the port, or exit: 2 with one line when --host is no address of this machine
     (a bad setting), 1 when the address cannot be had now (the port is taken, say)."""
-    site = web.TCPSite(runner, config.host, config.port)
+    site = ArrivalSite(runner, config.host, config.port)
     try:
         await site.start()
     except socket.gaierror as exc:
