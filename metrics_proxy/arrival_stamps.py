@@ -3,15 +3,14 @@ its headers, so that the proxy's clock starts before the time the request waited
 socket for a turn of the event loop (proxy queueing, which a clock started by the handler
 cannot see).
 
-While a client connection awaits a request, :class:`ArrivalStamps` stands in front of
-aiohttp's protocol as a ``BufferedProtocol``: the transport asks it for a buffer just before
-each read, and it peeks at the bytes about to be read with ``recvmsg(MSG_PEEK)``, which returns
-the kernel's ``SO_TIMESTAMPNS`` of the last segment among them. The handler takes that time
-when the request starts (:func:`request_arrival`) and the connection goes straight to
-aiohttp's protocol until the request is done (:func:`request_done`): one peek per request, no
-cost per streamed chunk. Wherever the kernel gives no time (not Linux, uvloop's sockets, a
-Unix socket, a pipelined request read during the one before it), the clock starts when the
-handler runs, as before.
+:class:`ArrivalStamps` stands in front of aiohttp's protocol on each client connection as a
+``BufferedProtocol``: the transport asks it for a buffer just before each read, and while the
+connection awaits a request it peeks at the bytes about to be read with ``recvmsg(MSG_PEEK)``,
+which returns the kernel's ``SO_TIMESTAMPNS`` of the last segment among them. The request
+takes that time when it starts (:func:`take_arrival`), and reads are not peeked at again until
+it is answered: one peek per request, nothing per streamed chunk. Wherever the kernel gives
+no time (not Linux, uvloop's sockets, a Unix socket, a pipelined request read during the one
+before it), the clock starts when the handler runs, as before.
 
 Why the read that completed the headers, not the request's first byte: a client that sends
 its headers slowly would otherwise put its upload time into the proxy's TTFT; vLLM's own clock
@@ -27,6 +26,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 
 from aiohttp import web
 
@@ -35,7 +35,10 @@ from aiohttp import web
 SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("@qq")
 _ANCILLARY_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
-_BUFFER_SIZE = 64 * 1024  # what one read of a request's headers takes at most
+_BUFFER_SIZE = 256 * 1024  # what asyncio's transport reads at once (its max_size)
+_unpack_timespec = _TIMESPEC.unpack_from
+_PEEK = socket.MSG_PEEK
+_SOL_SOCKET = socket.SOL_SOCKET
 
 
 def _stamping_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
@@ -55,46 +58,53 @@ def _stamping_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
     return raw
 
 
-def _received_at(raw: socket.socket, buffer: memoryview) -> float | None:
-    """The monotonic time the last segment of the bytes waiting on ``raw`` reached the kernel,
-    peeked at into ``buffer`` (the read that follows takes the same bytes)."""
-    try:
-        _, ancillary, _, _ = raw.recvmsg_into([buffer], _ANCILLARY_SPACE, socket.MSG_PEEK)
-    except OSError:
-        return None
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
-            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
-            age: float = time.time() - (seconds + nanoseconds * 1e-9)
-            return time.monotonic() - max(age, 0.0)
-    return None
-
-
 class ArrivalStamps(asyncio.BufferedProtocol):
-    """One client connection's protocol while it awaits a request: each read, peeked at
-    first for its kernel receive time, goes on to aiohttp's protocol (``handler``)."""
+    """One client connection's protocol: each read goes on to aiohttp's protocol
+    (``handler``); while the connection awaits a request, each is peeked at first for its
+    kernel receive time."""
 
-    __slots__ = ("_buffer", "_handler", "_received", "_socket", "_transport")
+    __slots__ = ("_armed", "_buffer", "_buffers", "_handler", "_received", "_socket")
 
-    def __init__(self, handler: asyncio.Protocol) -> None:
+    def __init__(self, handler: asyncio.Protocol, buffer: memoryview) -> None:
         self._handler = handler
-        self._transport: asyncio.Transport | None = None
         self._socket: socket.socket | None = None
-        self._buffer = memoryview(bytearray(_BUFFER_SIZE))
-        self._received: float | None = None  # the latest read's, until a request takes it
+        self._armed = False  # peeking: awaiting a request
+        # Shared by every connection of a site: each read is copied out of it at once, in
+        # the same callback, so no two connections' reads are ever in it together.
+        self._buffer = buffer
+        self._buffers = (buffer,)
+        self._received: float | None = None  # the latest read's (realtime), until taken
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._handler.connection_made(transport)
-        raw = _stamping_socket(transport)
-        if raw is None or not isinstance(transport, asyncio.Transport):
+        self._socket = _stamping_socket(transport)
+        if self._socket is None:
             transport.set_protocol(self._handler)  # no kernel times here: aiohttp's alone
             return
-        self._transport, self._socket = transport, raw
+        self._armed = True
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        assert self._socket is not None
-        self._received = _received_at(self._socket, self._buffer)
+        if self._armed:
+            self._received = self._peek()
         return self._buffer
+
+    def _peek(self) -> float | None:
+        """When (CLOCK_REALTIME) the last segment of the bytes about to be read reached the
+        kernel: peeked at into the buffer the read then fills with the same bytes. Written
+        for speed (half the cost of a loop over the ancillary data)."""
+        assert self._socket is not None
+        try:
+            ancillary = self._socket.recvmsg_into(self._buffers, _ANCILLARY_SPACE, _PEEK)[1]
+        except OSError:
+            return None
+        if not ancillary:
+            return None
+        level, kind, data = ancillary[0]  # the one kind of ancillary data turned on
+        if kind != SO_TIMESTAMPNS or level != _SOL_SOCKET or len(data) < _TIMESPEC.size:
+            return None
+        seconds, nanoseconds = _unpack_timespec(data)
+        received: float = seconds + nanoseconds * 1e-9
+        return received
 
     def buffer_updated(self, nbytes: int) -> None:
         self._handler.data_received(bytes(self._buffer[:nbytes]))
@@ -103,7 +113,7 @@ class ArrivalStamps(asyncio.BufferedProtocol):
         return self._handler.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = self._socket = None
+        self._armed, self._socket = False, None
         self._handler.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -113,52 +123,46 @@ class ArrivalStamps(asyncio.BufferedProtocol):
         self._handler.resume_writing()
 
     def take(self) -> float | None:
-        """A request starts: the receive time of the last read before it (once), and the
-        connection is aiohttp's alone until :meth:`rearm`."""
+        """A request starts: the receive time of the last read before it (once); reads are
+        not peeked at until :meth:`rearm`."""
         received, self._received = self._received, None
-        if self._transport is not None:
-            self._transport.set_protocol(self._handler)
+        self._armed = False
         return received
 
     def rearm(self) -> None:
-        """The request is done: the next one's reads are peeked at again."""
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.set_protocol(self)
+        """The request is done: the next one's reads are peeked at."""
+        self._armed = self._socket is not None
 
 
-_STAMPS = web.RequestKey("arrival_stamps", ArrivalStamps)
-_ARRIVAL = web.RequestKey("arrival", float)
+# The request being handled's arrival: aiohttp runs each request in a task whose context no
+# other request sees (as request_ids does).
+_ARRIVAL: ContextVar[float | None] = ContextVar("arrival", default=None)
 
 
-def request_arrival(request: web.Request, clock: Callable[[], float]) -> float:
+def take_arrival(
+    request: web.Request, clock: Callable[[], float]
+) -> tuple[float, ArrivalStamps | None]:
     """When ``request`` arrived on ``clock``: the kernel's receive time of the read that
-    completed its headers where there is one, else now; the same answer every time it is
-    asked about one request. Pair with :func:`request_done`."""
-    arrival = request.get(_ARRIVAL)
-    if arrival is None:
-        arrival = request[_ARRIVAL] = _arrival(request, clock)
-    return arrival
-
-
-def _arrival(request: web.Request, clock: Callable[[], float]) -> float:
+    completed its headers where there is one, else now; and its connection's stamps, to
+    :meth:`~ArrivalStamps.rearm` when it is answered. Asked once, as the request starts;
+    :func:`arrival_of` answers again."""
     now = clock()
     transport = request.transport
     stamps = None if transport is None else transport.get_protocol()
     if not isinstance(stamps, ArrivalStamps):
-        return now
-    request[_STAMPS] = stamps
+        _ARRIVAL.set(now)
+        return now, None
     received = stamps.take()
-    if received is None:
-        return now
-    return now - max(time.monotonic() - received, 0.0)
+    # The clocks' rates agree; only the age of the bytes matters, not where either clock is.
+    arrival = now if received is None else now - max(time.time() - received, 0.0)
+    _ARRIVAL.set(arrival)
+    return arrival, stamps
 
 
-def request_done(request: web.Request) -> None:
-    """``request`` is answered: its connection's next request is stamped again."""
-    stamps = request.get(_STAMPS)
-    if stamps is not None:
-        stamps.rearm()
+def arrival_of(clock: Callable[[], float]) -> float:
+    """The arrival :func:`take_arrival` gave the request being handled (now, if none did)."""
+    arrival = _ARRIVAL.get()
+    return clock() if arrival is None else arrival
 
 
 class ArrivalSite(web.BaseSite):
@@ -166,11 +170,12 @@ class ArrivalSite(web.BaseSite):
     front of the runner's protocol (the sites are aiohttp's extension point for how
     connections are accepted)."""
 
-    __slots__ = ("_host", "_port")
+    __slots__ = ("_buffer", "_host", "_port")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int) -> None:
         super().__init__(runner)
         self._host, self._port = host, port
+        self._buffer = memoryview(bytearray(_BUFFER_SIZE))  # the reads of all its connections
 
     @property
     def name(self) -> str:
@@ -181,5 +186,8 @@ class ArrivalSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: ArrivalStamps(server()), self._host, self._port, backlog=self._backlog
+            lambda: ArrivalStamps(server(), self._buffer),
+            self._host,
+            self._port,
+            backlog=self._backlog,
         )

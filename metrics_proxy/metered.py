@@ -23,7 +23,7 @@ from metrics_proxy.apis.base import (
     parse_request,
     streams_its_body,
 )
-from metrics_proxy.arrival_stamps import request_arrival
+from metrics_proxy.arrival_stamps import arrival_of
 from metrics_proxy.background import HeldResponses
 from metrics_proxy.client_io import (
     ClientGone,
@@ -123,7 +123,7 @@ async def handle_metered(
     if not isinstance(api, ApiChoice) and streams_its_body(api):
         return await _handle_form(context, api, request)
     recorder = context.recorder
-    arrival = request_arrival(request, recorder.clock)
+    arrival = arrival_of(recorder.clock)
     try:
         body = await _read_body(request, context)
         obj = parse_request(body)
@@ -527,7 +527,7 @@ async def _handle_form(
     """A form: checked on its headers alone, queued, then sent upstream as it arrives (an
     audio file is too large to read first); what it asks for is read on the way."""
     recorder = context.recorder
-    arrival = request_arrival(request, recorder.clock)
+    arrival = arrival_of(recorder.clock)
     try:
         body = FormBody(request, api, context.usage_mode, context.max_body)
     except Exception as exc:

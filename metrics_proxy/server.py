@@ -22,7 +22,7 @@ from metrics_proxy.admission import AdmissionQueue
 from metrics_proxy.apis import API_BY_ROUTE, Api, ApiChoice
 from metrics_proxy.apis.base import UsageMode
 from metrics_proxy.apis.responses import RESPONSES
-from metrics_proxy.arrival_stamps import ArrivalSite, request_arrival, request_done
+from metrics_proxy.arrival_stamps import ArrivalSite, take_arrival
 from metrics_proxy.auth import BearerTokens, split_tokens
 from metrics_proxy.background import HeldResponses, RetrievalWatch, retrieved_id
 from metrics_proxy.client_io import ClientWriteLimits
@@ -237,7 +237,7 @@ def _in_flight(handler: Handler, allowed: str | None = None) -> Handler:
     async def tracked(request: web.Request) -> web.StreamResponse:
         app = request.app  # each request.app is three property lookups: asked once
         recorder = app[RECORDER]
-        started = request_arrival(request, recorder.clock)
+        started, stamps = take_arrival(request, recorder.clock)
         request_ids.assign(request.headers.get(request_ids.HEADER))
         path = vllm_path(request.rel_url.raw_path)
         status = CLIENT_GONE  # unless an answer says otherwise: the handler was cancelled
@@ -261,7 +261,8 @@ def _in_flight(handler: Handler, allowed: str | None = None) -> Handler:
             if "Upgrade" not in request.headers or not is_websocket_upgrade(request):
                 seconds = recorder.clock() - started
                 recorder.observe_http(handler_label(path), request.method, status, seconds)
-            request_done(request)
+            if stamps is not None:
+                stamps.rearm()  # the connection's next request is stamped
 
     return tracked
 

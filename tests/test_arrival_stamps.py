@@ -158,9 +158,10 @@ async def test_without_kernel_times_the_clock_starts_when_the_handler_runs(
         ours, theirs = socket.socketpair()
         server = runner.server
         assert server is not None
+        buffer = memoryview(bytearray(1024))
         loop = asyncio.get_running_loop()
         transport, stamps = await loop.connect_accepted_socket(
-            lambda: ArrivalStamps(server()), ours
+            lambda: ArrivalStamps(server(), buffer), ours
         )
         assert transport.get_protocol() is not stamps  # handed to aiohttp's protocol at once
         reader, writer = await asyncio.open_connection(sock=theirs)
