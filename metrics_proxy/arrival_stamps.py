@@ -4,12 +4,12 @@ socket for a turn of the event loop (proxy queueing, which a clock started by th
 cannot see).
 
 :class:`ArrivalStamps` stands in front of aiohttp's protocol on each client connection as a
-``BufferedProtocol``: the transport asks it for a buffer just before each read, and while the
-connection awaits a request it peeks at the bytes about to be read with ``recvmsg(MSG_PEEK)``,
-which returns the kernel's ``SO_TIMESTAMPNS`` of the last segment among them. The request
-takes that time when it starts (:func:`take_arrival`), and reads are not peeked at again until
-it is answered: one peek per request, nothing per streamed chunk. Wherever the kernel gives
-no time (not Linux, uvloop's sockets, a Unix socket, a pipelined request read during the one
+``BufferedProtocol``: the transport asks it for a buffer just before each read, and it peeks
+at the bytes about to be read with ``recvmsg(MSG_PEEK)``, which returns the kernel's
+``SO_TIMESTAMPNS`` of the last segment among them. A request takes the latest read's time as
+it starts (:func:`take_arrival`). A client connection reads its requests, not the streams it
+is sent: one peek per request, nothing per streamed chunk. Wherever the kernel gives no time
+(not Linux, uvloop's sockets, a Unix socket, a pipelined request read along with the one
 before it), the clock starts when the handler runs, as before.
 
 Why the read that completed the headers, not the request's first byte: a client that sends
@@ -27,8 +27,12 @@ import sys
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from asyncio.trsock import TransportSocket  # what asyncio.Server.sockets holds
 
 # Linux's SO_TIMESTAMPNS (asm-generic and x86; SCM_TIMESTAMPNS is the same number); Python's
 # socket module does not name it. A struct timespec of CLOCK_REALTIME comes with each read.
@@ -41,6 +45,14 @@ _PEEK = socket.MSG_PEEK
 _SOL_SOCKET = socket.SOL_SOCKET
 
 
+def _turn_on(sock: socket.socket | TransportSocket) -> bool:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return False
+    return True
+
+
 def _stamping_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
     """The connection's socket with kernel receive times turned on, or None where it has none
     to give: the socket asyncio wraps is private (``_sock``), so anything else (uvloop's, a
@@ -51,11 +63,7 @@ def _stamping_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
     raw = getattr(wrapped, "_sock", None)
     if not isinstance(raw, socket.socket) or raw.family not in (socket.AF_INET, socket.AF_INET6):
         return None
-    try:
-        raw.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    except OSError:
-        return None
-    return raw
+    return raw if _turn_on(raw) else None
 
 
 class ArrivalStamps(asyncio.BufferedProtocol):
@@ -63,12 +71,11 @@ class ArrivalStamps(asyncio.BufferedProtocol):
     (``handler``); while the connection awaits a request, each is peeked at first for its
     kernel receive time."""
 
-    __slots__ = ("_armed", "_buffer", "_buffers", "_handler", "_received", "_socket")
+    __slots__ = ("_buffer", "_buffers", "_handler", "_received", "_socket")
 
     def __init__(self, handler: asyncio.Protocol, buffer: memoryview) -> None:
         self._handler = handler
         self._socket: socket.socket | None = None
-        self._armed = False  # peeking: awaiting a request
         # Shared by every connection of a site: each read is copied out of it at once, in
         # the same callback, so no two connections' reads are ever in it together.
         self._buffer = buffer
@@ -80,31 +87,23 @@ class ArrivalStamps(asyncio.BufferedProtocol):
         self._socket = _stamping_socket(transport)
         if self._socket is None:
             transport.set_protocol(self._handler)  # no kernel times here: aiohttp's alone
-            return
-        self._armed = True
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._armed:
-            self._received = self._peek()
-        return self._buffer
-
-    def _peek(self) -> float | None:
-        """When (CLOCK_REALTIME) the last segment of the bytes about to be read reached the
-        kernel: peeked at into the buffer the read then fills with the same bytes. Written
-        for speed (half the cost of a loop over the ancillary data)."""
+        """The buffer the transport reads into, once the bytes it is about to read have been
+        peeked at for the time the last segment of them reached the kernel (CLOCK_REALTIME);
+        the same bytes land in it again. Written for speed: once per request."""
         assert self._socket is not None
         try:
             ancillary = self._socket.recvmsg_into(self._buffers, _ANCILLARY_SPACE, _PEEK)[1]
         except OSError:
-            return None
-        if not ancillary:
-            return None
-        level, kind, data = ancillary[0]  # the one kind of ancillary data turned on
-        if kind != SO_TIMESTAMPNS or level != _SOL_SOCKET or len(data) < _TIMESPEC.size:
-            return None
-        seconds, nanoseconds = _unpack_timespec(data)
-        received: float = seconds + nanoseconds * 1e-9
-        return received
+            return self._buffer  # nothing to read after all: neither will the transport find any
+        self._received = None
+        if ancillary:
+            level, kind, data = ancillary[0]  # the one kind of ancillary data turned on
+            if kind == SO_TIMESTAMPNS and level == _SOL_SOCKET and len(data) >= _TIMESPEC.size:
+                seconds, nanoseconds = _unpack_timespec(data)
+                self._received = seconds + nanoseconds * 1e-9
+        return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         self._handler.data_received(bytes(self._buffer[:nbytes]))
@@ -113,7 +112,7 @@ class ArrivalStamps(asyncio.BufferedProtocol):
         return self._handler.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._armed, self._socket = False, None
+        self._socket = None
         self._handler.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -123,15 +122,13 @@ class ArrivalStamps(asyncio.BufferedProtocol):
         self._handler.resume_writing()
 
     def take(self) -> float | None:
-        """A request starts: the receive time of the last read before it (once); reads are
-        not peeked at until :meth:`rearm`."""
+        """A request starts: the receive time of the latest read since the request before
+        it started, if there was one. That read holds bytes of this request: the reads are
+        in order, and any read of the request before's tail that came later than this one's
+        first bytes would hold this one's bytes too. None for a request read along with the
+        one before (pipelined): it waited behind that one, which was its own business."""
         received, self._received = self._received, None
-        self._armed = False
         return received
-
-    def rearm(self) -> None:
-        """The request is done: the next one's reads are peeked at."""
-        self._armed = self._socket is not None
 
 
 # The request being handled's arrival: aiohttp runs each request in a task whose context no
@@ -139,24 +136,18 @@ class ArrivalStamps(asyncio.BufferedProtocol):
 _ARRIVAL: ContextVar[float | None] = ContextVar("arrival", default=None)
 
 
-def take_arrival(
-    request: web.Request, clock: Callable[[], float]
-) -> tuple[float, ArrivalStamps | None]:
+def take_arrival(request: web.Request, clock: Callable[[], float]) -> float:
     """When ``request`` arrived on ``clock``: the kernel's receive time of the read that
-    completed its headers where there is one, else now; and its connection's stamps, to
-    :meth:`~ArrivalStamps.rearm` when it is answered. Asked once, as the request starts;
+    completed its headers where there is one, else now. Asked once, as the request starts;
     :func:`arrival_of` answers again."""
     now = clock()
     transport = request.transport
     stamps = None if transport is None else transport.get_protocol()
-    if not isinstance(stamps, ArrivalStamps):
-        _ARRIVAL.set(now)
-        return now, None
-    received = stamps.take()
+    received = stamps.take() if isinstance(stamps, ArrivalStamps) else None
     # The clocks' rates agree; only the age of the bytes matters, not where either clock is.
     arrival = now if received is None else now - max(time.time() - received, 0.0)
     _ARRIVAL.set(arrival)
-    return arrival, stamps
+    return arrival
 
 
 def arrival_of(clock: Callable[[], float]) -> float:
@@ -191,3 +182,9 @@ class ArrivalSite(web.BaseSite):
             self._port,
             backlog=self._backlog,
         )
+        if sys.platform.startswith("linux"):
+            # On the listening sockets too: the kernel stamps what it receives only while some
+            # socket asks (and turns that on a moment later), so the first bytes of a new
+            # connection have a time as well; accepted sockets inherit the setting.
+            for listening in self._server.sockets:
+                _turn_on(listening)

@@ -237,7 +237,7 @@ def _in_flight(handler: Handler, allowed: str | None = None) -> Handler:
     async def tracked(request: web.Request) -> web.StreamResponse:
         app = request.app  # each request.app is three property lookups: asked once
         recorder = app[RECORDER]
-        started, stamps = take_arrival(request, recorder.clock)
+        started = take_arrival(request, recorder.clock)
         request_ids.assign(request.headers.get(request_ids.HEADER))
         path = vllm_path(request.rel_url.raw_path)
         status = CLIENT_GONE  # unless an answer says otherwise: the handler was cancelled
@@ -261,8 +261,6 @@ def _in_flight(handler: Handler, allowed: str | None = None) -> Handler:
             if "Upgrade" not in request.headers or not is_websocket_upgrade(request):
                 seconds = recorder.clock() - started
                 recorder.observe_http(handler_label(path), request.method, status, seconds)
-            if stamps is not None:
-                stamps.rearm()  # the connection's next request is stamped
 
     return tracked
 
