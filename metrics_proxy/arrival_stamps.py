@@ -21,6 +21,7 @@ so the time is that of the last segment of it: never before the headers were all
 from __future__ import annotations
 
 import asyncio
+import mmap
 import socket
 import struct
 import sys
@@ -166,7 +167,11 @@ class ArrivalSite(web.BaseSite):
     def __init__(self, runner: web.BaseRunner, host: str, port: int) -> None:
         super().__init__(runner)
         self._host, self._port = host, port
-        self._buffer = memoryview(bytearray(_BUFFER_SIZE))  # the reads of all its connections
+        # The reads of all its connections, in pages of their own: a long-lived bytearray this
+        # size on the heap makes each of asyncio's 256 KiB recv allocations (for every
+        # upstream read) grow and trim the heap again (measured: 100 -> 150 µs of CPU per
+        # chunk at 1k chunks/s).
+        self._buffer = memoryview(mmap.mmap(-1, _BUFFER_SIZE))
 
     @property
     def name(self) -> str:
