@@ -68,9 +68,8 @@ def _stamping_socket(transport: asyncio.BaseTransport) -> socket.socket | None:
 
 
 class ArrivalStamps(asyncio.BufferedProtocol):
-    """One client connection's protocol: each read goes on to aiohttp's protocol
-    (``handler``); while the connection awaits a request, each is peeked at first for its
-    kernel receive time."""
+    """One client connection's protocol: each read is peeked at for its kernel receive time,
+    then goes on to aiohttp's protocol (``handler``)."""
 
     __slots__ = ("_buffer", "_buffers", "_handler", "_received", "_socket")
 
@@ -92,7 +91,8 @@ class ArrivalStamps(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         """The buffer the transport reads into, once the bytes it is about to read have been
         peeked at for the time the last segment of them reached the kernel (CLOCK_REALTIME);
-        the same bytes land in it again. Written for speed: once per request."""
+        the same bytes land in it again. Written for speed: a client's connection reads about
+        once per request."""
         assert self._socket is not None
         try:
             ancillary = self._socket.recvmsg_into(self._buffers, _ANCILLARY_SPACE, _PEEK)[1]
@@ -124,10 +124,10 @@ class ArrivalStamps(asyncio.BufferedProtocol):
 
     def take(self) -> float | None:
         """A request starts: the receive time of the latest read since the request before
-        it started, if there was one. That read holds bytes of this request: the reads are
-        in order, and any read of the request before's tail that came later than this one's
-        first bytes would hold this one's bytes too. None for a request read along with the
-        one before (pipelined): it waited behind that one, which was its own business."""
+        it started, if there was one: never earlier than the read that completed this one's
+        headers, as the reads come in order. None for a request read along with the one
+        before (pipelined): it waited behind that one, and its clock starts when the handler
+        runs."""
         received, self._received = self._received, None
         return received
 

@@ -21,6 +21,7 @@ from aiohttp import web
 from metrics_proxy.arrival_stamps import ArrivalSite, ArrivalStamps
 from metrics_proxy.config import Config
 from metrics_proxy.server import create_app
+from tests.support.fake_upstream import make_fake_upstream
 from tests.support.raw_peers import read_message
 
 BLOCKED = 0.3  # seconds the test holds the loop, the proxy's with it
@@ -171,5 +172,30 @@ async def test_without_kernel_times_the_clock_starts_when_the_handler_runs(
         writer.close()
         transport.close()
         ttft, count = await totals(url, TTFT)
+    assert count == 1
+    assert ttft < BLOCKED
+
+
+def test_on_uvloop_the_proxy_serves_with_the_handlers_clock() -> None:
+    """uvloop's transports hand out no socket of asyncio's: every connection is aiohttp's
+    alone, served as ever."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def run() -> tuple[float, int]:
+        upstream = web.AppRunner(make_fake_upstream())
+        await upstream.setup()
+        await web.TCPSite(upstream, "127.0.0.1", 0).start()
+        try:
+            async with proxy(f"http://127.0.0.1:{upstream.addresses[0][1]}") as (_, url):
+                reader, writer = await idle_connection(url)
+                writer.write(CHAT)
+                hold_the_loop()
+                await answered(reader)
+                writer.close()
+                return await totals(url, TTFT)
+        finally:
+            await upstream.cleanup()
+
+    ttft, count = uvloop.run(run())
     assert count == 1
     assert ttft < BLOCKED
