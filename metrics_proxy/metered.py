@@ -24,6 +24,7 @@ from metrics_proxy.apis.base import (
     requested_model,
     streams_its_body,
 )
+from metrics_proxy.arrival_stamps import arrival_of
 from metrics_proxy.attribution import Attribution
 from metrics_proxy.background import HeldResponses
 from metrics_proxy.client_io import (
@@ -128,7 +129,7 @@ async def handle_metered(
     if not isinstance(api, ApiChoice) and streams_its_body(api):
         return await _handle_form(context, api, request)
     recorder = context.recorder
-    arrival = recorder.clock()
+    arrival = arrival_of(recorder.clock)
     try:
         body = await _read_body(request, context)
         obj = parse_request(body)
@@ -540,7 +541,7 @@ async def _handle_form(
     """A form: checked on its headers alone, queued, then sent upstream as it arrives (an
     audio file is too large to read first); what it asks for is read on the way."""
     recorder = context.recorder
-    arrival = recorder.clock()
+    arrival = arrival_of(recorder.clock)
     try:
         body = FormBody(request, api, context.usage_mode, context.max_body)
     except Exception as exc:

@@ -22,6 +22,7 @@ from metrics_proxy.admission import AdmissionQueue, tenant_cap
 from metrics_proxy.apis import API_BY_ROUTE, Api, ApiChoice
 from metrics_proxy.apis.base import UsageMode
 from metrics_proxy.apis.responses import RESPONSES
+from metrics_proxy.arrival_stamps import ArrivalSite, take_arrival
 from metrics_proxy.attribution import Attribution
 from metrics_proxy.auth import BearerTokens, split_tokens
 from metrics_proxy.background import HeldResponses, RetrievalWatch, retrieved_id
@@ -250,7 +251,7 @@ def _in_flight(handler: Handler, allowed: str | None = None) -> Handler:
     async def tracked(request: web.Request) -> web.StreamResponse:
         app = request.app  # each request.app is three property lookups: asked once
         recorder = app[RECORDER]
-        started = recorder.clock()
+        started = take_arrival(request, recorder.clock)
         request_ids.assign(request.headers.get(request_ids.HEADER))
         path = vllm_path(request.rel_url.raw_path)
         status = CLIENT_GONE  # unless an answer says otherwise: the handler was cancelled
@@ -444,7 +445,7 @@ def _start_check(app: web.Application) -> asyncio.Task[list[str] | None]:
 async def _listen(runner: web.AppRunner, config: Config) -> None:
     """Bind the port, or exit: 2 with one line when --host is no address of this machine
     (a bad setting), 1 when the address cannot be had now (the port is taken, say)."""
-    site = web.TCPSite(runner, config.host, config.port)
+    site = ArrivalSite(runner, config.host, config.port)
     try:
         await site.start()
     except socket.gaierror as exc:
