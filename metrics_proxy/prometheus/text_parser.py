@@ -1,0 +1,285 @@
+"""The Prometheus text format 0.0.4 read into families: pure, bounded, and never raising on
+what it reads. A line it cannot take whole is skipped and counted, never half-read.
+
+>>> parsed = parse_text(b'# TYPE up gauge\\nup{job="a"} 1\\n')
+>>> parsed.families[0].samples[0]
+TextSample(name='up', labels=(('job', 'a'),), value=1.0)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from metrics_proxy.prometheus.samples import LabelPairs
+
+TextType = Literal["counter", "gauge", "histogram", "summary", "untyped"]
+_TYPES: Final = frozenset({"counter", "gauge", "histogram", "summary", "untyped"})
+
+METRIC_NAME: Final = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# Go's ParseFloat as the format uses it, without what Python's float() also takes ("1_0",
+# "infinity", surrounding spaces).
+_VALUE: Final = re.compile(r"[+-]?(?:Inf|inf|NaN|nan|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)")
+_TIMESTAMP: Final = re.compile(r"-?\d+")
+# "# HELP name text" and "# TYPE name type"; the text keeps its trailing blanks.
+_DESCRIPTOR: Final = re.compile(r"#[ \t]+(HELP|TYPE)[ \t]+(\S+)(?:[ \t]+(.*))?")
+_LABEL_ESCAPES: Final = {"\\": "\\", '"': '"', "n": "\n"}
+# The samples each type may hold besides its own name, by suffix.
+_SUFFIXES: Final[dict[str, tuple[str, ...]]] = {
+    "histogram": ("_bucket", "_count", "_sum"),
+    "summary": ("_count", "_sum"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one exposition may cost: the bytes read, one line's length, and the
+    series kept (past it, the rest are skipped)."""
+
+    max_bytes: int = 8 * 1024 * 1024
+    max_line: int = 64 * 1024
+    max_series: int = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class TextSample:
+    """One series as written: its sample name (``x_bucket`` for a histogram ``x``), its labels
+    in the order written, and its value (a timestamp, if any, is not kept)."""
+
+    name: str
+    labels: LabelPairs
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class TextFamily:
+    """A family as read: ``untyped`` when no ``# TYPE`` came before its first sample."""
+
+    name: str
+    type: TextType
+    help: str
+    samples: tuple[TextSample, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedText:
+    """What a text held: its families in the order first seen, the lines skipped, and
+    whether a limit cut it short."""
+
+    families: tuple[TextFamily, ...]
+    skipped_lines: int = 0
+    truncated: bool = False
+
+
+@dataclass(slots=True)
+class _Family:
+    name: str
+    type: TextType = "untyped"
+    typed: bool = False
+    help: str | None = None
+    samples: list[TextSample] = field(default_factory=list)
+    series: set[tuple[str, LabelPairs]] = field(default_factory=set)
+
+
+class _SkipLine(ValueError):
+    """This line is not taken."""
+
+
+def parse_text(text: bytes, limits: Limits = Limits()) -> ParsedText:
+    """Every family of ``text``; what breaks the format or a limit is skipped and counted."""
+    reader = _Reader(limits)
+    truncated = len(text) > limits.max_bytes
+    if truncated:  # only whole lines of the first max_bytes
+        text = text[: text.rfind(b"\n", 0, limits.max_bytes) + 1]
+    for raw in text.split(b"\n"):
+        reader.feed(raw)
+    return reader.result(truncated)
+
+
+class _Reader:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.families: dict[str, _Family] = {}
+        self.series = 0
+        self.skipped = 0
+        self.over_limit = False
+
+    def feed(self, raw: bytes) -> None:
+        if not raw.strip():
+            return
+        try:
+            if len(raw) > self.limits.max_line:
+                raise _SkipLine("line too long")
+            line = raw.decode().removesuffix("\r")
+            if line.startswith("#"):
+                self._comment(line)
+            else:
+                self._sample(line)
+        except (_SkipLine, UnicodeDecodeError):
+            self.skipped += 1
+
+    def result(self, truncated: bool) -> ParsedText:
+        families = []
+        claimed: set[str] = set()  # sample names: no two families may print the same one
+        for family in self.families.values():
+            samples = [s for s in family.samples if s.name not in claimed]
+            self.skipped += len(family.samples) - len(samples)
+            claimed.update(s.name for s in samples)
+            claimed.add(family.name)
+            if samples:
+                families.append(
+                    TextFamily(family.name, family.type, family.help or "", tuple(samples))
+                )
+        return ParsedText(tuple(families), self.skipped, truncated or self.over_limit)
+
+    def _comment(self, line: str) -> None:
+        match = _DESCRIPTOR.fullmatch(line)
+        if match is None:
+            return  # any other comment means nothing
+        keyword, name, rest = match.group(1), match.group(2), match.group(3) or ""
+        if not METRIC_NAME.fullmatch(name):
+            raise _SkipLine("bad metric name")
+        known = self.families.get(name)
+        if keyword == "HELP":
+            if known is not None and known.help is not None:
+                raise _SkipLine("second HELP")
+            self._family(name).help = unescape_help(rest)
+            return
+        kind = rest.strip()
+        # A TYPE after the family's samples or a second TYPE: the samples were read as
+        # they were typed then, so the family stays as it was.
+        if kind not in _TYPES or (known is not None and (known.samples or known.typed)):
+            raise _SkipLine("bad, late or second TYPE")
+        family = self._family(name)
+        family.type, family.typed = kind, True  # type: ignore[assignment]  # one of _TYPES
+
+    def _family(self, name: str) -> _Family:
+        family = self.families.get(name)
+        if family is None:
+            family = self.families[name] = _Family(name)
+        return family
+
+    def _sample(self, line: str) -> None:
+        name_match = METRIC_NAME.match(line)
+        if name_match is None:
+            raise _SkipLine("bad metric name")
+        name = name_match.group()
+        labels, end = parse_labels(line, name_match.end())
+        value = _value_and_timestamp(line[end:])
+        family = self._owner(name, labels)
+        key = (name, tuple(sorted(labels)))
+        if key in family.series:
+            raise _SkipLine("duplicate series")
+        if self.series >= self.limits.max_series:
+            self.over_limit = True
+            raise _SkipLine("too many series")
+        self.series += 1
+        family.series.add(key)
+        family.samples.append(TextSample(name, labels, value))
+
+    def _owner(self, name: str, labels: LabelPairs) -> _Family:
+        """The family a sample belongs to: its own name's, else a histogram's or summary's
+        that it is a part of, else a new untyped one."""
+        for suffix in ("_bucket", "_count", "_sum"):
+            base = self.families.get(name.removesuffix(suffix)) if name.endswith(suffix) else None
+            if base is not None and suffix in _SUFFIXES.get(base.type, ()):
+                if suffix == "_bucket" and not _valid_le(labels):
+                    raise _SkipLine("bucket without a valid le")
+                return base
+        family = self._family(name)
+        if family.type == "histogram" or (
+            family.type == "summary" and not any(k == "quantile" for k, _ in labels)
+        ):
+            raise _SkipLine("histogram or summary sample without its suffix")
+        return family
+
+
+def _valid_le(labels: LabelPairs) -> bool:
+    bounds = [value for name, value in labels if name == "le"]
+    return len(bounds) == 1 and _VALUE.fullmatch(bounds[0]) is not None
+
+
+def _value_and_timestamp(rest: str) -> float:
+    parts = rest.split()
+    if not 1 <= len(parts) <= 2 or not rest[:1].isspace():
+        raise _SkipLine("no value, or more than a value and a timestamp")
+    if not _VALUE.fullmatch(parts[0]) or (len(parts) == 2 and not _TIMESTAMP.fullmatch(parts[1])):
+        raise _SkipLine("bad value or timestamp")
+    value = float(parts[0])
+    return math.nan if value != value else value  # one NaN, whatever its sign
+
+
+def parse_labels(line: str, start: int) -> tuple[LabelPairs, int]:
+    """The label set at ``line[start:]`` (none unless it starts with ``{``) and where it ends.
+    Escapes are exactly the format's three (``\\\\``, ``\\"``, ``\\n``); any other, a repeated
+    or reserved (``__``) name, or a missing quote rejects the line."""
+    if start >= len(line) or line[start] != "{":
+        return (), start
+    pairs: list[tuple[str, str]] = []
+    i = _skip_blanks(line, start + 1)
+    while i < len(line) and line[i] != "}":
+        name_match = LABEL_NAME.match(line, i)
+        if name_match is None or name_match.group().startswith("__"):
+            raise _SkipLine("bad label name")
+        i = _skip_blanks(line, name_match.end())
+        if not line.startswith('="', i) and not line.startswith('= "', i):
+            raise _SkipLine("label without a quoted value")
+        value, i = _label_value(line, line.index('"', i) + 1)
+        pairs.append((name_match.group(), value))
+        i = _skip_blanks(line, i)
+        if i < len(line) and line[i] == ",":
+            i = _skip_blanks(line, i + 1)
+        elif i < len(line) and line[i] != "}":
+            raise _SkipLine("labels not separated by commas")
+    if i >= len(line):
+        raise _SkipLine("label set not closed")
+    if len({name for name, _ in pairs}) != len(pairs):
+        raise _SkipLine("a label given twice")
+    return tuple(pairs), i + 1
+
+
+def _label_value(line: str, i: int) -> tuple[str, int]:
+    """The quoted value starting at ``line[i]`` (after its opening quote), unescaped, and
+    the position after its closing quote."""
+    out: list[str] = []
+    while i < len(line):
+        char = line[i]
+        if char == '"':
+            return "".join(out), i + 1
+        if char == "\\":
+            escaped = _LABEL_ESCAPES.get(line[i + 1 : i + 2])
+            if escaped is None:
+                raise _SkipLine("invalid escape in a label value")
+            out.append(escaped)
+            i += 2
+            continue
+        out.append(char)
+        i += 1
+    raise _SkipLine("label value not closed")
+
+
+def _skip_blanks(line: str, i: int) -> int:
+    while i < len(line) and line[i] in " \t":
+        i += 1
+    return i
+
+
+def unescape_help(text: str) -> str:
+    """HELP text as meant: ``\\\\`` and ``\\n`` are its only escapes; any other backslash is
+    itself, as Prometheus reads it."""
+    if "\\" not in text:
+        return text
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        pair = text[i : i + 2]
+        if pair in ("\\\\", "\\n"):
+            out.append("\\" if pair == "\\\\" else "\n")
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
