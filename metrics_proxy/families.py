@@ -84,6 +84,25 @@ class ErrorKind(StrEnum):
     UPSTREAM_EVENT_TOO_LARGE = "upstream_event_too_large"
 
 
+class EngineScrapeError(StrEnum):
+    """Why an engine's /metrics gave nothing, or less than all it had
+    (``proxy_engine_scrape_errors_total{kind}``)."""
+
+    # no answer within --engine-metrics-timeout
+    TIMEOUT = "timeout"
+    # the engine unreachable, or its connection closed before the answer was whole
+    CONNECT = "connect"
+    # an answer other than 200
+    STATUS = "status"
+    # an answer past the size bound
+    TOO_LARGE = "too_large"
+    # one per line left out: not the text format, a bad escape, a duplicate series, a bound
+    INVALID_LINE = "invalid_line"
+    # one per family left out: its type differs from the proxy's family of that name, or its
+    # sample names are the proxy's
+    CONFLICT = "conflict"
+
+
 class DisconnectStage(StrEnum):
     """Where a client went away (``proxy_client_disconnects_total{stage}``)."""
 
@@ -283,6 +302,27 @@ PROXY_ESTIMATED_TOKEN_COUNTS = FamilySpec(
     MODEL_ENGINE,
 )
 
+# The engine's scrape, when --engine-metrics re-exports the engine's series.
+ENGINE_SCRAPE_UP = FamilySpec(
+    "proxy_engine_scrape_up",
+    "gauge",
+    "1 if the engine's /metrics was read whole at the last fetch, else 0.",
+    (),
+)
+ENGINE_SCRAPE_DURATION = FamilySpec(
+    "proxy_engine_scrape_duration_seconds",
+    "gauge",
+    "How long the last fetch of the engine's /metrics took, in seconds.",
+    (),
+)
+ENGINE_SCRAPE_ERRORS = FamilySpec(
+    "proxy_engine_scrape_errors_total",
+    "counter",
+    "Fetches of the engine's /metrics that failed, and lines and families of it left out, "
+    "by kind (see the README for the kinds).",
+    ("kind",),
+)
+
 VLLM_FAMILIES = (
     NUM_REQUESTS_RUNNING,
     NUM_REQUESTS_WAITING,
@@ -309,3 +349,23 @@ HTTP_FAMILIES = (HTTP_REQUESTS, HTTP_REQUEST_DURATION_HIGHR, HTTP_REQUEST_DURATI
 PROXY_FAMILIES = (PROXY_ERRORS, PROXY_CLIENT_DISCONNECTS, PROXY_ESTIMATED_TOKEN_COUNTS)
 # In the order /metrics shows them (after the process collector's).
 FAMILIES = (*VLLM_FAMILIES, *HTTP_FAMILIES, *PROXY_FAMILIES)
+# Only with --engine-metrics, after those.
+ENGINE_SCRAPE_FAMILIES = (ENGINE_SCRAPE_UP, ENGINE_SCRAPE_DURATION, ENGINE_SCRAPE_ERRORS)
+
+# --- which of the engine's families join the proxy's (--engine-metrics) ----------------------
+
+# Only vLLM's own families: the engine's http_* would count each request the proxy forwarded
+# a second time, and its process_* and python_info describe another process under the names
+# of the proxy's own.
+ENGINE_NAMESPACE = "vllm:"
+# The families both count, request by request: never taken from the engine, which would count
+# every request twice. Exactly those of the README's relabel rule for scraping vLLM too.
+COUNTED_BY_BOTH = frozenset(
+    spec.name
+    for spec in (
+        PROMPT_TOKENS,
+        GENERATION_TOKENS,
+        REQUEST_SUCCESS,
+        *(spec for spec in VLLM_FAMILIES if spec.type == "histogram"),
+    )
+)

@@ -1,0 +1,155 @@
+"""The engine's /metrics, read for the proxy's own (--engine-metrics): one fetch at a time,
+bounded in time and size, its result kept for a second so that scrapes close together share
+it, and its outcome in the proxy_engine_scrape_* series.
+
+A slow or dead engine costs a scrape at most --engine-metrics-timeout, and then the proxy's
+own series render without the engine's. Only the event loop touches it (no locks)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from metrics_proxy import families
+from metrics_proxy.config import Config
+from metrics_proxy.engine_series import join
+from metrics_proxy.families import EngineScrapeError
+from metrics_proxy.prometheus.metrics import Counter, Gauge
+from metrics_proxy.prometheus.samples import MetricFamily
+from metrics_proxy.prometheus.text_parser import Limits, TextFamily, parse_text
+from metrics_proxy.setting_rules import split_credentials
+
+# Long enough that Prometheus servers scraping one proxy (an HA pair) share a fetch, short
+# enough that a gauge is never older than a scrape interval makes it anyway.
+CACHE_SECONDS = 1.0
+LIMITS = Limits()
+# The text format, uncompressed (the engine's prometheus_client gzips only when asked).
+_HEADERS = {"Accept": "text/plain; version=0.0.4", "Accept-Encoding": "identity"}
+
+
+class _Failed(Exception):
+    """The fetch gave nothing usable, for this reason."""
+
+    def __init__(self, kind: EngineScrapeError) -> None:
+        super().__init__(kind.value)
+        self.kind = kind
+
+
+def engine_metrics_url(config: Config) -> str | None:
+    """Where the engine's /metrics is read, or None when it is not: --engine-metrics-url, or
+    with --engine-metrics the upstream's /metrics (vLLM serves it on its API port); a URL
+    with no path gets /metrics too. Never with credentials: vLLM's /metrics needs none, and
+    none are lent to it."""
+    if config.engine_metrics_url:
+        url = split_credentials(config.engine_metrics_url)[0]
+        return url if urlsplit(url).path else url + "/metrics"
+    if config.engine_metrics:
+        return split_credentials(config.upstream_url)[0] + "/metrics"
+    return None
+
+
+class EngineScraper:
+    """Reads ``url`` for each scrape of the proxy, at most one fetch in flight, and joins
+    the engine's families to ``ours()`` (the proxy's, collected). A collector itself: its
+    proxy_engine_scrape_* series go in the proxy's registry."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float,
+        ours: Callable[[], Sequence[MetricFamily]],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url, self.timeout, self._ours, self._clock = url, timeout, ours, clock
+        self.session: aiohttp.ClientSession | None = None  # the app's, once it is open
+        self._up = _gauge(families.ENGINE_SCRAPE_UP)
+        self._duration = _gauge(families.ENGINE_SCRAPE_DURATION)
+        errors = Counter(*_described(families.ENGINE_SCRAPE_ERRORS))
+        self._errors = {kind: errors.labels(kind.value) for kind in EngineScrapeError}
+        self._metrics = (self._up, self._duration, errors)
+        self._kept: tuple[TextFamily, ...] = ()
+        self._kept_at = -CACHE_SECONDS
+        self._fetch: asyncio.Task[tuple[TextFamily, ...]] | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for metric in self._metrics for name in metric.names)
+
+    def collect(self) -> Iterable[MetricFamily]:
+        for metric in self._metrics:
+            yield from metric.collect()
+
+    async def families(self) -> tuple[TextFamily, ...]:
+        """The engine's families to print with the proxy's: fresh, the last second's, or
+        none when the engine did not answer well in time."""
+        if self._clock() - self._kept_at < CACHE_SECONDS:
+            return self._kept
+        if self._fetch is None:
+            self._fetch = asyncio.create_task(self._fetched())
+        # Shielded: a scraper that leaves must not cancel the fetch others are waiting for.
+        return await asyncio.shield(self._fetch)
+
+    async def _fetched(self) -> tuple[TextFamily, ...]:
+        started = self._clock()
+        try:
+            kept, up = self._joined(await self._read()), 1.0
+        except _Failed as failure:
+            self._errors[failure.kind].inc()
+            kept, up = (), 0.0
+        finally:
+            self._fetch = None
+        self._up.set(up)
+        self._duration.set(self._clock() - started)
+        self._kept, self._kept_at = kept, self._clock()
+        return kept
+
+    def _joined(self, body: bytes) -> tuple[TextFamily, ...]:
+        parsed = parse_text(body, LIMITS)
+        joined = join(self._ours(), parsed.families)
+        self._errors[EngineScrapeError.INVALID_LINE].inc(parsed.skipped_lines)
+        self._errors[EngineScrapeError.CONFLICT].inc(joined.conflicts)
+        return joined.families
+
+    async def _read(self) -> bytes:
+        if self.session is None:
+            raise _Failed(EngineScrapeError.CONNECT)
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.session.get(
+                    self.url, headers=_HEADERS, allow_redirects=False
+                ) as response:
+                    if response.status != 200:
+                        raise _Failed(EngineScrapeError.STATUS)
+                    return await _bounded_body(response, LIMITS.max_bytes)
+        except TimeoutError:
+            raise _Failed(EngineScrapeError.TIMEOUT) from None
+        except (aiohttp.ClientError, OSError):
+            raise _Failed(EngineScrapeError.CONNECT) from None
+
+
+async def _bounded_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or _Failed(too_large) as soon as it is past ``limit`` bytes."""
+    length = response.content_length
+    if length is not None and length > limit:
+        raise _Failed(EngineScrapeError.TOO_LARGE)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise _Failed(EngineScrapeError.TOO_LARGE)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _described(spec: families.FamilySpec) -> tuple[str, str, tuple[str, ...]]:
+    return spec.name, spec.help, spec.labels
+
+
+def _gauge(spec: families.FamilySpec) -> Gauge:
+    return Gauge(*_described(spec))
