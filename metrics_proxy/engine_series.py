@@ -13,12 +13,11 @@ from dataclasses import dataclass
 
 from metrics_proxy.families import COUNTED_BY_BOTH, ENGINE_NAMESPACE
 from metrics_proxy.prometheus.samples import LabelPairs, MetricFamily
-from metrics_proxy.prometheus.text_parser import TextFamily, TextSample
+from metrics_proxy.prometheus.text_parser import TextFamily, TextSample, names_of
 
 # Given to an engine series that would otherwise repeat one of the proxy's exactly: vLLM prints
 # vllm:admission_rejections_total without an engine label, and so does the proxy.
 SOURCE_LABEL = ("source", "engine")
-_HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +41,7 @@ def join(ours: Sequence[MetricFamily], engine: Sequence[TextFamily]) -> Joined:
         if not is_taken(family.name, engine_names):
             continue
         mine = by_name.get(family.name)
-        if mine is None and not our_sample_names.intersection(s.name for s in family.samples):
+        if mine is None and our_sample_names.isdisjoint(names_of(family.name, family.type)):
             kept.append(family)
         elif mine is not None and mine.type == family.type:
             kept.append(_beside(family, mine))
@@ -64,9 +63,7 @@ def is_taken(name: str, engine_names: Iterable[str] = ()) -> bool:
 
 def _sample_names(families: Iterable[MetricFamily]) -> Iterable[str]:
     for family in families:
-        yield family.name
-        if family.type == "histogram":
-            yield from (family.name + suffix for suffix in _HISTOGRAM_SUFFIXES)
+        yield from names_of(family.name, family.type)
 
 
 def _beside(family: TextFamily, mine: MetricFamily) -> TextFamily:

@@ -27,6 +27,11 @@ _TIMESTAMP: Final = re.compile(r"-?\d+")
 # "# HELP name text" and "# TYPE name type"; the text keeps its trailing blanks.
 _DESCRIPTOR: Final = re.compile(r"#[ \t]+(HELP|TYPE)[ \t]+(\S+)(?:[ \t]+(.*))?")
 _LABEL_ESCAPES: Final = {"\\": "\\", '"': '"', "n": "\n"}
+# One name="value" pair and the comma after it, if any; the value still escaped.
+_LABEL_PAIR: Final = re.compile(
+    r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\]|\\.)*)"[ \t]*(,?)'
+)
+_ESCAPE: Final = re.compile(r"\\(.)")
 # The samples each type may hold besides its own name, by suffix.
 _SUFFIXES: Final[dict[str, tuple[str, ...]]] = {
     "histogram": ("_bucket", "_count", "_sum"),
@@ -123,16 +128,19 @@ class _Reader:
 
     def result(self, truncated: bool) -> ParsedText:
         families = []
-        claimed: set[str] = set()  # sample names: no two families may print the same one
+        # Every name a family printed so far answers to: no later family may print one, or
+        # a reader would take its samples (or its TYPE) for that family's.
+        claimed: set[str] = set()
         for family in self.families.values():
+            if family.name in claimed:
+                self.skipped += len(family.samples)
+                continue
             samples = [s for s in family.samples if s.name not in claimed]
             self.skipped += len(family.samples) - len(samples)
-            claimed.update(s.name for s in samples)
-            claimed.add(family.name)
+            claimed.update(names_of(family.name, family.type))
             if samples:
-                families.append(
-                    TextFamily(family.name, family.type, family.help or "", tuple(samples))
-                )
+                help_text = family.help or ""
+                families.append(TextFamily(family.name, family.type, help_text, tuple(samples)))
         return ParsedText(tuple(families), self.skipped, truncated or self.over_limit)
 
     def _comment(self, line: str) -> None:
@@ -197,6 +205,12 @@ class _Reader:
         return family
 
 
+def names_of(name: str, kind: TextType) -> tuple[str, ...]:
+    """Every name a family of this type answers to: its own, and its parts' (a reader of
+    the format takes ``x_sum`` for a part of ``x`` when ``x`` is a histogram or summary)."""
+    return (name, *(name + suffix for suffix in _SUFFIXES.get(kind, ())))
+
+
 def _valid_le(labels: LabelPairs) -> bool:
     bounds = [value for name, value in labels if name == "le"]
     return len(bounds) == 1 and _VALUE.fullmatch(bounds[0]) is not None
@@ -216,49 +230,30 @@ def parse_labels(line: str, start: int) -> tuple[LabelPairs, int]:
     """The label set at ``line[start:]`` (none unless it starts with ``{``) and where it ends.
     Escapes are exactly the format's three (``\\\\``, ``\\"``, ``\\n``); any other, a repeated
     or reserved (``__``) name, or a missing quote rejects the line."""
-    if start >= len(line) or line[start] != "{":
+    if not line.startswith("{", start):
         return (), start
     pairs: list[tuple[str, str]] = []
-    i = _skip_blanks(line, start + 1)
-    while i < len(line) and line[i] != "}":
-        name_match = LABEL_NAME.match(line, i)
-        if name_match is None or name_match.group().startswith("__"):
-            raise _SkipLine("bad label name")
-        i = _skip_blanks(line, name_match.end())
-        if not line.startswith('="', i) and not line.startswith('= "', i):
-            raise _SkipLine("label without a quoted value")
-        value, i = _label_value(line, line.index('"', i) + 1)
-        pairs.append((name_match.group(), value))
-        i = _skip_blanks(line, i)
-        if i < len(line) and line[i] == ",":
-            i = _skip_blanks(line, i + 1)
-        elif i < len(line) and line[i] != "}":
-            raise _SkipLine("labels not separated by commas")
-    if i >= len(line):
-        raise _SkipLine("label set not closed")
+    i = start + 1
+    while (pair := _LABEL_PAIR.match(line, i)) is not None:
+        name, value, comma = pair.groups()
+        if name.startswith("__"):
+            raise _SkipLine("reserved label name")
+        pairs.append((name, _unescape_label_value(value) if "\\" in value else value))
+        i = pair.end()
+        if not comma:
+            break
+    i = _skip_blanks(line, i)
+    if not line.startswith("}", i):
+        raise _SkipLine("bad label set")
     if len({name for name, _ in pairs}) != len(pairs):
         raise _SkipLine("a label given twice")
     return tuple(pairs), i + 1
 
 
-def _label_value(line: str, i: int) -> tuple[str, int]:
-    """The quoted value starting at ``line[i]`` (after its opening quote), unescaped, and
-    the position after its closing quote."""
-    out: list[str] = []
-    while i < len(line):
-        char = line[i]
-        if char == '"':
-            return "".join(out), i + 1
-        if char == "\\":
-            escaped = _LABEL_ESCAPES.get(line[i + 1 : i + 2])
-            if escaped is None:
-                raise _SkipLine("invalid escape in a label value")
-            out.append(escaped)
-            i += 2
-            continue
-        out.append(char)
-        i += 1
-    raise _SkipLine("label value not closed")
+def _unescape_label_value(raw: str) -> str:
+    if any(escape.group(1) not in _LABEL_ESCAPES for escape in _ESCAPE.finditer(raw)):
+        raise _SkipLine("invalid escape in a label value")
+    return _ESCAPE.sub(lambda escape: _LABEL_ESCAPES[escape.group(1)], raw)
 
 
 def _skip_blanks(line: str, i: int) -> int:
