@@ -1,0 +1,322 @@
+"""--engine-metrics through HTTP: the proxy's /metrics carries the engine's own series, and a
+slow, failing, hostile or absent engine costs a scrape no more than its timeout and shows in
+the proxy_engine_scrape_* series."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from metrics_proxy.config import Config
+from metrics_proxy.engine_scraper import EngineScraper, engine_metrics_url
+from metrics_proxy.prometheus.text_parser import parse_text
+from metrics_proxy.server import create_app
+from tests.support.stack import StackFactory
+from tests.support.tools import promtool_problems
+
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+ENGINE_TEXT = (
+    b"# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
+    b"# TYPE vllm:kv_cache_usage_perc gauge\n"
+    b'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25\n'
+)
+TIMEOUT = 0.3  # --engine-metrics-timeout in these tests
+WAIT = 5.0  # the bound on every wait of the tests themselves
+
+
+def _series(text: str) -> dict[str, float]:
+    """Each sample line of an exposition: 'name{labels}' -> value."""
+    lines = (line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")
+    return {key: float(value) for key, value in lines}
+
+
+def _scrape_errors(series: dict[str, float]) -> dict[str, float]:
+    prefix = 'proxy_engine_scrape_errors_total{kind="'
+    return {k[len(prefix) : -2]: v for k, v in series.items() if k.startswith(prefix)}
+
+
+async def _engine(aiohttp_server: ServerFactory, handler: Handler) -> TestServer:
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    return await aiohttp_server(app)
+
+
+async def _proxy(
+    aiohttp_client: ClientFactory, engine: TestServer, **settings: Any
+) -> TestClient[web.Request, web.Application]:
+    config = Config(
+        upstream_url=str(engine.make_url("")),
+        model_name="m",
+        engine_metrics=True,
+        engine_metrics_timeout=TIMEOUT,
+        **settings,
+    )
+    return await aiohttp_client(create_app(config))
+
+
+async def _metrics(client: TestClient[web.Request, web.Application]) -> str:
+    response = await client.get("/metrics")
+    assert response.status == 200
+    return await response.text()
+
+
+# --- an engine that answers ----------------------------------------------------------------
+
+
+async def test_the_engines_own_series_join_the_proxys(make_stack: StackFactory) -> None:
+    stack = await make_stack(engine_metrics=True)
+    response = await stack.client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert response.status == 200
+    await response.read()
+    text = await _metrics(stack.client)
+    series = _series(text)
+    engine = 'engine="0",model_name="fake-model"'
+    assert series[f"vllm:kv_cache_usage_perc{{{engine}}}"] == 0.0
+    assert series[f"vllm:prefix_cache_hits_total{{{engine}}}"] == 64.0
+    bucket = 'engine="0",le="+Inf",model_name="fake-model"'
+    assert series[f"vllm:request_num_preemptions_bucket{{{bucket}}}"] == 1.0
+    assert series["proxy_engine_scrape_up"] == 1.0
+    assert set(_scrape_errors(series).values()) == {0.0}
+    # One block for a name both print, the proxy's series and the engine's in it.
+    assert text.count("# TYPE vllm:num_requests_running gauge") == 1
+    assert f"vllm:num_requests_running{{{engine}}}" in series
+    assert 'vllm:num_requests_running{engine="proxy",model_name="m"}' in series
+    # What both count comes from the proxy alone; the engine's http_* and _created, never.
+    assert not [k for k in series if k.startswith('vllm:prompt_tokens_total{engine="0"')]
+    assert not [k for k in series if "_created" in k]
+    assert (
+        series['http_requests_total{handler="/v1/chat/completions",method="POST",status="2xx"}']
+        == 1
+    )
+    assert parse_text(text.encode()).skipped_lines == 0  # and every series once
+
+
+async def test_promtool_accepts_the_joined_page(make_stack: StackFactory, promtool: str) -> None:
+    stack = await make_stack(engine_metrics=True)
+    assert promtool_problems(promtool, (await _metrics(stack.client)).encode()) == []
+
+
+async def test_the_engine_is_asked_without_credentials(make_stack: StackFactory) -> None:
+    stack = await make_stack(engine_metrics=True, upstream_api_key="sk-up", api_key="sk-client")
+    await _metrics(stack.client)
+    (asked,) = [r for r in stack.state.requests if r.path == "/metrics"]
+    assert "Authorization" not in asked.headers
+    assert asked.headers["Accept-Encoding"] == "identity"
+
+
+async def test_without_the_setting_the_engine_is_never_asked(make_stack: StackFactory) -> None:
+    stack = await make_stack()
+    text = await _metrics(stack.client)
+    assert "proxy_engine_scrape" not in text
+    assert "vllm:kv_cache_usage_perc" not in text
+    assert not [r for r in stack.state.requests if r.path == "/metrics"]
+
+
+async def test_the_json_snapshot_has_the_scrape_series_not_the_engines(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(engine_metrics=True)
+    await _metrics(stack.client)
+    snapshot = await stack.snapshot()
+    assert snapshot["proxy_engine_scrape_up"]["samples"][0]["value"] == 1.0
+    assert "vllm:kv_cache_usage_perc" not in snapshot
+
+
+async def test_scrapes_at_once_share_one_fetch(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    asked = 0
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal asked
+        asked += 1
+        await release.wait()
+        return web.Response(body=ENGINE_TEXT)
+
+    engine = await _engine(aiohttp_server, slow)
+    config = Config(upstream_url=str(engine.make_url("")), model_name="m", engine_metrics=True)
+    app = create_app(config)
+    arrived: list[asyncio.Event] = [asyncio.Event() for _ in range(8)]
+
+    @web.middleware
+    async def note_arrival(request: web.Request, handler: Handler) -> web.StreamResponse:
+        next(e for e in arrived if not e.is_set()).set()
+        # The handler runs on to its wait for the fetch before the test's task wakes.
+        return await handler(request)
+
+    app.middlewares.append(note_arrival)
+    client = await aiohttp_client(app)
+    scrapes = [asyncio.create_task(_metrics(client)) for _ in arrived]
+    async with asyncio.timeout(WAIT):
+        await asyncio.gather(*(e.wait() for e in arrived))
+        release.set()
+        texts = await asyncio.gather(*scrapes)
+    assert asked == 1
+    assert all('vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25' in t for t in texts)
+
+
+async def test_a_fetch_is_kept_for_a_second(aiohttp_server: ServerFactory) -> None:
+    asked = 0
+
+    async def counted(request: web.Request) -> web.Response:
+        nonlocal asked
+        asked += 1
+        return web.Response(body=ENGINE_TEXT)
+
+    engine = await _engine(aiohttp_server, counted)
+    now = 100.0
+    scraper = EngineScraper(str(engine.make_url("/metrics")), WAIT, lambda: (), clock=lambda: now)
+    async with aiohttp.ClientSession() as session:
+        scraper.session = session
+        first = await scraper.families()
+        now += 0.9
+        assert await scraper.families() == first
+        assert asked == 1
+        now += 0.2
+        await scraper.families()
+        assert asked == 2
+    assert [f.name for f in first] == ["vllm:kv_cache_usage_perc"]
+
+
+# --- an engine that does not answer well ---------------------------------------------------
+
+
+async def test_a_hanging_engine_costs_a_scrape_its_timeout_only(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    never = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await never.wait()
+        return web.Response(body=ENGINE_TEXT)
+
+    engine = await _engine(aiohttp_server, hang)
+    client = await _proxy(aiohttp_client, engine)
+    try:
+        started = time.monotonic()
+        series = _series(await _metrics(client))
+        elapsed = time.monotonic() - started
+    finally:
+        never.set()
+    assert TIMEOUT <= elapsed < TIMEOUT + 2.0
+    assert series["proxy_engine_scrape_up"] == 0.0
+    assert series["proxy_engine_scrape_duration_seconds"] >= TIMEOUT
+    assert _scrape_errors(series)["timeout"] == 1.0
+    assert 'vllm:num_requests_running{engine="proxy",model_name="m"}' in series
+
+
+async def _failed_scrape(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, handler: Handler
+) -> dict[str, float]:
+    client = await _proxy(aiohttp_client, await _engine(aiohttp_server, handler))
+    series = _series(await _metrics(client))
+    assert series["proxy_engine_scrape_up"] == 0.0
+    assert not [k for k in series if k.startswith("vllm:kv_cache")]
+    assert 'vllm:num_requests_running{engine="proxy",model_name="m"}' in series
+    return _scrape_errors(series)
+
+
+async def test_an_engine_error_status(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    async def failing(request: web.Request) -> web.Response:
+        return web.Response(status=500, body=ENGINE_TEXT)
+
+    assert (await _failed_scrape(aiohttp_server, aiohttp_client, failing))["status"] == 1.0
+
+
+async def test_an_answer_past_the_size_bound(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    async def huge(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()  # chunked: no length to refuse it by in advance
+        await response.prepare(request)
+        line = b"vllm:x " + b"1" * 1000 + b"\n"
+        try:
+            for _ in range(16):  # 16 MiB
+                await response.write(line * 1024)
+        except ConnectionError:
+            return response  # the proxy hung up once past the bound
+        raise AssertionError("all 16 MiB were read")
+
+    assert (await _failed_scrape(aiohttp_server, aiohttp_client, huge))["too_large"] == 1.0
+
+
+async def test_an_answer_cut_short(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    async def cut(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "10000"})
+        await response.prepare(request)
+        await response.write(ENGINE_TEXT)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    assert (await _failed_scrape(aiohttp_server, aiohttp_client, cut))["connect"] == 1.0
+
+
+async def test_an_engine_that_is_not_there(aiohttp_client: ClientFactory) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    config = Config(
+        upstream_url=f"http://127.0.0.1:{port}",
+        model_name="m",
+        engine_metrics=True,
+        engine_metrics_timeout=TIMEOUT,
+    )
+    series = _series(await _metrics(await aiohttp_client(create_app(config))))
+    assert series["proxy_engine_scrape_up"] == 0.0
+    assert _scrape_errors(series)["connect"] == 1.0
+
+
+async def test_garbage_is_left_out_line_by_line(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    async def garbage(request: web.Request) -> web.Response:
+        body = b"\x00\xff\xfe garbage\n{{{\nvllm:fine 1\n" + b'vllm:x{a="\\q"} 1\n' + ENGINE_TEXT
+        return web.Response(body=body)
+
+    client = await _proxy(aiohttp_client, await _engine(aiohttp_server, garbage))
+    series = _series(await _metrics(client))
+    assert series["proxy_engine_scrape_up"] == 1.0
+    assert _scrape_errors(series)["invalid_line"] == 3.0
+    assert series["vllm:fine"] == 1.0
+    assert series['vllm:kv_cache_usage_perc{engine="0",model_name="m"}'] == 0.25
+
+
+# --- where the engine is read ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "url"),
+    [
+        ({}, None),
+        ({"engine_metrics": True}, "http://127.0.0.1:8001/prefix/metrics"),
+        ({"engine_metrics_url": "http://10.0.0.7:8000"}, "http://10.0.0.7:8000/metrics"),
+        ({"engine_metrics_url": "http://10.0.0.7:8000/"}, "http://10.0.0.7:8000/metrics"),
+        ({"engine_metrics_url": "https://u:p@pod:9/m"}, "https://pod:9/m"),
+        (
+            {"engine_metrics": True, "engine_metrics_url": "http://pod:8000/metrics"},
+            "http://pod:8000/metrics",
+        ),
+    ],
+)
+def test_where_the_engine_is_read(settings: dict[str, Any], url: str | None) -> None:
+    config = Config(upstream_url="http://127.0.0.1:8001/prefix", model_name="m", **settings)
+    assert engine_metrics_url(config) == url
