@@ -1,5 +1,6 @@
 """Metrics-core speed: render the full family set, one histogram observation and its quantile
-sketch's share of it.
+sketch's share of it, and what --engine-metrics adds to a scrape (vLLM 0.33's own /metrics,
+tests/data's sample, read and joined to the proxy's).
 
 Run: python benchmarks/bench_metrics.py   (or make bench-metrics)
 """
@@ -11,10 +12,17 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from metrics_proxy import ProxyMetricsRecorder
+from metrics_proxy.engine_series import join
 from metrics_proxy.prometheus import render_json, render_text
 from metrics_proxy.prometheus.sketch import WindowedSketch
+from metrics_proxy.prometheus.text_parser import parse_text
+
+ENGINE_SAMPLE = (
+    Path(__file__).resolve().parent.parent / "tests" / "data" / "vllm_0.33_exposition.txt"
+)
 
 
 def _loaded_recorder() -> ProxyMetricsRecorder:
@@ -73,6 +81,7 @@ def main() -> None:
             "one request's full accounting",
             _per_call(lambda: _one_request(recorder), 20_000, args.repeats),
         ),
+        *_engine_rows(recorder, args.repeats),
     ]
     print(
         f"# {platform.python_implementation()} {platform.python_version()}, "
@@ -82,6 +91,26 @@ def main() -> None:
     print("| --- | --- |")
     for name, seconds in rows:
         print(f"| {name} | {seconds * 1e6:.2f} µs |")
+
+
+def _engine_rows(recorder: ProxyMetricsRecorder, repeats: int) -> list[tuple[str, float]]:
+    """--engine-metrics: each fetch (at most one a second) reads and joins the engine's page;
+    each scrape renders the joined families beside the proxy's."""
+    engine_text = ENGINE_SAMPLE.read_bytes()
+    joined = join(recorder.collect(), parse_text(engine_text).families).families
+    size = len(render_text(recorder.collect(), joined))
+    return [
+        (
+            f"engine fetch: parse its {len(engine_text) // 1024} KB /metrics and join it to ours",
+            _per_call(
+                lambda: join(recorder.collect(), parse_text(engine_text).families), 20, repeats
+            ),
+        ),
+        (
+            f"collect + render /metrics text with the engine's families ({size // 1024} KB)",
+            _per_call(lambda: render_text(recorder.collect(), joined), 200, repeats),
+        ),
+    ]
 
 
 def _sketch_add() -> Callable[[], None]:

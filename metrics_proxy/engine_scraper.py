@@ -20,13 +20,14 @@ from metrics_proxy.engine_series import join
 from metrics_proxy.families import EngineScrapeError
 from metrics_proxy.prometheus.metrics import Counter, Gauge
 from metrics_proxy.prometheus.samples import MetricFamily
-from metrics_proxy.prometheus.text_parser import Limits, TextFamily, parse_text
+from metrics_proxy.prometheus.text_parser import Limits, ParsedText, TextFamily, parse_text
 from metrics_proxy.setting_rules import split_credentials
 
 # Long enough that Prometheus servers scraping one proxy (an HA pair) share a fetch, short
 # enough that a gauge is never older than a scrape interval makes it anyway.
 CACHE_SECONDS = 1.0
-LIMITS = Limits()
+# vLLM prints about 400 series per engine; room for many data-parallel ranks and adapters.
+LIMITS = Limits(max_bytes=8 * 1024 * 1024, max_line=64 * 1024, max_series=20_000)
 # The text format, uncompressed (the engine's prometheus_client gzips only when asked).
 _HEADERS = {"Accept": "text/plain; version=0.0.4", "Accept-Encoding": "identity"}
 
@@ -97,7 +98,10 @@ class EngineScraper:
     async def _fetched(self) -> tuple[TextFamily, ...]:
         started = self._clock()
         try:
-            kept, up = self._joined(await self._read()), 1.0
+            # Parsed off the event loop: a large page (many ranks or adapters) must not stall
+            # the requests in flight. Joined on it, where the proxy's series are read.
+            parsed = await asyncio.to_thread(parse_text, await self._read(), LIMITS)
+            kept, up = self._joined(parsed), 1.0
         except _Failed as failure:
             self._errors[failure.kind].inc()
             kept, up = (), 0.0
@@ -108,8 +112,7 @@ class EngineScraper:
         self._kept, self._kept_at = kept, self._clock()
         return kept
 
-    def _joined(self, body: bytes) -> tuple[TextFamily, ...]:
-        parsed = parse_text(body, LIMITS)
+    def _joined(self, parsed: ParsedText) -> tuple[TextFamily, ...]:
         joined = join(self._ours(), parsed.families)
         self._errors[EngineScrapeError.INVALID_LINE].inc(parsed.skipped_lines)
         self._errors[EngineScrapeError.CONFLICT].inc(joined.conflicts)
