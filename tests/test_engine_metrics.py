@@ -8,6 +8,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -33,6 +34,7 @@ ENGINE_TEXT = (
 )
 TIMEOUT = 0.3  # --engine-metrics-timeout in these tests
 WAIT = 5.0  # the bound on every wait of the tests themselves
+NONE = "\N{EN DASH}"  # how the README writes "no labels"
 
 
 def _series(text: str) -> dict[str, float]:
@@ -320,3 +322,19 @@ async def test_garbage_is_left_out_line_by_line(
 def test_where_the_engine_is_read(settings: dict[str, Any], url: str | None) -> None:
     config = Config(upstream_url="http://127.0.0.1:8001/prefix", model_name="m", **settings)
     assert engine_metrics_url(config) == url
+
+
+def test_the_readmes_scrape_family_table_is_the_scrapers() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text().splitlines()
+    start = readme.index("| scrape family | type | labels |")
+    rows = {}
+    for line in readme[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        name, kind, labels = (cell.strip() for cell in line.strip("|").split("|"))
+        rows[name.strip("`")] = (kind, labels)
+    scraper = EngineScraper("http://127.0.0.1:1/metrics", 1.0, lambda: ())
+    assert rows == {
+        f.name: (f.type, ", ".join(sorted({k for s in f.samples for k, _ in s.labels})) or NONE)
+        for f in scraper.collect()
+    }
