@@ -1,5 +1,6 @@
-"""End to end: a real Prometheus scrapes the proxy, and vLLM's official dashboard queries (and
-our dashboard's proxy panels) answer with finite, sane values."""
+"""End to end: a real Prometheus scrapes the proxy alone (with --engine-metrics), and vLLM's
+official dashboard queries (and our dashboard's proxy panels) answer with finite, sane values,
+no series twice."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from metrics_proxy.config import Config
+from metrics_proxy.families import COUNTED_BY_BOTH
 from metrics_proxy.server import create_app
 from tests.support.fake_upstream import BEHAVIOR_HEADER, Behavior, make_fake_upstream
 
@@ -33,13 +35,10 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "metrics-proxy-dashboard.json"
 MODEL = "e2e-model"
 JOB = "metrics-proxy"
 WINDOW = "1m"  # stands in for $__rate_interval: wider than the whole run, so rates see it all
-# Engine-only, so not exported (README "Not observable from a proxy"): the query must be empty.
-EXCLUDED = {
-    'vllm:kv_cache_usage_perc{model_name="$model_name"}': "KV-cache usage is engine-only",
-}
-# Panels whose series may legitimately sit at zero here: gauges read after the traffic, and a
-# queue time that is microseconds without --max-concurrency.
-MAY_BE_ZERO = {"Scheduler State", "Queue Time"}
+# Panels whose series may legitimately sit at zero here: gauges read after the traffic (the
+# engine's KV-cache usage among them), and a queue time that is microseconds without
+# --max-concurrency.
+MAY_BE_ZERO = {"Scheduler State", "Queue Time", "Cache Utilization"}
 LATENCY_CEILING = 10.0  # seconds: the fake answers in tens of milliseconds
 PROMETHEUS_START = 20.0  # seconds, like every bound below
 SCRAPE_WAIT = 30.0  # Prometheus 2.x applies new targets on a 5 s tick: the first scrape is late
@@ -134,6 +133,14 @@ class PrometheusAPI:
                     return
                 await asyncio.sleep(0.1)
 
+    async def duplicate_samples(self) -> float:
+        """Samples Prometheus dropped as a series repeated within one scrape (its own count)."""
+        async with self.http.get(f"{self.base}/metrics") as response:
+            text = await response.text()
+        name = "prometheus_target_scrapes_sample_duplicate_timestamp_total "
+        (line,) = [line for line in text.splitlines() if line.startswith(name)]
+        return float(line.split()[1])
+
     async def scrapes(self) -> int:
         """Successful scrapes of the proxy so far."""
         result = await self.query(f'sum_over_time(up{{job="{JOB}"}}[5m])')
@@ -194,11 +201,10 @@ async def test_dashboard_queries_answer_from_a_real_prometheus(
     prometheus_binary: str, aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
     upstream = await aiohttp_server(
-        make_fake_upstream(Behavior(ttft=0.02, itl=0.005, completion_tokens=8))
+        make_fake_upstream(Behavior(ttft=0.02, itl=0.005, completion_tokens=8), model=MODEL)
     )
-    proxy = await aiohttp_server(
-        create_app(Config(upstream_url=str(upstream.make_url("")), model_name=MODEL))
-    )
+    config = Config(upstream_url=str(upstream.make_url("")), model_name=MODEL, engine_metrics=True)
+    proxy = await aiohttp_server(create_app(config))
     timeout = aiohttp.ClientTimeout(total=10)
     with _prometheus(prometheus_binary, tmp_path, f"127.0.0.1:{proxy.port}") as server:
         async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -221,8 +227,9 @@ async def test_dashboard_queries_answer_from_a_real_prometheus(
                         assert list(statuses) == [200, 500]
                 results = {
                     q["expr"]: await prometheus.query(_substitute(q["expr"]))
-                    for q in [*QUERIES, *_proxy_panel_queries()]
+                    for q in [*QUERIES, *_proxy_panel_queries(), *_SCRAPE_CHECKS]
                 }
+                duplicates = await prometheus.duplicate_samples()
             except BaseException:
                 print(server.log.read_text()[-4000:])  # shown by pytest on failure
                 raise
@@ -231,18 +238,15 @@ async def test_dashboard_queries_answer_from_a_real_prometheus(
     for q in QUERIES:
         panel, expr = q["panel"], q["expr"]
         values = _values(results[expr])
-        if expr in EXCLUDED:
-            if values:
-                problems.append(f"{panel}: excluded ({EXCLUDED[expr]}) but answers {values}")
-            continue
         if not values or not all(math.isfinite(v) and v >= 0 for v in values):
             problems.append(f"{panel}: {expr!r} -> {values}")
         elif panel not in MAY_BE_ZERO and max(values) <= 0:
             problems.append(f"{panel}: {expr!r} is all zero: {values}")
         elif "Latency" in panel and not max(values) < LATENCY_CEILING:
             problems.append(f"{panel}: {expr!r} is no latency of this traffic: {values}")
-    assert len(QUERIES) - len(EXCLUDED) == 26
+    assert len(QUERIES) == 27
     assert problems == []
+    _check_one_target(results, duplicates)
 
     reasons = {
         s["metric"]["finished_reason"]: float(s["value"][1])
@@ -259,6 +263,31 @@ async def test_dashboard_queries_answer_from_a_real_prometheus(
     assert errors["upstream_status"] > 0, errors
     (ratio,) = _values(results[_expr("Proxy HTTP 5xx ratio")])
     assert 0 < ratio < 1
+
+
+# Every scrape whole, the engine read at each, and of the engine's vLLM series only those
+# that count no request twice (the proxy's, engine="proxy", count those).
+_SCRAPE_CHECKS = [
+    {"expr": f'min_over_time(up{{job="{JOB}"}}[5m])'},
+    {"expr": "min_over_time(proxy_engine_scrape_up[5m])"},
+    {"expr": 'count by (__name__) ({__name__=~"vllm:.+", engine="0"})'},
+    {"expr": 'count by (__name__) ({__name__=~"vllm:.+", engine="proxy"})'},
+]
+
+
+def _check_one_target(results: dict[str, list[dict[str, Any]]], duplicates: float) -> None:
+    up, engine_up, engines, proxys = (results[q["expr"]] for q in _SCRAPE_CHECKS)
+    assert _values(up) == [1.0]
+    assert _values(engine_up) == [1.0]
+    engine_names = {s["metric"]["__name__"] for s in engines}
+    proxy_names = {s["metric"]["__name__"] for s in proxys}
+    counted = {f"{n}{part}" for n in COUNTED_BY_BOTH for part in ("", "_bucket", "_count", "_sum")}
+    assert "vllm:kv_cache_usage_perc" in engine_names
+    assert "vllm:num_requests_running" in engine_names & proxy_names
+    assert proxy_names & counted
+    assert not engine_names & counted
+    assert not [n for n in engine_names if n.endswith("_created")]
+    assert duplicates == 0
 
 
 def _expr(panel_prefix: str) -> str:
