@@ -8,6 +8,7 @@ own series render without the engine's. Only the event loop touches it (no locks
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
@@ -21,7 +22,9 @@ from metrics_proxy.families import EngineScrapeError
 from metrics_proxy.prometheus.metrics import Counter, Gauge
 from metrics_proxy.prometheus.samples import MetricFamily
 from metrics_proxy.prometheus.text_parser import Limits, ParsedText, TextFamily, parse_text
-from metrics_proxy.setting_rules import split_credentials
+from metrics_proxy.setting_rules import mask_url, split_credentials
+
+log = logging.getLogger("metrics_proxy")
 
 # Long enough that Prometheus servers scraping one proxy (an HA pair) share a fetch, short
 # enough that a gauge is never older than a scrape interval makes it anyway.
@@ -76,6 +79,7 @@ class EngineScraper:
         self._kept: tuple[TextFamily, ...] = ()
         self._kept_at = -CACHE_SECONDS
         self._fetch: asyncio.Task[tuple[TextFamily, ...]] | None = None
+        self._was_up: bool | None = None  # at the last fetch; None before the first
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -97,20 +101,37 @@ class EngineScraper:
 
     async def _fetched(self) -> tuple[TextFamily, ...]:
         started = self._clock()
+        failure: EngineScrapeError | None = None
         try:
             # Parsed off the event loop: a large page (many ranks or adapters) must not stall
             # the requests in flight. Joined on it, where the proxy's series are read.
             parsed = await asyncio.to_thread(parse_text, await self._read(), LIMITS)
-            kept, up = self._joined(parsed), 1.0
-        except _Failed as failure:
-            self._errors[failure.kind].inc()
-            kept, up = (), 0.0
+            kept = self._joined(parsed)
+        except _Failed as failed:
+            failure, kept = failed.kind, ()
+            self._errors[failure].inc()
         finally:
             self._fetch = None
-        self._up.set(up)
+        self._log_change(failure)
+        self._up.set(0.0 if failure else 1.0)
         self._duration.set(self._clock() - started)
         self._kept, self._kept_at = kept, self._clock()
         return kept
+
+    def _log_change(self, failure: EngineScrapeError | None) -> None:
+        # Once per change, not per scrape: a dead engine must not fill the log.
+        if (failure is None) == self._was_up:
+            return
+        self._was_up = failure is None
+        if failure is None:
+            log.info("reading the engine's metrics from %s", mask_url(self.url))
+        else:
+            log.warning(
+                "cannot read the engine's metrics from %s (%s): /metrics has the proxy's own "
+                "series only until it can",
+                mask_url(self.url),
+                failure.value,
+            )
 
     def _joined(self, parsed: ParsedText) -> tuple[TextFamily, ...]:
         joined = join(self._ours(), parsed.families)

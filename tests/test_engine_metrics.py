@@ -5,6 +5,7 @@ the proxy_engine_scrape_* series."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -338,3 +339,28 @@ def test_the_readmes_scrape_family_table_is_the_scrapers() -> None:
         f.name: (f.type, ", ".join(sorted({k for s in f.samples for k, _ in s.labels})) or NONE)
         for f in scraper.collect()
     }
+
+
+async def test_a_change_is_logged_once(
+    aiohttp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    statuses = [500, 500, 200, 200]
+
+    async def flapping(request: web.Request) -> web.Response:
+        return web.Response(status=statuses.pop(0), body=ENGINE_TEXT)
+
+    engine = await _engine(aiohttp_server, flapping)
+    now = 0.0
+    url = str(engine.make_url("/metrics")).replace("http://", "http://user:secret@")
+    scraper = EngineScraper(url, WAIT, lambda: (), clock=lambda: now)
+    caplog.set_level(logging.INFO, "metrics_proxy")
+    async with aiohttp.ClientSession() as session:
+        scraper.session = session
+        for _ in range(4):
+            await scraper.families()
+            now += 2.0
+    assert [(r.levelname, r.getMessage().split(" from ")[0]) for r in caplog.records] == [
+        ("WARNING", "cannot read the engine's metrics"),
+        ("INFO", "reading the engine's metrics"),
+    ]
+    assert "secret" not in caplog.text
