@@ -234,6 +234,8 @@ def test_sidecar_puts_the_proxy_beside_vllm() -> None:
     assert env["PROXY_MODEL_NAME"] == args[args.index("--model") + 1]
     # vLLM labels its own series engine="0" (its data-parallel rank): the proxy must differ.
     assert env["PROXY_ENGINE_LABEL"] not in ("", "0")
+    # One scrape target: the engine's own series come through the proxy (on loopback).
+    assert env["PROXY_ENGINE_METRICS"] == "true"
     assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(80, PORT)]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
