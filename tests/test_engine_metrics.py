@@ -21,6 +21,7 @@ from metrics_proxy.config import Config
 from metrics_proxy.engine_scraper import EngineScraper, engine_metrics_url
 from metrics_proxy.prometheus.text_parser import parse_text
 from metrics_proxy.server import create_app
+from tests.support.fake_upstream import FAKE_STATE, Behavior, make_fake_upstream
 from tests.support.stack import StackFactory
 from tests.support.tools import promtool_problems
 
@@ -364,3 +365,40 @@ async def test_a_change_is_logged_once(
         ("INFO", "reading the engine's metrics"),
     ]
     assert "secret" not in caplog.text
+
+
+async def test_the_simulated_engines_page_is_vllms_shape_and_follows_its_load(
+    aiohttp_server: ServerFactory,
+) -> None:
+    app = make_fake_upstream(Behavior(ttft=WAIT * 2), model="served")
+    upstream = await aiohttp_server(app)
+    state = app[FAKE_STATE]
+    body = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with aiohttp.ClientSession() as http:
+
+        async def page() -> dict[str, float]:
+            async with http.get(upstream.make_url("/metrics")) as response:
+                text = await response.read()
+            assert parse_text(text).skipped_lines == 0
+            return _series(text.decode())
+
+        async def chat() -> None:
+            async with http.post(upstream.make_url("/v1/chat/completions"), json=body) as answer:
+                await answer.read()
+
+        idle = await page()
+        stream = asyncio.create_task(chat())
+        try:
+            await state.wait_until(lambda s: s.active == 1, WAIT)
+            busy = await page()
+        finally:
+            stream.cancel()
+            await asyncio.gather(stream, return_exceptions=True)
+    labels = '{engine="0",model_name="served"}'
+    assert (
+        idle[f"vllm:num_requests_running{labels}"],
+        busy[f"vllm:num_requests_running{labels}"],
+    ) == (0, 1)
+    assert idle[f"vllm:kv_cache_usage_perc{labels}"] == 0.0
+    assert 0 < busy[f"vllm:kv_cache_usage_perc{labels}"] < 1
+    assert f"vllm:prompt_tokens_created{labels}" in idle  # as vLLM prints it
