@@ -99,6 +99,14 @@ class EngineScraper:
         # Shielded: a scraper that leaves must not cancel the fetch others are waiting for.
         return await asyncio.shield(self._fetch)
 
+    async def close(self) -> None:
+        """Before the session closes: a fetch still running ends now, and none starts."""
+        self.session = None
+        fetch = self._fetch
+        if fetch is not None:
+            fetch.cancel()
+            await asyncio.gather(fetch, return_exceptions=True)
+
     async def _fetched(self) -> tuple[TextFamily, ...]:
         started = self._clock()
         failure: EngineScrapeError | None = None

@@ -126,9 +126,12 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         )
         app[PROBE] = UpstreamProbe(session, config.upstream_url, clock=recorder.clock)
         app[UPSTREAM] = upstream
-        if ENGINE_SCRAPER in app:
-            app[ENGINE_SCRAPER].session = session  # the upstream's TLS settings hold for it
+        scraper = app.get(ENGINE_SCRAPER)
+        if scraper is not None:
+            scraper.session = session  # the upstream's TLS settings hold for it
         yield
+        if scraper is not None:
+            await scraper.close()
 
 
 def _refuse(request: web.Request, status: int, message: str, error_type: str) -> web.Response:
