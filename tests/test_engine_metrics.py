@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from metrics_proxy.config import Config
+from metrics_proxy.config import Config, ConfigError
 from metrics_proxy.engine_scraper import EngineScraper, engine_metrics_url
 from metrics_proxy.prometheus.text_parser import parse_text
 from metrics_proxy.server import create_app
@@ -402,3 +403,26 @@ async def test_the_simulated_engines_page_is_vllms_shape_and_follows_its_load(
     assert idle[f"vllm:kv_cache_usage_perc{labels}"] == 0.0
     assert 0 < busy[f"vllm:kv_cache_usage_perc{labels}"] < 1
     assert f"vllm:prompt_tokens_created{labels}" in idle  # as vLLM prints it
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"engine_metrics_url": "pod:8000/metrics"}, "--engine-metrics-url"),
+        ({"engine_metrics_url": "http://pod/metrics?x=1"}, "query"),
+        ({"engine_metrics_timeout": 0}, "--engine-metrics-timeout"),
+    ],
+)
+def test_a_bad_engine_setting_is_named(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Config(upstream_url="http://127.0.0.1:8001", model_name="m", **settings)
+
+
+def test_the_environment_turns_it_on() -> None:
+    config = Config.from_env(
+        {"PROXY_ENGINE_METRICS": "true", "PROXY_ENGINE_METRICS_TIMEOUT": "0.5"},
+        upstream_url="http://127.0.0.1:8001",
+        model_name="m",
+    )
+    assert (config.engine_metrics, config.engine_metrics_timeout) == (True, 0.5)
+    assert "engine_metrics_url" not in repr(config)  # it may carry credentials
