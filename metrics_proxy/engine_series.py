@@ -1,9 +1,9 @@
 """Which of the engine's families join the proxy's on /metrics, and how: pure, no I/O.
 
 Taken: vLLM's families that only the engine knows (KV-cache usage, preemptions, prefix-cache
-hits, …) and its gauges, under the engine's own labels. Never taken: what the proxy counts
-too (``families.COUNTED_BY_BOTH``), anything outside vLLM's namespace, and ``X_created``,
-which belongs to ``X`` and is never emitted.
+hits, …) and its gauges, under the engine's own labels plus ``origin="engine"``. Never taken:
+what the proxy counts too (``families.COUNTED_BY_BOTH``), anything outside vLLM's namespace,
+and ``X_created``, which belongs to ``X`` and is never emitted.
 """
 
 from __future__ import annotations
@@ -11,20 +11,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from metrics_proxy.families import COUNTED_BY_BOTH, ENGINE_NAMESPACE
-from metrics_proxy.prometheus.samples import LabelPairs, MetricFamily
+from metrics_proxy.families import COUNTED_BY_BOTH, ENGINE_NAMESPACE, ENGINE_ORIGIN
+from metrics_proxy.prometheus.samples import MetricFamily
 from metrics_proxy.prometheus.text_parser import TextFamily, TextSample, names_of
-
-# Given to an engine series that would otherwise repeat one of the proxy's exactly: vLLM prints
-# vllm:admission_rejections_total without an engine label, and so does the proxy.
-SOURCE_LABEL = ("source", "engine")
 
 
 @dataclass(frozen=True, slots=True)
 class Joined:
-    """The engine's families to print beside the proxy's, and how many were left out for a
-    clash with the proxy's (a type of their own for a shared name, or the proxy's sample
-    names)."""
+    """The engine's families to print beside the proxy's, and how many families and series
+    were left out for a clash with the proxy's (a type of their own for a name both print,
+    the proxy's sample names, an ``origin`` label of their own)."""
 
     families: tuple[TextFamily, ...]
     conflicts: int = 0
@@ -32,7 +28,7 @@ class Joined:
 
 def join(ours: Sequence[MetricFamily], engine: Sequence[TextFamily]) -> Joined:
     """The families of ``engine`` that may be printed with ``ours``, cleared of clashes."""
-    by_name = {family.name: family for family in ours}
+    types = {family.name: family.type for family in ours}
     our_sample_names = set(_sample_names(ours))
     engine_names = {family.name for family in engine}
     kept: list[TextFamily] = []
@@ -40,13 +36,16 @@ def join(ours: Sequence[MetricFamily], engine: Sequence[TextFamily]) -> Joined:
     for family in engine:
         if not is_taken(family.name, engine_names):
             continue
-        mine = by_name.get(family.name)
-        if mine is None and our_sample_names.isdisjoint(names_of(family.name, family.type)):
-            kept.append(family)
-        elif mine is not None and mine.type == family.type:
-            kept.append(_beside(family, mine))
-        else:
+        ours_too = family.name in types
+        if ours_too and types[family.name] != family.type:
             conflicts += 1
+        elif not ours_too and not our_sample_names.isdisjoint(names_of(family.name, family.type)):
+            conflicts += 1
+        else:
+            labelled = _with_origin(family)
+            conflicts += len(family.samples) - len(labelled.samples)
+            if labelled.samples:
+                kept.append(labelled)
     return Joined(tuple(kept), conflicts)
 
 
@@ -66,26 +65,15 @@ def _sample_names(families: Iterable[MetricFamily]) -> Iterable[str]:
         yield from names_of(family.name, family.type)
 
 
-def _beside(family: TextFamily, mine: MetricFamily) -> TextFamily:
-    """``family``'s samples as they may stand in ``mine``'s block: one that would repeat a
-    series of the proxy's (same labels) is told apart by ``source="engine"``; one that
-    cannot be, left out."""
-    taken = {_series_key(sample.labels) for sample in mine.samples}
-    samples: list[TextSample] = []
-    seen: set[tuple[str, LabelPairs]] = set()
-    for sample in family.samples:
-        labels = sample.labels
-        if _series_key(labels) in taken:
-            if any(name == SOURCE_LABEL[0] for name, _ in labels):
-                continue
-            labels = (*labels, SOURCE_LABEL)
-        key = (sample.name, tuple(sorted(labels)))
-        if key not in seen:
-            seen.add(key)
-            samples.append(TextSample(sample.name, labels, sample.value))
-    return TextFamily(family.name, family.type, family.help, tuple(samples))
-
-
-def _series_key(labels: LabelPairs) -> LabelPairs:
-    # A histogram's series is its labels without le: its buckets clash or not together.
-    return tuple(sorted(pair for pair in labels if pair[0] != "le"))
+def _with_origin(family: TextFamily) -> TextFamily:
+    """``family`` with ``origin="engine"`` on each series, which the proxy's never carry: no
+    engine series can repeat one of the proxy's (vLLM prints its admission rejections without
+    an engine label, as the proxy does), and a query tells them apart. A series that has an
+    origin label of its own is left out."""
+    name = ENGINE_ORIGIN[0]
+    samples = tuple(
+        TextSample(sample.name, (*sample.labels, ENGINE_ORIGIN), sample.value)
+        for sample in family.samples
+        if all(label != name for label, _ in sample.labels)
+    )
+    return TextFamily(family.name, family.type, family.help, samples)

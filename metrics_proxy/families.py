@@ -358,6 +358,9 @@ ENGINE_SCRAPE_FAMILIES = (ENGINE_SCRAPE_UP, ENGINE_SCRAPE_DURATION, ENGINE_SCRAP
 # a second time, and its process_* and python_info describe another process under the names
 # of the proxy's own.
 ENGINE_NAMESPACE = "vllm:"
+# On every series taken from the engine, which the proxy's own never carry: a query picks one
+# side or the other, and no engine series can repeat one of the proxy's.
+ENGINE_ORIGIN = ("origin", "engine")
 # The families both count, request by request: never taken from the engine, which would count
 # every request twice. Exactly those of the README's relabel rule for scraping vLLM too.
 COUNTED_BY_BOTH = frozenset(

@@ -17,6 +17,8 @@ import yaml
 
 from metrics_proxy import __version__
 from metrics_proxy.config import SETTINGS, Config
+from metrics_proxy.engine_series import is_taken
+from metrics_proxy.families import COUNTED_BY_BOTH, ENGINE_ORIGIN
 from metrics_proxy.recorder import ProxyMetricsRecorder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -416,10 +418,21 @@ def _exported_series() -> dict[str, set[str]]:
     return series
 
 
+def _engine_prints_too(series: str) -> bool:
+    """Whether --engine-metrics adds the engine's series of this name to the proxy's page."""
+    parts = {
+        f"{name}{suffix}" for name in COUNTED_BY_BOTH for suffix in ("_bucket", "_sum", "_count")
+    }
+    return is_taken(series) and series not in parts
+
+
 def test_proxy_panels_read_only_series_the_proxy_exports() -> None:
     assert len(PROXY_PANELS) >= 8
     exported = _exported_series()
     target_labels = {"job", "instance"}  # added by Prometheus at scrape time
+    # On the series --engine-metrics takes from the engine: a proxy panel reading a family
+    # both print keeps to the proxy's own with origin!="engine".
+    target_labels.add(ENGINE_ORIGIN[0])
     seen = set()
     for panel in PROXY_PANELS:
         for target in panel["targets"]:
@@ -428,7 +441,9 @@ def test_proxy_panels_read_only_series_the_proxy_exports() -> None:
             assert selectors, f"{panel['title']}: every selector has braces: {expr}"
             for name, matchers in selectors:
                 assert name in exported, f"{panel['title']}: {name} is not exported"
-                used = set(re.findall(r"(\w+)\s*=~?", matchers))
+                used = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
+                if _engine_prints_too(name):
+                    assert 'origin!="engine"' in matchers, f"{panel['title']}: {expr}"
                 used |= {
                     label.strip()
                     for group in re.findall(r"\bby\s*\(([^)]*)\)", expr)

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 from metrics_proxy import ProxyMetricsRecorder
-from metrics_proxy.engine_series import SOURCE_LABEL, is_taken, join
-from metrics_proxy.families import COUNTED_BY_BOTH
+from metrics_proxy.engine_series import is_taken, join
+from metrics_proxy.families import COUNTED_BY_BOTH, ENGINE_ORIGIN
 from metrics_proxy.prometheus import render_text
 from metrics_proxy.prometheus.text_parser import TextFamily, parse_text
 from tests.support.tools import promtool_problems
@@ -87,32 +87,37 @@ def test_a_shared_name_shares_one_block_with_both_engines_series() -> None:
     block = text.split("# HELP vllm:num_requests_running ")[1].split("# HELP")[0]
     assert text.count("# TYPE vllm:num_requests_running ") == 1
     assert f'vllm:num_requests_running{{engine="proxy",model_name="{MODEL}"}} 0.0' in block
-    assert f'vllm:num_requests_running{{engine="0",model_name="{MODEL}"}} 3.0' in block
+    engines = f'vllm:num_requests_running{{engine="0",model_name="{MODEL}",origin="engine"}} 3.0'
+    assert engines in block
 
 
-def test_a_series_that_would_repeat_ours_is_told_apart_by_source() -> None:
+def test_every_engine_series_says_its_origin_so_none_repeats_ours() -> None:
     # vLLM prints admission rejections without an engine label, as the proxy does.
-    recorder = _ours()
-    joined = join(recorder.collect(), ENGINE)
+    joined = join(_ours().collect(), ENGINE)
+    assert all(dict(s.labels)["origin"] == "engine" for f in joined.families for s in f.samples)
     (rejections,) = [f for f in joined.families if f.name == "vllm:admission_rejections_total"]
     assert {s.labels for s in rejections.samples} == {
-        (("model_name", MODEL), ("reason", reason), SOURCE_LABEL)
+        (("model_name", MODEL), ("reason", reason), ENGINE_ORIGIN)
         for reason in ("max_num_queued_reqs", "max_num_queued_tokens")
     }
-    # The proxy's engine label set to the engine's: the same, for the gauges.
-    joined = join(_ours("0").collect(), ENGINE)
-    (running,) = [f for f in joined.families if f.name == "vllm:num_requests_running"]
-    assert running.samples[0].labels == (("engine", "0"), ("model_name", MODEL), SOURCE_LABEL)
+    # vLLM's own "source" label (prompt tokens by source) stays as it is.
+    (by_source,) = [f for f in joined.families if f.name == "vllm:prompt_tokens_by_source_total"]
+    assert {dict(s.labels)["source"] for s in by_source.samples} == {
+        "local_compute",
+        "local_cache_hit",
+        "external_kv_transfer",
+    }
 
 
-def test_a_series_that_cannot_be_told_apart_is_left_out() -> None:
+def test_a_series_with_an_origin_of_its_own_is_left_out_and_counted() -> None:
     engine = parse_text(
         "# TYPE vllm:num_requests_running gauge\n"
-        f'vllm:num_requests_running{{engine="proxy",model_name="{MODEL}",source="engine"}} 1\n'
-        f'vllm:num_requests_running{{engine="proxy",model_name="{MODEL}"}} 2\n'.encode()
+        f'vllm:num_requests_running{{engine="0",model_name="{MODEL}",origin="proxy"}} 1\n'
+        f'vllm:num_requests_running{{engine="0",model_name="{MODEL}"}} 2\n'.encode()
     ).families
-    (running,) = join(_ours().collect(), engine).families
-    assert [s.value for s in running.samples] == [1.0]
+    joined = join(_ours().collect(), engine)
+    assert [s.value for f in joined.families for s in f.samples] == [2.0]
+    assert joined.conflicts == 1
 
 
 def test_a_family_whose_type_differs_from_ours_is_left_out_and_counted() -> None:
