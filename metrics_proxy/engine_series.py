@@ -36,10 +36,11 @@ def join(ours: Sequence[MetricFamily], engine: Sequence[TextFamily]) -> Joined:
     for family in engine:
         if not is_taken(family.name, engine_names):
             continue
-        ours_too = family.name in types
-        if ours_too and types[family.name] != family.type:
-            conflicts += 1
-        elif not ours_too and not our_sample_names.isdisjoint(names_of(family.name, family.type)):
+        if family.name in types:
+            clash = types[family.name] != family.type  # one block holds one type
+        else:  # nor may it print a name of ours
+            clash = not our_sample_names.isdisjoint(names_of(family.name, family.type))
+        if clash:
             conflicts += 1
         else:
             labelled = _with_origin(family)

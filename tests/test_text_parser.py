@@ -89,7 +89,12 @@ def test_label_values_are_unescaped_exactly() -> None:
         b'm{"quoted.name"} 1',  # UTF-8 names are not the 0.0.4 format
         b"m \xff",
         b'm{a="\xff"} 1',
+        # Long lines that fail late: linear time, not a regular expression's blow-up.
+        b"m{" + b"a" * 60000 + b" 1",
+        b'm{a="' + b"x" * 60000 + b" 1",
+        b"m{" + b'a="b",' * 8000 + b" 1",
     ],
+    ids=lambda line: repr(line[:24]) + f"({len(line)})",
 )
 def test_a_broken_line_is_skipped_and_counted(line: bytes) -> None:
     parsed = parse_text(b"ok 1\n" + line + b"\nok2 2\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Final, Literal
 
 from metrics_proxy.prometheus.samples import LabelPairs
@@ -23,7 +24,14 @@ LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # Go's ParseFloat as the format uses it, without what Python's float() also takes ("1_0",
 # "infinity", surrounding spaces).
 _VALUE: Final = re.compile(r"[+-]?(?:Inf|inf|NaN|nan|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)")
-_TIMESTAMP: Final = re.compile(r"-?\d+")
+# A sample line: its name, the label set between its braces (quoted values may hold braces),
+# its value and perhaps a timestamp (not kept: the proxy's scrape is the sample's time).
+# Possessive (Python 3.11): a line that does not match fails in linear time, not exponential.
+_SAMPLE_LINE: Final = re.compile(
+    r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[^"{}]++|"(?:[^"\\]++|\\.)*+")*+)\})?'
+    r"[ \t]+([+-]?(?:Inf|inf|NaN|nan|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?))"
+    r"(?:[ \t]+-?\d+)?[ \t]*"
+)
 # "# HELP name text" and "# TYPE name type"; the text keeps its trailing blanks.
 _DESCRIPTOR: Final = re.compile(r"#[ \t]+(HELP|TYPE)[ \t]+(\S+)(?:[ \t]+(.*))?")
 _LABEL_ESCAPES: Final = {"\\": "\\", '"': '"', "n": "\n"}
@@ -171,12 +179,13 @@ class _Reader:
         return family
 
     def _sample(self, line: str) -> None:
-        name_match = METRIC_NAME.match(line)
-        if name_match is None:
-            raise _SkipLine("bad metric name")
-        name = name_match.group()
-        labels, end = parse_labels(line, name_match.end())
-        value = _value_and_timestamp(line[end:])
+        match = _SAMPLE_LINE.fullmatch(line)
+        if match is None:
+            raise _SkipLine("not a sample line")
+        name, label_text, value_text = match.groups()
+        labels = parse_labels(label_text) if label_text else ()
+        value = float(value_text)
+        value = math.nan if value != value else value  # one NaN, whatever its sign
         family = self._owner(name, labels)
         key = (name, tuple(sorted(labels)))
         if key in family.series:
@@ -216,25 +225,15 @@ def _valid_le(labels: LabelPairs) -> bool:
     return len(bounds) == 1 and _VALUE.fullmatch(bounds[0]) is not None
 
 
-def _value_and_timestamp(rest: str) -> float:
-    parts = rest.split()
-    if not 1 <= len(parts) <= 2 or not rest[:1].isspace():
-        raise _SkipLine("no value, or more than a value and a timestamp")
-    if not _VALUE.fullmatch(parts[0]) or (len(parts) == 2 and not _TIMESTAMP.fullmatch(parts[1])):
-        raise _SkipLine("bad value or timestamp")
-    value = float(parts[0])
-    return math.nan if value != value else value  # one NaN, whatever its sign
-
-
-def parse_labels(line: str, start: int) -> tuple[LabelPairs, int]:
-    """The label set at ``line[start:]`` (none unless it starts with ``{``) and where it ends.
-    Escapes are exactly the format's three (``\\\\``, ``\\"``, ``\\n``); any other, a repeated
-    or reserved (``__``) name, or a missing quote rejects the line."""
-    if not line.startswith("{", start):
-        return (), start
+@lru_cache(maxsize=8192)
+def parse_labels(text: str) -> LabelPairs:
+    """The label set written between braces (``a="x",b="y"``). Escapes are exactly the
+    format's three (``\\\\``, ``\\"``, ``\\n``); any other, a repeated or reserved
+    (``__``) name, or a missing quote rejects the line. Cached: an engine prints the same
+    label sets at every fetch."""
     pairs: list[tuple[str, str]] = []
-    i = start + 1
-    while (pair := _LABEL_PAIR.match(line, i)) is not None:
+    i = 0
+    while (pair := _LABEL_PAIR.match(text, i)) is not None:
         name, value, comma = pair.groups()
         if name.startswith("__"):
             raise _SkipLine("reserved label name")
@@ -242,24 +241,17 @@ def parse_labels(line: str, start: int) -> tuple[LabelPairs, int]:
         i = pair.end()
         if not comma:
             break
-    i = _skip_blanks(line, i)
-    if not line.startswith("}", i):
+    if text[i:].strip(" \t"):
         raise _SkipLine("bad label set")
     if len({name for name, _ in pairs}) != len(pairs):
         raise _SkipLine("a label given twice")
-    return tuple(pairs), i + 1
+    return tuple(pairs)
 
 
 def _unescape_label_value(raw: str) -> str:
     if any(escape.group(1) not in _LABEL_ESCAPES for escape in _ESCAPE.finditer(raw)):
         raise _SkipLine("invalid escape in a label value")
     return _ESCAPE.sub(lambda escape: _LABEL_ESCAPES[escape.group(1)], raw)
-
-
-def _skip_blanks(line: str, i: int) -> int:
-    while i < len(line) and line[i] in " \t":
-        i += 1
-    return i
 
 
 def unescape_help(text: str) -> str:
