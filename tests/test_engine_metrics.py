@@ -109,6 +109,7 @@ async def test_the_engines_own_series_join_the_proxys(make_stack: StackFactory) 
     assert parse_text(text.encode()).skipped_lines == 0  # and every series once
 
 
+@pytest.mark.needs_promtool
 async def test_promtool_accepts_the_joined_page(make_stack: StackFactory, promtool: str) -> None:
     stack = await make_stack(engine_metrics=True)
     assert promtool_problems(promtool, (await _metrics(stack.client)).encode()) == []

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from metrics_proxy import ProxyMetricsRecorder
 from metrics_proxy.engine_series import is_taken, join
 from metrics_proxy.families import COUNTED_BY_BOTH, ENGINE_ORIGIN
@@ -131,6 +133,7 @@ def test_a_family_whose_type_differs_from_ours_is_left_out_and_counted() -> None
     assert joined.conflicts == 2
 
 
+@pytest.mark.needs_promtool
 def test_promtool_accepts_the_joined_exposition(promtool: str) -> None:
     recorder = ProxyMetricsRecorder(MODEL, engine="0")
     text = render_text(recorder.collect(), join(recorder.collect(), ENGINE).families)
