@@ -98,8 +98,9 @@ class EngineScrapeError(StrEnum):
     TOO_LARGE = "too_large"
     # one per line left out: not the text format, a bad escape, a duplicate series, a bound
     INVALID_LINE = "invalid_line"
-    # one per family left out: its type differs from the proxy's family of that name, or its
-    # sample names are the proxy's
+    # one per family left out (its type differs from the proxy's family of that name, or its
+    # sample names are the proxy's) and one per series left out (it would print exactly as
+    # one of the proxy's, or has an origin label of its own where the engine's get one)
     CONFLICT = "conflict"
 
 
@@ -358,9 +359,16 @@ ENGINE_SCRAPE_FAMILIES = (ENGINE_SCRAPE_UP, ENGINE_SCRAPE_DURATION, ENGINE_SCRAP
 # a second time, and its process_* and python_info describe another process under the names
 # of the proxy's own.
 ENGINE_NAMESPACE = "vllm:"
-# On every series taken from the engine, which the proxy's own never carry: a query picks one
-# side or the other, and no engine series can repeat one of the proxy's.
+# The engine's series print exactly as vLLM prints them, but in a family both print whose
+# labels have no "engine" (vLLM's admission rejections), where no label of vLLM's could tell
+# the engine's series from the proxy's: there every engine series gets this one, which the
+# proxy's never carry. Decided per family, from the proxy's declared labels, never per series.
 ENGINE_ORIGIN = ("origin", "engine")
+MARKED_WITH_ORIGIN = frozenset(
+    spec.name
+    for spec in FAMILIES
+    if spec.name.startswith(ENGINE_NAMESPACE) and "engine" not in spec.labels
+)
 # The families both count, request by request: never taken from the engine, which would count
 # every request twice. Exactly those of the README's relabel rule for scraping vLLM too.
 COUNTED_BY_BOTH = frozenset(

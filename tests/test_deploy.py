@@ -18,7 +18,7 @@ import yaml
 from metrics_proxy import __version__
 from metrics_proxy.config import SETTINGS, Config
 from metrics_proxy.engine_series import is_taken
-from metrics_proxy.families import COUNTED_BY_BOTH, ENGINE_ORIGIN
+from metrics_proxy.families import COUNTED_BY_BOTH, ENGINE_ORIGIN, MARKED_WITH_ORIGIN
 from metrics_proxy.recorder import ProxyMetricsRecorder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -426,12 +426,27 @@ def _engine_prints_too(series: str) -> bool:
     return is_taken(series) and series not in parts
 
 
+PROXY_ENGINE = 'engine=~"$proxy_engine"'
+
+
+def test_the_proxy_engine_variable_reads_a_family_never_taken_from_the_engine() -> None:
+    (variable,) = [v for v in DASHBOARD_JSON["templating"]["list"] if v["name"] == "proxy_engine"]
+    query = variable["query"]["query"]
+    (name,) = re.findall(r"label_values\(([\w:]+)\{[^}]*\}, engine\)", query)
+    assert name.removesuffix("_count") in COUNTED_BY_BOTH
+    assert 'job=~"$proxy_job"' in query
+    assert variable["definition"] == query
+    assert variable["includeAll"]
+    assert variable["multi"]
+
+
 def test_proxy_panels_read_only_series_the_proxy_exports() -> None:
     assert len(PROXY_PANELS) >= 8
     exported = _exported_series()
     target_labels = {"job", "instance"}  # added by Prometheus at scrape time
-    # On the series --engine-metrics takes from the engine: a proxy panel reading a family
-    # both print keeps to the proxy's own with origin!="engine".
+    # A proxy panel reading a family --engine-metrics takes from the engine too keeps to the
+    # proxy's own series: by the proxy's engine label, or origin!="engine" where the engine's
+    # series carry it (a family whose labels have no engine).
     target_labels.add(ENGINE_ORIGIN[0])
     seen = set()
     for panel in PROXY_PANELS:
@@ -443,7 +458,8 @@ def test_proxy_panels_read_only_series_the_proxy_exports() -> None:
                 assert name in exported, f"{panel['title']}: {name} is not exported"
                 used = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
                 if _engine_prints_too(name):
-                    assert 'origin!="engine"' in matchers, f"{panel['title']}: {expr}"
+                    own = 'origin!="engine"' if name in MARKED_WITH_ORIGIN else PROXY_ENGINE
+                    assert own in matchers, f"{panel['title']}: {expr}"
                 used |= {
                     label.strip()
                     for group in re.findall(r"\bby\s*\(([^)]*)\)", expr)

@@ -88,10 +88,10 @@ async def test_the_engines_own_series_join_the_proxys(make_stack: StackFactory) 
     await response.read()
     text = await _metrics(stack.client)
     series = _series(text)
-    engine = 'engine="0",model_name="fake-model",origin="engine"'
+    engine = 'engine="0",model_name="fake-model"'
     assert series[f"vllm:kv_cache_usage_perc{{{engine}}}"] == 0.0
     assert series[f"vllm:prefix_cache_hits_total{{{engine}}}"] == 64.0
-    bucket = 'engine="0",le="+Inf",model_name="fake-model",origin="engine"'
+    bucket = 'engine="0",le="+Inf",model_name="fake-model"'
     assert series[f"vllm:request_num_preemptions_bucket{{{bucket}}}"] == 1.0
     assert series["proxy_engine_scrape_up"] == 1.0
     assert set(_scrape_errors(series).values()) == {0.0}
@@ -172,7 +172,7 @@ async def test_scrapes_at_once_share_one_fetch(
         release.set()
         texts = await asyncio.gather(*scrapes)
     assert asked == 1
-    kv_cache = 'vllm:kv_cache_usage_perc{engine="0",model_name="m",origin="engine"} 0.25'
+    kv_cache = 'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25'
     assert all(kv_cache in t for t in texts)
 
 
@@ -303,8 +303,8 @@ async def test_garbage_is_left_out_line_by_line(
     series = _series(await _metrics(client))
     assert series["proxy_engine_scrape_up"] == 1.0
     assert _scrape_errors(series)["invalid_line"] == 3.0
-    assert series['vllm:fine{origin="engine"}'] == 1.0
-    assert series['vllm:kv_cache_usage_perc{engine="0",model_name="m",origin="engine"}'] == 0.25
+    assert series["vllm:fine"] == 1.0
+    assert series['vllm:kv_cache_usage_perc{engine="0",model_name="m"}'] == 0.25
 
 
 # --- where the engine is read ----------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 
 from metrics_proxy import ProxyMetricsRecorder
 from metrics_proxy.engine_series import is_taken, join
-from metrics_proxy.families import COUNTED_BY_BOTH, ENGINE_ORIGIN
+from metrics_proxy.families import COUNTED_BY_BOTH, ENGINE_ORIGIN, MARKED_WITH_ORIGIN
 from metrics_proxy.prometheus import render_text
 from metrics_proxy.prometheus.text_parser import TextFamily, parse_text
 from tests.support.tools import promtool_problems
@@ -89,20 +89,36 @@ def test_a_shared_name_shares_one_block_with_both_engines_series() -> None:
     block = text.split("# HELP vllm:num_requests_running ")[1].split("# HELP")[0]
     assert text.count("# TYPE vllm:num_requests_running ") == 1
     assert f'vllm:num_requests_running{{engine="proxy",model_name="{MODEL}"}} 0.0' in block
-    engines = f'vllm:num_requests_running{{engine="0",model_name="{MODEL}",origin="engine"}} 3.0'
-    assert engines in block
+    assert f'vllm:num_requests_running{{engine="0",model_name="{MODEL}"}} 3.0' in block
 
 
-def test_every_engine_series_says_its_origin_so_none_repeats_ours() -> None:
-    # vLLM prints admission rejections without an engine label, as the proxy does.
-    joined = join(_ours().collect(), ENGINE)
-    assert all(dict(s.labels)["origin"] == "engine" for f in joined.families for s in f.samples)
-    (rejections,) = [f for f in joined.families if f.name == "vllm:admission_rejections_total"]
+def test_engine_series_carry_exactly_vllms_labels_where_engine_tells_them_apart() -> None:
+    joined = {f.name: f for f in join(_ours().collect(), ENGINE).families}
+    for family in ENGINE:
+        if family.name in joined and family.name not in MARKED_WITH_ORIGIN:
+            assert joined[family.name].samples == family.samples, family.name
+
+
+def test_a_shared_family_without_an_engine_label_marks_every_engine_series() -> None:
+    # vLLM prints its admission rejections without an engine label, as the proxy does: only
+    # origin="engine" tells them apart, on every series of the family, colliding or not.
+    assert {"vllm:admission_rejections_total"} == MARKED_WITH_ORIGIN
+    engine = parse_text(
+        "# TYPE vllm:admission_rejections_total counter\n"
+        f'vllm:admission_rejections_total{{model_name="{MODEL}",reason="max_num_queued_reqs"}} 1\n'
+        'vllm:admission_rejections_total{model_name="other",reason="never_ours"} 2\n'.encode()
+    ).families
+    joined = join(_ours().collect(), engine)
+    (rejections,) = joined.families
     assert {s.labels for s in rejections.samples} == {
-        (("model_name", MODEL), ("reason", reason), ENGINE_ORIGIN)
-        for reason in ("max_num_queued_reqs", "max_num_queued_tokens")
+        (("model_name", MODEL), ("reason", "max_num_queued_reqs"), ENGINE_ORIGIN),
+        (("model_name", "other"), ("reason", "never_ours"), ENGINE_ORIGIN),
     }
-    # vLLM's own "source" label (prompt tokens by source) stays as it is.
+    assert joined.conflicts == 0
+
+
+def test_vllms_own_source_label_stays_as_it_is() -> None:
+    joined = join(_ours().collect(), ENGINE)
     (by_source,) = [f for f in joined.families if f.name == "vllm:prompt_tokens_by_source_total"]
     assert {dict(s.labels)["source"] for s in by_source.samples} == {
         "local_compute",
@@ -111,14 +127,31 @@ def test_every_engine_series_says_its_origin_so_none_repeats_ours() -> None:
     }
 
 
-def test_a_series_with_an_origin_of_its_own_is_left_out_and_counted() -> None:
+def test_an_engine_series_equal_to_ours_is_left_out_and_counted() -> None:
+    # An engine that says engine="proxy", the proxy's --engine-label: the proxy's series wins.
     engine = parse_text(
         "# TYPE vllm:num_requests_running gauge\n"
-        f'vllm:num_requests_running{{engine="0",model_name="{MODEL}",origin="proxy"}} 1\n'
+        f'vllm:num_requests_running{{engine="proxy",model_name="{MODEL}"}} 1\n'
         f'vllm:num_requests_running{{engine="0",model_name="{MODEL}"}} 2\n'.encode()
     ).families
-    joined = join(_ours().collect(), engine)
+    recorder = _ours()
+    joined = join(recorder.collect(), engine)
     assert [s.value for f in joined.families for s in f.samples] == [2.0]
+    assert joined.conflicts == 1
+    text = render_text(recorder.collect(), joined.families)
+    assert parse_text(text).skipped_lines == 0
+
+
+def test_in_the_marked_family_a_series_with_an_origin_of_its_own_is_left_out() -> None:
+    engine = parse_text(
+        "# TYPE vllm:admission_rejections_total counter\n"
+        f'vllm:admission_rejections_total{{model_name="{MODEL}",origin="x",reason="a"}} 1\n'
+        f'vllm:admission_rejections_total{{model_name="{MODEL}",reason="a"}} 2\n'
+        "# TYPE vllm:num_requests_running gauge\n"
+        f'vllm:num_requests_running{{engine="0",model_name="{MODEL}",origin="x"}} 3\n'.encode()
+    ).families
+    joined = join(_ours().collect(), engine)
+    assert [s.value for f in joined.families for s in f.samples] == [2.0, 3.0]
     assert joined.conflicts == 1
 
 

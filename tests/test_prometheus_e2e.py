@@ -174,12 +174,23 @@ async def _traffic(http: aiohttp.ClientSession, proxy: TestServer) -> None:
         assert response.status == 200
 
 
-def _substitute(expr: str) -> str:
+def _substitute(expr: str, proxy_engine: str = "") -> str:
     return (
         expr.replace("$model_name", MODEL)
         .replace("$__rate_interval", WINDOW)
         .replace("$proxy_job", JOB)
+        .replace("$proxy_engine", proxy_engine)
     )
+
+
+def _variable_query(name: str) -> str:
+    """A dashboard variable's ``label_values(selector, label)`` as PromQL that answers one
+    series per value of ``label``."""
+    (variable,) = [
+        v for v in json.loads(DASHBOARD.read_text())["templating"]["list"] if v["name"] == name
+    ]
+    selector, label = variable["query"]["query"].removeprefix("label_values(")[:-1].rsplit(", ", 1)
+    return _substitute(f"count by ({label}) ({selector})")
 
 
 def _values(result: list[dict[str, Any]]) -> list[float]:
@@ -225,8 +236,11 @@ async def test_dashboard_queries_answer_from_a_real_prometheus(
                             _chat(http, proxy, behavior={"status": 500}),
                         )
                         assert list(statuses) == [200, 500]
+                # $proxy_engine as Grafana fills it: the proxy's label, never the engine's.
+                proxy_engines = await prometheus.query(_variable_query("proxy_engine"))
+                assert [s["metric"]["engine"] for s in proxy_engines] == ["proxy"]
                 results = {
-                    q["expr"]: await prometheus.query(_substitute(q["expr"]))
+                    q["expr"]: await prometheus.query(_substitute(q["expr"], "proxy"))
                     for q in [*QUERIES, *_proxy_panel_queries(), *_SCRAPE_CHECKS]
                 }
                 duplicates = await prometheus.duplicate_samples()
