@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp import hdrs
 
 from metrics_proxy import families
 from metrics_proxy.config import Config
@@ -33,6 +35,8 @@ CACHE_SECONDS = 1.0
 LIMITS = Limits(max_bytes=8 * 1024 * 1024, max_line=64 * 1024, max_series=20_000)
 # The text format, uncompressed (the engine's prometheus_client gzips only when asked).
 _HEADERS = {"Accept": "text/plain; version=0.0.4", "Accept-Encoding": "identity"}
+# The encodings decoded all the same (zlib's window bits for each: gzip's header, zlib's).
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 class _Failed(Exception):
@@ -110,6 +114,7 @@ class EngineScraper:
     async def _fetched(self) -> tuple[TextFamily, ...]:
         started = self._clock()
         failure: EngineScrapeError | None = None
+        cause: str | None = None  # the failure as logged
         try:
             # Parsed off the event loop: a large page (many ranks or adapters) must not stall
             # the requests in flight. Joined on it, where the proxy's series are read.
@@ -117,16 +122,23 @@ class EngineScraper:
             kept = self._joined(parsed)
         except _Failed as failed:
             failure, kept = failed.kind, ()
-            self._errors[failure].inc()
+            cause = failure.value
+        except Exception as error:  # a bug must not turn /metrics into a 500
+            failure, kept = EngineScrapeError.INTERNAL, ()
+            cause = f"{failure.value}: {type(error).__name__}"  # its message may quote the page
         finally:
             self._fetch = None
-        self._log_change(failure)
+        if failure is not None:
+            self._errors[failure].inc()
+        self._log_change(cause)
         self._up.set(0.0 if failure else 1.0)
         self._duration.set(self._clock() - started)
         self._kept, self._kept_at = kept, self._clock()
         return kept
 
-    def _log_change(self, failure: EngineScrapeError | None) -> None:
+    def _log_change(self, failure: str | None) -> None:
+        """Logs a change of the engine's state, with the ``failure`` that made it (a kind,
+        or an unexpected exception's type)."""
         # Once per change, not per scrape: a dead engine must not fill the log.
         if (failure is None) == self._was_up:
             return
@@ -138,7 +150,7 @@ class EngineScraper:
                 "cannot read the engine's metrics from %s (%s): /metrics has the proxy's own "
                 "series only until it can",
                 mask_url(self.url),
-                failure.value,
+                failure,
             )
 
     def _joined(self, parsed: ParsedText) -> tuple[TextFamily, ...]:
@@ -165,18 +177,40 @@ class EngineScraper:
 
 
 async def _bounded_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, or _Failed(too_large) as soon as it is past ``limit`` bytes."""
+    """The whole body, decoded, or _Failed(too_large) as soon as it is past ``limit`` bytes
+    (decoded: a small compressed answer may decode to gigabytes, and never does here)."""
+    decoder = _decoder(response.headers.get(hdrs.CONTENT_ENCODING, ""))
     length = response.content_length
     if length is not None and length > limit:
         raise _Failed(EngineScrapeError.TOO_LARGE)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise _Failed(EngineScrapeError.TOO_LARGE)
-        chunks.append(chunk)
+    try:
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            if decoder is not None:
+                # One byte past what is left is enough to know it is too large.
+                chunk = decoder.decompress(chunk, limit - size + 1)
+            size += len(chunk)
+            if size > limit:
+                raise _Failed(EngineScrapeError.TOO_LARGE)
+            chunks.append(chunk)
+    except zlib.error:
+        raise _Failed(EngineScrapeError.ENCODING) from None
+    if decoder is not None and not (decoder.eof and not decoder.unused_data):
+        raise _Failed(EngineScrapeError.ENCODING)  # cut short, or more after its end
     return b"".join(chunks)
+
+
+def _decoder(content_encoding: str) -> zlib._Decompress | None:
+    """How to decode an answer in ``content_encoding``: the engine is asked for none, but a
+    server on the way may compress anyway. gzip and deflate are decoded, bounded by the
+    caller; any other (br, zstd, a chain of them) is refused, not parsed as garbage."""
+    encoding = content_encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding in _WBITS:
+        return zlib.decompressobj(_WBITS[encoding])
+    raise _Failed(EngineScrapeError.ENCODING)
 
 
 def _described(spec: families.FamilySpec) -> tuple[str, str, tuple[str, ...]]:

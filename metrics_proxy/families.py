@@ -94,8 +94,12 @@ class EngineScrapeError(StrEnum):
     CONNECT = "connect"
     # an answer other than 200
     STATUS = "status"
-    # an answer past the size bound
+    # an answer past the size bound (decoded, when it came compressed)
     TOO_LARGE = "too_large"
+    # an answer in a Content-Encoding other than gzip or deflate, or one that does not decode
+    ENCODING = "encoding"
+    # an error of the proxy's own while reading or parsing the answer (a bug): logged by type
+    INTERNAL = "internal"
     # one per line left out: not the text format, a bad escape, a duplicate series, a bound
     INVALID_LINE = "invalid_line"
     # one per family left out (its type differs from the proxy's family of that name, or its

@@ -5,10 +5,12 @@ the proxy_engine_scrape_* series."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import re
 import socket
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from metrics_proxy import engine_scraper
 from metrics_proxy.config import Config, ConfigError
 from metrics_proxy.engine_scraper import EngineScraper, engine_metrics_url
 from metrics_proxy.prometheus.text_parser import parse_text
@@ -305,6 +308,112 @@ async def test_garbage_is_left_out_line_by_line(
     assert _scrape_errors(series)["invalid_line"] == 3.0
     assert series["vllm:fine"] == 1.0
     assert series['vllm:kv_cache_usage_perc{engine="0",model_name="m"}'] == 0.25
+
+
+async def test_an_unexpected_error_leaves_the_proxys_page_whole(
+    aiohttp_server: ServerFactory,
+    aiohttp_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(body: bytes, limits: object) -> None:
+        raise ValueError(f"a bug, quoting the page: {body[:40]!r}")
+
+    monkeypatch.setattr(engine_scraper, "parse_text", broken)
+
+    async def answering(request: web.Request) -> web.Response:
+        return web.Response(body=ENGINE_TEXT)
+
+    caplog.set_level(logging.INFO, "metrics_proxy")
+    client = await _proxy(aiohttp_client, await _engine(aiohttp_server, answering))
+    series = _series(await _metrics(client))
+    assert series["proxy_engine_scrape_up"] == 0.0
+    assert _scrape_errors(series)["internal"] == 1.0
+    assert 'vllm:num_requests_running{engine="proxy",model_name="m"}' in series
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert "ValueError" in record.getMessage()
+    assert "kv_cache" not in caplog.text  # nothing of the engine's page
+
+
+async def test_an_unexpected_error_is_logged_once(
+    aiohttp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def answering(request: web.Request) -> web.Response:
+        return web.Response(body=ENGINE_TEXT)
+
+    def ours() -> tuple[()]:
+        raise KeyError("no such family")
+
+    engine = await _engine(aiohttp_server, answering)
+    now = 0.0
+    scraper = EngineScraper(str(engine.make_url("/metrics")), WAIT, ours, clock=lambda: now)
+    caplog.set_level(logging.INFO, "metrics_proxy")
+    async with aiohttp.ClientSession() as session:
+        scraper.session = session
+        for _ in range(3):
+            assert await scraper.families() == ()
+            now += 2.0
+    (record,) = caplog.records
+    assert "KeyError" in record.getMessage()
+    assert "no such family" not in caplog.text
+
+
+def _gzip(body: bytes) -> bytes:
+    return gzip.compress(body, mtime=0)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "encode"), [("gzip", _gzip), ("deflate", zlib.compress), ("GZIP", _gzip)]
+)
+async def test_a_compressed_answer_is_decoded(
+    aiohttp_server: ServerFactory,
+    aiohttp_client: ClientFactory,
+    encoding: str,
+    encode: Callable[[bytes], bytes],
+) -> None:
+    async def compressed(request: web.Request) -> web.Response:
+        return web.Response(body=encode(ENGINE_TEXT), headers={"Content-Encoding": encoding})
+
+    client = await _proxy(aiohttp_client, await _engine(aiohttp_server, compressed))
+    series = _series(await _metrics(client))
+    assert series["proxy_engine_scrape_up"] == 1.0
+    assert series['vllm:kv_cache_usage_perc{engine="0",model_name="m"}'] == 0.25
+    assert set(_scrape_errors(series).values()) == {0.0}
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [
+        ("br", b"\x8b\x03\x80hello\x03"),
+        ("zstd", b"(\xb5/\xfd"),
+        ("gzip, gzip", _gzip(_gzip(ENGINE_TEXT))),
+        ("gzip", b"not gzip at all"),
+        ("gzip", _gzip(ENGINE_TEXT)[:-12]),  # cut inside the stream
+        ("gzip", _gzip(ENGINE_TEXT) + b"trailing"),
+    ],
+)
+async def test_an_encoding_that_cannot_be_read_is_refused(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory, encoding: str, body: bytes
+) -> None:
+    async def encoded(request: web.Request) -> web.Response:
+        return web.Response(body=body, headers={"Content-Encoding": encoding})
+
+    assert (await _failed_scrape(aiohttp_server, aiohttp_client, encoded))["encoding"] == 1.0
+
+
+async def test_a_compressed_answer_is_bounded_by_its_decoded_size(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> None:
+    # 40 KB that decode to 40 MiB, five times the bound: refused without decoding it all.
+    bomb = _gzip(b"#" * (40 * 1024 * 1024))
+    assert len(bomb) < 64 * 1024
+
+    async def compressed(request: web.Request) -> web.Response:
+        return web.Response(body=bomb, headers={"Content-Encoding": "gzip"})
+
+    errors = await _failed_scrape(aiohttp_server, aiohttp_client, compressed)
+    assert errors["too_large"] == 1.0
 
 
 # --- where the engine is read ----------------------------------------------------------------
