@@ -21,9 +21,10 @@ from metrics_proxy import families
 from metrics_proxy.config import Config
 from metrics_proxy.engine_series import join
 from metrics_proxy.families import EngineScrapeError
+from metrics_proxy.prometheus.exposition import RenderedFamily, pre_render
 from metrics_proxy.prometheus.metrics import Counter, Gauge
 from metrics_proxy.prometheus.samples import MetricFamily
-from metrics_proxy.prometheus.text_parser import Limits, ParsedText, TextFamily, parse_text
+from metrics_proxy.prometheus.text_parser import Limits, ParsedText, parse_text
 from metrics_proxy.setting_rules import mask_url, split_credentials
 
 log = logging.getLogger("metrics_proxy")
@@ -80,9 +81,9 @@ class EngineScraper:
         errors = Counter(*_described(families.ENGINE_SCRAPE_ERRORS))
         self._errors = {kind: errors.labels(kind.value) for kind in EngineScrapeError}
         self._metrics = (self._up, self._duration, errors)
-        self._kept: tuple[TextFamily, ...] = ()
+        self._kept: tuple[RenderedFamily, ...] = ()
         self._kept_at = -CACHE_SECONDS
-        self._fetch: asyncio.Task[tuple[TextFamily, ...]] | None = None
+        self._fetch: asyncio.Task[tuple[RenderedFamily, ...]] | None = None
         self._was_up: bool | None = None  # at the last fetch; None before the first
 
     @property
@@ -93,7 +94,7 @@ class EngineScraper:
         for metric in self._metrics:
             yield from metric.collect()
 
-    async def families(self) -> tuple[TextFamily, ...]:
+    async def families(self) -> tuple[RenderedFamily, ...]:
         """The engine's families to print with the proxy's: fresh, the last second's, or
         none when the engine did not answer well in time."""
         if self._clock() - self._kept_at < CACHE_SECONDS:
@@ -111,7 +112,7 @@ class EngineScraper:
             fetch.cancel()
             await asyncio.gather(fetch, return_exceptions=True)
 
-    async def _fetched(self) -> tuple[TextFamily, ...]:
+    async def _fetched(self) -> tuple[RenderedFamily, ...]:
         started = self._clock()
         failure: EngineScrapeError | None = None
         cause: str | None = None  # the failure as logged
@@ -153,11 +154,12 @@ class EngineScraper:
                 failure,
             )
 
-    def _joined(self, parsed: ParsedText) -> tuple[TextFamily, ...]:
+    def _joined(self, parsed: ParsedText) -> tuple[RenderedFamily, ...]:
         joined = join(self._ours(), parsed.families)
         self._errors[EngineScrapeError.INVALID_LINE].inc(parsed.skipped_lines)
         self._errors[EngineScrapeError.CONFLICT].inc(joined.conflicts)
-        return joined.families
+        # Formatted once here, not at each scrape the result serves.
+        return pre_render(joined.families)
 
     async def _read(self) -> bytes:
         if self.session is None:

@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from metrics_proxy import engine_scraper
 from metrics_proxy.config import Config, ConfigError
 from metrics_proxy.engine_scraper import EngineScraper, engine_metrics_url
+from metrics_proxy.prometheus import exposition
 from metrics_proxy.prometheus.text_parser import parse_text
 from metrics_proxy.server import create_app
 from tests.support.fake_upstream import FAKE_STATE, Behavior, make_fake_upstream
@@ -308,6 +309,23 @@ async def test_garbage_is_left_out_line_by_line(
     assert _scrape_errors(series)["invalid_line"] == 3.0
     assert series["vllm:fine"] == 1.0
     assert series['vllm:kv_cache_usage_perc{engine="0",model_name="m"}'] == 0.25
+
+
+async def test_a_scrape_the_cache_serves_formats_none_of_the_engines_lines(
+    make_stack: StackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = await make_stack(engine_metrics=True)
+    first = await _metrics(stack.client)
+
+    def formatting(*args: object) -> str:
+        raise AssertionError("an engine line formatted again")
+
+    # The engine's lines were formatted at the fetch; the next scrape, within the cache's
+    # second, only places them.
+    monkeypatch.setattr(exposition, "_uncached_label_text", formatting)
+    second = await _metrics(stack.client)
+    engine = 'vllm:kv_cache_usage_perc{engine="0",model_name="fake-model"}'
+    assert _series(second)[engine] == _series(first)[engine]
 
 
 async def test_an_unexpected_error_leaves_the_proxys_page_whole(

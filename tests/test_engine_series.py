@@ -11,7 +11,7 @@ import pytest
 from metrics_proxy import ProxyMetricsRecorder
 from metrics_proxy.engine_series import is_taken, join
 from metrics_proxy.families import COUNTED_BY_BOTH, ENGINE_ORIGIN, MARKED_WITH_ORIGIN
-from metrics_proxy.prometheus import render_text
+from metrics_proxy.prometheus import pre_render, render_text
 from metrics_proxy.prometheus.text_parser import TextFamily, parse_text
 from tests.support.tools import promtool_problems
 
@@ -85,7 +85,9 @@ def test_only_vllms_namespace_is_taken() -> None:
 
 def test_a_shared_name_shares_one_block_with_both_engines_series() -> None:
     recorder = _ours()
-    text = render_text(recorder.collect(), join(recorder.collect(), ENGINE).families).decode()
+    text = render_text(
+        recorder.collect(), pre_render(join(recorder.collect(), ENGINE).families)
+    ).decode()
     block = text.split("# HELP vllm:num_requests_running ")[1].split("# HELP")[0]
     assert text.count("# TYPE vllm:num_requests_running ") == 1
     assert f'vllm:num_requests_running{{engine="proxy",model_name="{MODEL}"}} 0.0' in block
@@ -138,7 +140,7 @@ def test_an_engine_series_equal_to_ours_is_left_out_and_counted() -> None:
     joined = join(recorder.collect(), engine)
     assert [s.value for f in joined.families for s in f.samples] == [2.0]
     assert joined.conflicts == 1
-    text = render_text(recorder.collect(), joined.families)
+    text = render_text(recorder.collect(), pre_render(joined.families))
     assert parse_text(text).skipped_lines == 0
 
 
@@ -169,6 +171,6 @@ def test_a_family_whose_type_differs_from_ours_is_left_out_and_counted() -> None
 @pytest.mark.needs_promtool
 def test_promtool_accepts_the_joined_exposition(promtool: str) -> None:
     recorder = ProxyMetricsRecorder(MODEL, engine="0")
-    text = render_text(recorder.collect(), join(recorder.collect(), ENGINE).families)
+    text = render_text(recorder.collect(), pre_render(join(recorder.collect(), ENGINE).families))
     assert promtool_problems(promtool, text) == []
     assert parse_text(text).skipped_lines == 0  # every series once

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from metrics_proxy.prometheus import render_text
+from metrics_proxy.prometheus import pre_render, render_text
 from metrics_proxy.prometheus.text_parser import (
     Limits,
     ParsedText,
@@ -33,7 +33,7 @@ def _values(text: bytes) -> list[float]:
 
 
 def _rendered(parsed: ParsedText) -> bytes:
-    return render_text((), parsed.families)
+    return render_text((), pre_render(parsed.families))
 
 
 def test_vllms_own_output_reads_back_byte_for_byte() -> None:
