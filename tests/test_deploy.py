@@ -17,6 +17,7 @@ import yaml
 
 from metrics_proxy import __version__
 from metrics_proxy.config import SETTINGS, Config
+from metrics_proxy.engine_scraper import EngineScraper
 from metrics_proxy.engine_series import is_taken
 from metrics_proxy.families import COUNTED_BY_BOTH, ENGINE_ORIGIN, MARKED_WITH_ORIGIN
 from metrics_proxy.recorder import ProxyMetricsRecorder
@@ -409,8 +410,9 @@ def _exported_series() -> dict[str, set[str]]:
     http_* families have no series before)."""
     recorder = ProxyMetricsRecorder("m")
     recorder.observe_http("/v1/chat/completions", "POST", 200, 0.1)
+    scraper = EngineScraper("http://127.0.0.1:1/metrics", 1.0, recorder.collect)
     series: dict[str, set[str]] = {}
-    for family in recorder.collect():
+    for family in [*recorder.collect(), *scraper.collect()]:
         labels = {name for sample in family.samples for name, _ in sample.labels}
         suffixes = ("_bucket", "_sum", "_count") if family.type == "histogram" else ("",)
         for suffix in suffixes:
@@ -479,5 +481,7 @@ def test_proxy_panels_read_only_series_the_proxy_exports() -> None:
         "http_requests_total",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
+        "proxy_engine_scrape_up",
+        "proxy_engine_scrape_duration_seconds",
     }
     assert described <= seen

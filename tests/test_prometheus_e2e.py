@@ -277,6 +277,13 @@ async def test_dashboard_queries_answer_from_a_real_prometheus(
     assert errors["upstream_status"] > 0, errors
     (ratio,) = _values(results[_expr("Proxy HTTP 5xx ratio")])
     assert 0 < ratio < 1
+    up, duration = (
+        _values(results[q["expr"]])
+        for q in _proxy_panel_queries()
+        if q["panel"].startswith("Engine scrape")
+    )
+    assert up == [1.0]
+    assert 0 < duration[0] < config.engine_metrics_timeout
 
 
 # Every scrape whole, the engine read at each, and of the engine's vLLM series only those
