@@ -73,7 +73,7 @@ bench-metrics: $(INSTALLED)
 
 run: $(INSTALLED)
 ifeq ($(strip $(UPSTREAM)),)
-	$(PY) -m metrics_proxy --simulate$(if $(strip $(SIMULATE)), --simulate-options '$(SIMULATE)') --model-name $(MODEL)
+	$(PY) -m metrics_proxy --simulate$(if $(strip $(SIMULATE)), --simulate-options '$(SIMULATE)') --model-name $(MODEL) --engine-metrics
 else
 	$(PY) -m metrics_proxy --upstream-url $(UPSTREAM) --model-name $(MODEL)
 endif

@@ -1,5 +1,6 @@
 """Metrics-core speed: render the full family set, one histogram observation and its quantile
-sketch's share of it.
+sketch's share of it, and what --engine-metrics adds to a scrape (vLLM 0.33's own /metrics,
+tests/data's sample, read and joined to the proxy's).
 
 Run: python benchmarks/bench_metrics.py   (or make bench-metrics)
 """
@@ -11,16 +12,22 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from metrics_proxy import ProxyMetricsRecorder
-from metrics_proxy.prometheus import render_json, render_text
+from metrics_proxy.engine_series import join
+from metrics_proxy.prometheus import RenderedFamily, pre_render, render_json, render_text
 from metrics_proxy.prometheus.registry import Registry
 from metrics_proxy.prometheus.sketch import WindowedSketch
+from metrics_proxy.prometheus.text_parser import parse_text
 from metrics_proxy.record import RequestRecord
 from metrics_proxy.tenant_metrics import TenantMetrics
 from metrics_proxy.tenants import TenantReader
 
 TENANTS = 100  # --tenant-limit's default: the most tenants with series of their own
+ENGINE_SAMPLE = (
+    Path(__file__).resolve().parent.parent / "tests" / "data" / "vllm_0.33_exposition.txt"
+)
 
 
 def _loaded_recorder() -> ProxyMetricsRecorder:
@@ -80,6 +87,7 @@ def main() -> None:
             _per_call(lambda: _one_request(recorder), 20_000, args.repeats),
         ),
         *_attribution_rows(args.repeats),
+        *_engine_rows(recorder, args.repeats),
     ]
     print(
         f"# {platform.python_implementation()} {platform.python_version()}, "
@@ -158,6 +166,29 @@ def _finish(recorder_or_record: ProxyMetricsRecorder | RequestRecord) -> None:
     )
     record.slot_acquired()
     record.finish("stop", prompt_tokens=10, generation_tokens=2)
+
+
+def _engine_rows(recorder: ProxyMetricsRecorder, repeats: int) -> list[tuple[str, float]]:
+    """--engine-metrics: each fetch (at most one a second) reads and joins the engine's page;
+    each scrape renders the joined families beside the proxy's."""
+    engine_text = ENGINE_SAMPLE.read_bytes()
+
+    def fetched() -> tuple[RenderedFamily, ...]:
+        return pre_render(join(recorder.collect(), parse_text(engine_text).families).families)
+
+    joined = fetched()
+    size = len(render_text(recorder.collect(), joined))
+    return [
+        (
+            f"engine fetch: parse its {len(engine_text) // 1024} KB /metrics, join it to ours, "
+            "format its lines",
+            _per_call(fetched, 20, repeats),
+        ),
+        (
+            f"collect + render /metrics text with the engine's families ({size // 1024} KB)",
+            _per_call(lambda: render_text(recorder.collect(), joined), 200, repeats),
+        ),
+    ]
 
 
 def _sketch_add() -> Callable[[], None]:

@@ -91,6 +91,9 @@ class Config:
     client_write_timeout: float = 60.0
     upstream_keepalive_timeout: float = 4.0
     disable_metrics_endpoint: bool = False
+    engine_metrics: bool = False
+    engine_metrics_url: str = field(default="", repr=False)  # may carry credentials too
+    engine_metrics_timeout: float = 2.0
     log_level: str = "INFO"
     log_format: LogFormat = "text"
     stream_usage: StreamUsage = "include"
@@ -335,6 +338,11 @@ def _upstream_root(value: str) -> str:
     return root
 
 
+def _optional_url(value: str) -> str:
+    """An http(s) URL, or empty for none."""
+    return http_url(value) if value.strip() else ""
+
+
 _TIMEOUT = at_least(0)
 _NO_LIMIT = "; 0 = no limit"
 
@@ -401,6 +409,26 @@ SETTINGS: tuple[Setting, ...] = (
         "disable_metrics_endpoint",
         None,
         "do not serve /metrics; the environment variable takes true/false, 1/0, yes/no, on/off",
+    ),
+    Setting(
+        "engine_metrics",
+        None,
+        "each scrape of /metrics also reads the upstream's /metrics (a sidecar's engine) and "
+        "adds the series only the engine knows (KV cache, preemptions, prefix cache, ...)",
+    ),
+    Setting(
+        "engine_metrics_url",
+        "URL",
+        "as --engine-metrics, reading the engine's /metrics at this URL: one engine's own "
+        "address, never a Service's that spreads requests over several",
+        _optional_url,
+    ),
+    Setting(
+        "engine_metrics_timeout",
+        "SECONDS",
+        "longest a scrape of /metrics waits for the engine's; keep it well under "
+        "Prometheus's scrape_timeout",
+        above(0),
     ),
     Setting(
         "log_level", "LEVEL", "log level, any case: " + ", ".join(_LOG_LEVELS), one_of(_LOG_LEVELS)

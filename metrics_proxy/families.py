@@ -84,6 +84,30 @@ class ErrorKind(StrEnum):
     UPSTREAM_EVENT_TOO_LARGE = "upstream_event_too_large"
 
 
+class EngineScrapeError(StrEnum):
+    """Why an engine's /metrics gave nothing, or less than all it had
+    (``proxy_engine_scrape_errors_total{kind}``)."""
+
+    # no answer within --engine-metrics-timeout
+    TIMEOUT = "timeout"
+    # the engine unreachable, or its connection closed before the answer was whole
+    CONNECT = "connect"
+    # an answer other than 200
+    STATUS = "status"
+    # an answer past the size bound (decoded, when it came compressed)
+    TOO_LARGE = "too_large"
+    # an answer in a Content-Encoding other than gzip or deflate, or one that does not decode
+    ENCODING = "encoding"
+    # an error of the proxy's own while reading or parsing the answer (a bug): logged by type
+    INTERNAL = "internal"
+    # one per line left out: not the text format, a bad escape, a duplicate series, a bound
+    INVALID_LINE = "invalid_line"
+    # one per family left out (its type differs from the proxy's family of that name, or its
+    # sample names are the proxy's) and one per series left out (it would print exactly as
+    # one of the proxy's, or has an origin label of its own where the engine's get one)
+    CONFLICT = "conflict"
+
+
 class DisconnectStage(StrEnum):
     """Where a client went away (``proxy_client_disconnects_total{stage}``)."""
 
@@ -319,6 +343,26 @@ REJECTED_OUTCOME = "rejected"
 # none (or a name the proxy will not use as a label).
 TENANT_OTHER = "other"
 TENANT_UNKNOWN = "unknown"
+# The engine's scrape, when --engine-metrics re-exports the engine's series.
+ENGINE_SCRAPE_UP = FamilySpec(
+    "proxy_engine_scrape_up",
+    "gauge",
+    "1 if the engine's /metrics was read whole at the last fetch, else 0.",
+    (),
+)
+ENGINE_SCRAPE_DURATION = FamilySpec(
+    "proxy_engine_scrape_duration_seconds",
+    "gauge",
+    "How long the last fetch of the engine's /metrics took, in seconds.",
+    (),
+)
+ENGINE_SCRAPE_ERRORS = FamilySpec(
+    "proxy_engine_scrape_errors_total",
+    "counter",
+    "Fetches of the engine's /metrics that failed, and lines and families of it left out, "
+    "by kind (see the README for the kinds).",
+    ("kind",),
+)
 
 VLLM_FAMILIES = (
     NUM_REQUESTS_RUNNING,
@@ -352,3 +396,33 @@ TENANT_FAMILIES = (
 )
 # In the order /metrics shows them (after the process collector's).
 FAMILIES = (*VLLM_FAMILIES, *HTTP_FAMILIES, *PROXY_FAMILIES)
+# Only with --engine-metrics, after those.
+ENGINE_SCRAPE_FAMILIES = (ENGINE_SCRAPE_UP, ENGINE_SCRAPE_DURATION, ENGINE_SCRAPE_ERRORS)
+
+# --- which of the engine's families join the proxy's (--engine-metrics) ----------------------
+
+# Only vLLM's own families: the engine's http_* would count each request the proxy forwarded
+# a second time, and its process_* and python_info describe another process under the names
+# of the proxy's own.
+ENGINE_NAMESPACE = "vllm:"
+# The engine's series print exactly as vLLM prints them, but in a family both print whose
+# labels have no "engine" (vLLM's admission rejections), where no label of vLLM's could tell
+# the engine's series from the proxy's: there every engine series gets this one, which the
+# proxy's never carry. Decided per family, from the proxy's declared labels, never per series.
+ENGINE_ORIGIN = ("origin", "engine")
+MARKED_WITH_ORIGIN = frozenset(
+    spec.name
+    for spec in FAMILIES
+    if spec.name.startswith(ENGINE_NAMESPACE) and "engine" not in spec.labels
+)
+# The families both count, request by request: never taken from the engine, which would count
+# every request twice. Exactly those of the README's relabel rule for scraping vLLM too.
+COUNTED_BY_BOTH = frozenset(
+    spec.name
+    for spec in (
+        PROMPT_TOKENS,
+        GENERATION_TOKENS,
+        REQUEST_SUCCESS,
+        *(spec for spec in VLLM_FAMILIES if spec.type == "histogram"),
+    )
+)

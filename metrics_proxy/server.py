@@ -28,6 +28,7 @@ from metrics_proxy.auth import BearerTokens, split_tokens
 from metrics_proxy.background import HeldResponses, RetrievalWatch, retrieved_id
 from metrics_proxy.client_io import ClientWriteLimits
 from metrics_proxy.config import Config, ConfigError, seconds_or_none
+from metrics_proxy.engine_scraper import EngineScraper, engine_metrics_url
 from metrics_proxy.errors import CLIENT_GONE, json_error
 from metrics_proxy.forwarding import Forwarder
 from metrics_proxy.lifecycle import Lifecycle, StopSignals, drain
@@ -63,6 +64,7 @@ API_KEYS = web.AppKey("api_keys", BearerTokens)
 HELD = web.AppKey("held", HeldResponses)
 UPSTREAM = web.AppKey("upstream", Upstream)
 ATTRIBUTION: web.AppKey[Attribution | None] = web.AppKey("attribution")
+ENGINE_SCRAPER = web.AppKey("engine_scraper", EngineScraper)
 
 _HEALTHY = orjson.dumps({"status": "ok"})
 
@@ -129,7 +131,12 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         )
         app[PROBE] = UpstreamProbe(session, config.upstream_url, clock=recorder.clock)
         app[UPSTREAM] = upstream
+        scraper = app.get(ENGINE_SCRAPER)
+        if scraper is not None:
+            scraper.session = session  # the upstream's TLS settings hold for it
         yield
+        if scraper is not None:
+            await scraper.close()
 
 
 async def _model_watch(app: web.Application) -> AsyncIterator[None]:
@@ -217,7 +224,10 @@ def refusal(app: web.Application, request: web.Request, path: str) -> web.Respon
 async def _metrics_text(request: web.Request) -> web.Response:
     if request.app[CONFIG].disable_metrics_endpoint:
         return _refuse(request, 404, "The /metrics endpoint is disabled", "not_found")
-    body = render_text(request.app[RECORDER].collect())
+    scraper = request.app.get(ENGINE_SCRAPER)
+    # The engine's first: the proxy's own series then tell how that went.
+    engine = await scraper.families() if scraper is not None else ()
+    body = render_text(request.app[RECORDER].collect(), engine)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_TEXT})
 
 
@@ -351,6 +361,7 @@ def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) 
     )
     app[LIFECYCLE] = Lifecycle()
     app[HELD] = HeldResponses(app[RECORDER].clock)
+    _add_engine_scraper(app, config)
     app.cleanup_ctx.append(_upstream_session)
     if app[RECORDER].per_request_model:
         app.cleanup_ctx.append(_model_watch)  # its first read is the start-up check
@@ -364,6 +375,18 @@ def create_app(config: Config, *, recorder: ProxyMetricsRecorder | None = None) 
         router.add_route("*", path, _in_flight(_metered(api), "POST"))
     router.add_route("*", "/{tail:.*}", _in_flight(_forward))
     return app
+
+
+def _add_engine_scraper(app: web.Application, config: Config) -> None:
+    """With --engine-metrics(-url), the scraper whose proxy_engine_scrape_* series join the
+    proxy's registry now; it reads the engine once the upstream session is open."""
+    url = engine_metrics_url(config)
+    if url is None:
+        return
+    recorder = app[RECORDER]
+    scraper = EngineScraper(url, config.engine_metrics_timeout, recorder.collect)
+    recorder.registry.register(scraper)
+    app[ENGINE_SCRAPER] = scraper
 
 
 # Each request in flight holds a few dozen young objects (frames, futures, its record), which

@@ -17,6 +17,9 @@ import yaml
 
 from metrics_proxy import __version__
 from metrics_proxy.config import SETTINGS, Config
+from metrics_proxy.engine_scraper import EngineScraper
+from metrics_proxy.engine_series import is_taken
+from metrics_proxy.families import COUNTED_BY_BOTH, ENGINE_ORIGIN, MARKED_WITH_ORIGIN
 from metrics_proxy.recorder import ProxyMetricsRecorder
 from metrics_proxy.tenant_metrics import TenantMetrics
 
@@ -235,6 +238,8 @@ def test_sidecar_puts_the_proxy_beside_vllm() -> None:
     assert env["PROXY_MODEL_NAME"] == args[args.index("--model") + 1]
     # vLLM labels its own series engine="0" (its data-parallel rank): the proxy must differ.
     assert env["PROXY_ENGINE_LABEL"] not in ("", "0")
+    # One scrape target: the engine's own series come through the proxy (on loopback).
+    assert env["PROXY_ENGINE_METRICS"] == "true"
     assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(80, PORT)]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
@@ -409,8 +414,9 @@ def _exported_series() -> dict[str, set[str]]:
     request = recorder.start_request()
     request.tenant_series = TenantMetrics(recorder.registry, "m", "proxy", 1).account("t")
     request.finish("stop")
+    scraper = EngineScraper("http://127.0.0.1:1/metrics", 1.0, recorder.collect)
     series: dict[str, set[str]] = {}
-    for family in recorder.collect():
+    for family in [*recorder.collect(), *scraper.collect()]:
         labels = {name for sample in family.samples for name, _ in sample.labels}
         suffixes = ("_bucket", "_sum", "_count") if family.type == "histogram" else ("",)
         for suffix in suffixes:
@@ -418,10 +424,36 @@ def _exported_series() -> dict[str, set[str]]:
     return series
 
 
+def _engine_prints_too(series: str) -> bool:
+    """Whether --engine-metrics adds the engine's series of this name to the proxy's page."""
+    parts = {
+        f"{name}{suffix}" for name in COUNTED_BY_BOTH for suffix in ("_bucket", "_sum", "_count")
+    }
+    return is_taken(series) and series not in parts
+
+
+PROXY_ENGINE = 'engine=~"$proxy_engine"'
+
+
+def test_the_proxy_engine_variable_reads_a_family_never_taken_from_the_engine() -> None:
+    (variable,) = [v for v in DASHBOARD_JSON["templating"]["list"] if v["name"] == "proxy_engine"]
+    query = variable["query"]["query"]
+    (name,) = re.findall(r"label_values\(([\w:]+)\{[^}]*\}, engine\)", query)
+    assert name.removesuffix("_count") in COUNTED_BY_BOTH
+    assert 'job=~"$proxy_job"' in query
+    assert variable["definition"] == query
+    assert variable["includeAll"]
+    assert variable["multi"]
+
+
 def test_proxy_panels_read_only_series_the_proxy_exports() -> None:
     assert len(PROXY_PANELS) >= 8
     exported = _exported_series()
     target_labels = {"job", "instance"}  # added by Prometheus at scrape time
+    # A proxy panel reading a family --engine-metrics takes from the engine too keeps to the
+    # proxy's own series: by the proxy's engine label, or origin!="engine" where the engine's
+    # series carry it (a family whose labels have no engine).
+    target_labels.add(ENGINE_ORIGIN[0])
     seen = set()
     for panel in PROXY_PANELS:
         for target in panel["targets"]:
@@ -430,7 +462,10 @@ def test_proxy_panels_read_only_series_the_proxy_exports() -> None:
             assert selectors, f"{panel['title']}: every selector has braces: {expr}"
             for name, matchers in selectors:
                 assert name in exported, f"{panel['title']}: {name} is not exported"
-                used = set(re.findall(r"(\w+)\s*=~?", matchers))
+                used = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
+                if _engine_prints_too(name):
+                    own = 'origin!="engine"' if name in MARKED_WITH_ORIGIN else PROXY_ENGINE
+                    assert own in matchers, f"{panel['title']}: {expr}"
                 used |= {
                     label.strip()
                     for group in re.findall(r"\bby\s*\(([^)]*)\)", expr)
@@ -455,5 +490,7 @@ def test_proxy_panels_read_only_series_the_proxy_exports() -> None:
         "proxy_tenant_generation_tokens_total",
         "proxy_tenant_queue_time_seconds_sum",
         "proxy_tenant_queue_time_seconds_count",
+        "proxy_engine_scrape_up",
+        "proxy_engine_scrape_duration_seconds",
     }
     assert described <= seen

@@ -1,5 +1,6 @@
-"""End to end: a real Prometheus scrapes the proxy, and vLLM's official dashboard queries (and
-our dashboard's proxy panels) answer with finite, sane values."""
+"""End to end: a real Prometheus scrapes the proxy alone (with --engine-metrics), and vLLM's
+official dashboard queries (and our dashboard's proxy panels) answer with finite, sane values,
+no series twice."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from metrics_proxy.config import Config
+from metrics_proxy.families import COUNTED_BY_BOTH
 from metrics_proxy.server import create_app
 from tests.support.fake_upstream import BEHAVIOR_HEADER, FAKE_STATE, Behavior, make_fake_upstream
 
@@ -35,13 +37,10 @@ TENANT_HEADER = "X-Tenant"
 SECOND = "e2e-second"  # with --model-name auto, the router's other model
 JOB = "metrics-proxy"
 WINDOW = "1m"  # stands in for $__rate_interval: wider than the whole run, so rates see it all
-# Engine-only, so not exported (README "Not observable from a proxy"): the query must be empty.
-EXCLUDED = {
-    'vllm:kv_cache_usage_perc{model_name="$model_name"}': "KV-cache usage is engine-only",
-}
-# Panels whose series may legitimately sit at zero here: gauges read after the traffic, and a
-# queue time that is microseconds without --max-concurrency.
-MAY_BE_ZERO = {"Scheduler State", "Queue Time"}
+# Panels whose series may legitimately sit at zero here: gauges read after the traffic (the
+# engine's KV-cache usage among them), and a queue time that is microseconds without
+# --max-concurrency.
+MAY_BE_ZERO = {"Scheduler State", "Queue Time", "Cache Utilization"}
 LATENCY_CEILING = 10.0  # seconds: the fake answers in tens of milliseconds
 PROMETHEUS_START = 20.0  # seconds, like every bound below
 SCRAPE_WAIT = 30.0  # Prometheus 2.x applies new targets on a 5 s tick: the first scrape is late
@@ -136,6 +135,14 @@ class PrometheusAPI:
                     return
                 await asyncio.sleep(0.1)
 
+    async def duplicate_samples(self) -> float:
+        """Samples Prometheus dropped as a series repeated within one scrape (its own count)."""
+        async with self.http.get(f"{self.base}/metrics") as response:
+            text = await response.text()
+        name = "prometheus_target_scrapes_sample_duplicate_timestamp_total "
+        (line,) = [line for line in text.splitlines() if line.startswith(name)]
+        return float(line.split()[1])
+
     async def scrapes(self) -> int:
         """Successful scrapes of the proxy so far."""
         result = await self.query(f'sum_over_time(up{{job="{JOB}"}}[5m])')
@@ -175,12 +182,23 @@ async def _traffic(http: aiohttp.ClientSession, proxy: TestServer, model: str) -
         assert response.status == 200
 
 
-def _substitute(expr: str, model: str) -> str:
+def _substitute(expr: str, model: str = MODEL, proxy_engine: str = "") -> str:
     return (
         expr.replace("$model_name", model)
         .replace("$__rate_interval", WINDOW)
         .replace("$proxy_job", JOB)
+        .replace("$proxy_engine", proxy_engine)
     )
+
+
+def _variable_query(name: str) -> str:
+    """A dashboard variable's ``label_values(selector, label)`` as PromQL that answers one
+    series per value of ``label``."""
+    (variable,) = [
+        v for v in json.loads(DASHBOARD.read_text())["templating"]["list"] if v["name"] == name
+    ]
+    selector, label = variable["query"]["query"].removeprefix("label_values(")[:-1].rsplit(", ", 1)
+    return _substitute(f"count by ({label}) ({selector})")
 
 
 def _values(result: list[dict[str, Any]]) -> list[float]:
@@ -201,9 +219,12 @@ def _proxy_panel_queries() -> list[dict[str, str]]:
 async def _proxy_serving(
     aiohttp_server: ServerFactory, models: tuple[str, ...]
 ) -> tuple[TestServer, Config]:
-    """The proxy in front of the fake: for one model with that --model-name; for several, a
-    router's list and --model-name auto, returned once every model has its series."""
-    upstream_app = make_fake_upstream(Behavior(ttft=0.02, itl=0.005, completion_tokens=8))
+    """The proxy in front of the fake: for one model with that --model-name and
+    --engine-metrics; for several, a router's list and --model-name auto, returned once every
+    model has its series."""
+    upstream_app = make_fake_upstream(
+        Behavior(ttft=0.02, itl=0.005, completion_tokens=8), model=MODEL
+    )
     upstream = await aiohttp_server(upstream_app)
     auto = len(models) > 1
     if auto:
@@ -212,6 +233,8 @@ async def _proxy_serving(
         upstream_url=str(upstream.make_url("")),
         model_name="auto" if auto else MODEL,
         tenant_header=TENANT_HEADER,
+        # In front of one engine, its series too (the sidecar); not in front of a router.
+        engine_metrics=not auto,
     )
     proxy = await aiohttp_server(create_app(config))
     async with aiohttp.ClientSession() as http, asyncio.timeout(10):
@@ -230,7 +253,7 @@ async def test_dashboard_queries_answer_from_a_real_prometheus(
     tmp_path: Path,
     models: tuple[str, ...],
 ) -> None:
-    proxy, _ = await _proxy_serving(aiohttp_server, models)
+    proxy, config = await _proxy_serving(aiohttp_server, models)
     timeout = aiohttp.ClientTimeout(total=10)
     queries = [*QUERIES, *_proxy_panel_queries()]
     with _prometheus(prometheus_binary, tmp_path, f"127.0.0.1:{proxy.port}") as server:
@@ -255,28 +278,42 @@ async def test_dashboard_queries_answer_from_a_real_prometheus(
                                 _chat(http, proxy, model, behavior={"status": 400}),
                             )
                             assert list(statuses) == [200, 500, 400]
+                # $proxy_engine as Grafana fills it: the proxy's label, never the engine's.
+                proxy_engines = await prometheus.query(_variable_query("proxy_engine"))
+                assert [s["metric"]["engine"] for s in proxy_engines] == ["proxy"]
                 results = {
                     model: {
-                        q["expr"]: await prometheus.query(_substitute(q["expr"], model))
-                        for q in queries
+                        q["expr"]: await prometheus.query(_substitute(q["expr"], model, "proxy"))
+                        for q in [*queries, *_SCRAPE_CHECKS]
                     }
                     for model in models
                 }
+                duplicates = await prometheus.duplicate_samples()
             except BaseException:
                 print(server.log.read_text()[-4000:])  # shown by pytest on failure
                 raise
+    engine = config.engine_metrics
     for model in models:  # the dashboard with its model_name variable set to each
-        _check_dashboard(results[model])
+        _check_dashboard(results[model], engine)
+        _check_proxy_rows(results[model], config if engine else None)
+    if engine:
+        _check_one_target(results[MODEL])
+    assert duplicates == 0
 
 
-def _check_dashboard(results: dict[str, list[dict[str, Any]]]) -> None:
+# Without --engine-metrics (the proxy in front of a router, where no one engine is "the"
+# engine), the engine-only panel is empty: the proxy never fakes it.
+ENGINE_ONLY = {'vllm:kv_cache_usage_perc{model_name="$model_name"}'}
+
+
+def _check_dashboard(results: dict[str, list[dict[str, Any]]], engine: bool) -> None:
     problems = []
     for q in QUERIES:
         panel, expr = q["panel"], q["expr"]
         values = _values(results[expr])
-        if expr in EXCLUDED:
+        if not engine and expr in ENGINE_ONLY:
             if values:
-                problems.append(f"{panel}: excluded ({EXCLUDED[expr]}) but answers {values}")
+                problems.append(f"{panel}: engine-only, but answers {values} without it")
             continue
         if not values or not all(math.isfinite(v) and v >= 0 for v in values):
             problems.append(f"{panel}: {expr!r} -> {values}")
@@ -284,25 +321,37 @@ def _check_dashboard(results: dict[str, list[dict[str, Any]]]) -> None:
             problems.append(f"{panel}: {expr!r} is all zero: {values}")
         elif "Latency" in panel and not max(values) < LATENCY_CEILING:
             problems.append(f"{panel}: {expr!r} is no latency of this traffic: {values}")
-    assert len(QUERIES) - len(EXCLUDED) == 26
+    assert len(QUERIES) == 27
     assert problems == []
-
     reasons = {
         s["metric"]["finished_reason"]: float(s["value"][1])
         for s in results[next(q["expr"] for q in QUERIES if q["panel"] == "Finish Reason")]
     }
     assert all(reasons[r] > 0 for r in ("stop", "length", "error")), reasons
 
-    # The proxy's own row: every query answers, finite and non-negative.
+
+def _check_proxy_rows(results: dict[str, list[dict[str, Any]]], engine: Config | None) -> None:
+    """The proxy's own rows: every query answers, finite and non-negative (the engine scrape's
+    only with --engine-metrics), and the tenant row puts each tenant where its traffic does."""
     for q in _proxy_panel_queries():
         values = _values(results[q["expr"]])
+        if engine is None and q["panel"].startswith("Engine scrape"):
+            assert values == [], q
+            continue
         assert values, q
         assert all(math.isfinite(v) and v >= 0 for v in values), (q, values)
     errors = {s["metric"]["kind"]: float(s["value"][1]) for s in results[_expr("Proxy errors")]}
     assert errors["upstream_status"] > 0, errors
     (ratio,) = _values(results[_expr("Proxy HTTP 5xx ratio")])
     assert 0 < ratio < 1
-    # The tenant row: each tenant where its traffic puts it.
+    if engine is not None:
+        up, duration = (
+            _values(results[q["expr"]])
+            for q in _proxy_panel_queries()
+            if q["panel"].startswith("Engine scrape")
+        )
+        assert up == [1.0]
+        assert 0 < duration[0] < engine.engine_metrics_timeout
     tokens = _by_tenant(results[_expr("Top tenants by tokens/s")])
     assert tokens["team-a"] > 0, tokens
     assert set(_by_tenant(results[_expr("Rejected requests by tenant")])) == {"team-refused"}
@@ -314,6 +363,30 @@ def _check_dashboard(results: dict[str, list[dict[str, Any]]]) -> None:
 
 def _by_tenant(result: list[dict[str, Any]]) -> dict[str, float]:
     return {series["metric"]["tenant"]: float(series["value"][1]) for series in result}
+
+
+# Every scrape whole, the engine read at each, and of the engine's vLLM series only those
+# that count no request twice (the proxy's, engine="proxy", count those).
+_SCRAPE_CHECKS = [
+    {"expr": f'min_over_time(up{{job="{JOB}"}}[5m])'},
+    {"expr": "min_over_time(proxy_engine_scrape_up[5m])"},
+    {"expr": 'count by (__name__) ({__name__=~"vllm:.+", engine="0"})'},
+    {"expr": 'count by (__name__) ({__name__=~"vllm:.+", engine="proxy"})'},
+]
+
+
+def _check_one_target(results: dict[str, list[dict[str, Any]]]) -> None:
+    up, engine_up, engines, proxys = (results[q["expr"]] for q in _SCRAPE_CHECKS)
+    assert _values(up) == [1.0]
+    assert _values(engine_up) == [1.0]
+    engine_names = {s["metric"]["__name__"] for s in engines}
+    proxy_names = {s["metric"]["__name__"] for s in proxys}
+    counted = {f"{n}{part}" for n in COUNTED_BY_BOTH for part in ("", "_bucket", "_count", "_sum")}
+    assert "vllm:kv_cache_usage_perc" in engine_names
+    assert "vllm:num_requests_running" in engine_names & proxy_names
+    assert proxy_names & counted
+    assert not engine_names & counted
+    assert not [n for n in engine_names if n.endswith("_created")]
 
 
 def _expr(panel_prefix: str) -> str:

@@ -4,7 +4,9 @@ and JSON exposition, and the process collector. Nothing here knows of vLLM or th
 from metrics_proxy.prometheus.exposition import (
     CONTENT_TYPE_JSON,
     CONTENT_TYPE_TEXT,
+    RenderedFamily,
     format_value,
+    pre_render,
     render_json,
     render_text,
 )
@@ -44,9 +46,11 @@ __all__ = [
     "MetricType",
     "ProcessCollector",
     "Registry",
+    "RenderedFamily",
     "Sample",
     "bucket_quantile",
     "format_value",
+    "pre_render",
     "render_json",
     "render_text",
     "snapshot_dict",

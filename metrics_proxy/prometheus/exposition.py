@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 import orjson
@@ -11,6 +12,7 @@ import orjson
 from metrics_proxy.prometheus.registry import Registry
 from metrics_proxy.prometheus.samples import HistogramValue, LabelPairs, MetricFamily
 from metrics_proxy.prometheus.snapshot import snapshot_dict
+from metrics_proxy.prometheus.text_parser import TextFamily
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 CONTENT_TYPE_JSON = "application/json"
@@ -64,10 +66,44 @@ def _bucket_label_texts(labels: LabelPairs, bounds: tuple[float, ...]) -> tuple[
     return tuple(_label_text(labels, ("le", format_value(bound))) for bound in bounds)
 
 
-def render_text(source: Registry | Iterable[MetricFamily]) -> bytes:
+@dataclass(frozen=True, slots=True)
+class RenderedFamily:
+    """A family read from another exposition, its lines formatted once (see ``pre_render``):
+    ``head`` its HELP and TYPE lines, ``body`` its sample lines, joined by newlines."""
+
+    name: str
+    head: str
+    body: str
+
+
+def pre_render(families: Iterable[TextFamily]) -> tuple[RenderedFamily, ...]:
+    """Families read from another exposition, formatted for ``render_text``: once per read of
+    that exposition, not once per scrape."""
+    return tuple(
+        RenderedFamily(
+            family.name,
+            f"# HELP {family.name} {escape_help(family.help)}\n# TYPE {family.name} {family.type}",
+            "\n".join(
+                f"{s.name}{_uncached_label_text(s.labels)} {format_value(s.value)}"
+                for s in family.samples
+            ),
+        )
+        for family in families
+    )
+
+
+def render_text(
+    source: Registry | Iterable[MetricFamily], foreign: Sequence[RenderedFamily] = ()
+) -> bytes:
     """The Prometheus text format 0.0.4, as vLLM's /metrics prints it (no ``_created``),
-    of a registry's families or of families already collected."""
+    of a registry's families or of families already collected.
+
+    ``foreign`` are families read from another exposition (``pre_render``), already cleared
+    of clashes with ``source``: one that shares a name with a family of ``source`` adds its
+    samples to that family's block (one HELP and TYPE for both); the others follow, each in
+    its own block."""
     families = source.collect() if isinstance(source, Registry) else source
+    joining = {family.name: family for family in foreign}
     lines: list[str] = []
     append = lines.append
     for family in families:
@@ -85,8 +121,22 @@ def render_text(source: Registry | Iterable[MetricFamily]) -> bytes:
                 append(f"{name}_sum{label_text} {format_value(value.sum)}")
             else:
                 append(f"{name}{_label_text(sample.labels)} {format_value(value)}")
+        if joining and (joined := joining.pop(name, None)) and joined.body:
+            append(joined.body)
+    for rest in joining.values():
+        append(rest.head)
+        if rest.body:
+            append(rest.body)
     append("")
     return "\n".join(lines).encode()
+
+
+def _uncached_label_text(labels: LabelPairs) -> str:
+    # Not through _label_text's cache: another process's series must not push ours out.
+    if not labels:
+        return ""
+    pairs = sorted(labels)
+    return "{" + ",".join(f'{n}="{escape_label_value(v)}"' for n, v in pairs) + "}"
 
 
 def render_json(source: Registry | Iterable[MetricFamily]) -> bytes:

@@ -32,6 +32,7 @@ def make_simulator(
     router.add_post("/v1/completions", openai_routes.generate)
     router.add_get("/v1/models", openai_routes.models)
     router.add_get("/health", openai_routes.health)
+    router.add_get("/metrics", openai_routes.engine_metrics)
     for path in AUDIO_CHUNKS:
         router.add_post(path, audio_routes.audio)
     router.add_post("/v1/messages", messages_routes.messages)

@@ -16,6 +16,7 @@ from metrics_proxy.simulator.answers import (
     send,
     send_error,
 )
+from metrics_proxy.simulator.metrics_shapes import METRICS_CONTENT_TYPE, exposition
 from metrics_proxy.simulator.openai_shapes import completion_body, completion_steps
 from metrics_proxy.simulator.pacing import until_disconnected
 from metrics_proxy.simulator.request_fields import usage_options, vllm_bool
@@ -60,3 +61,10 @@ async def models(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     return web.Response()
+
+
+async def engine_metrics(request: web.Request) -> web.Response:
+    """vLLM's /metrics: the simulated engine's load in vLLM's families."""
+    simulation = request.app[SIMULATION]
+    body = exposition(simulation.model, simulation.load())
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})

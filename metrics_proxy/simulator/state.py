@@ -13,7 +13,11 @@ from typing import Any, Literal
 from aiohttp import web
 
 from metrics_proxy.simulator.behavior import Behavior
+from metrics_proxy.simulator.metrics_shapes import EngineLoad
 from metrics_proxy.simulator.profile import Profile
+
+# The KV cache a running request holds, in tokens: a made-up, typical chat exchange.
+TOKENS_PER_REQUEST = 1024
 
 # How a response ended: written to the end, cut short by the simulator itself (a Behavior's
 # reset_after), or abandoned because the client went away.
@@ -53,9 +57,13 @@ class Simulation:
         *,
         profile: Profile | None = None,
         seed: int | None = None,
+        model: str | None = None,
     ) -> None:
         self.behavior = behavior or Behavior()
         self.profile = profile
+        self._model = model
+        self.running = 0  # responses being served now (the engine's running requests)
+        self.served = 0  # ... and served to their end or cut
         self.responses: dict[str, StoredResponse] = {}
         # The entries of GET /v1/models, as vLLM writes them (LoRA adapters with a "parent"):
         # None lists the one served model. A router in front of several would list them all.
@@ -66,6 +74,8 @@ class Simulation:
     @property
     def model(self) -> str:
         """The served model's name: answers to requests that name none carry it."""
+        if self._model is not None:
+            return self._model
         return self.profile.model if self.profile is not None else "fake-model"
 
     def listed_models(self) -> list[dict[str, Any]]:
@@ -73,6 +83,11 @@ class Simulation:
         if self.model_list is not None:
             return self.model_list
         return [{"id": self.model, "object": "model"}]
+
+    def load(self) -> EngineLoad:
+        """What the engine holds now, as its /metrics reports it."""
+        held = self.running * TOKENS_PER_REQUEST
+        return EngineLoad(running=self.running, served=self.served, tokens_held=held)
 
     def behavior_for(self, request: web.Request, body: dict[str, Any]) -> Behavior:
         """How to answer this request; ValueError refuses it with a 400."""
@@ -89,6 +104,7 @@ class Simulation:
         """Around each response that may stream or fail on purpose: its outcome goes to
         ``ended``. A client leaving is an outcome, not an error for aiohttp to log."""
         self.started()
+        self.running += 1
         outcome: Outcome | None = None
         try:
             yield
@@ -101,6 +117,8 @@ class Simulation:
             outcome = "closed_early"
             raise
         finally:
+            self.running -= 1
+            self.served += 1
             self.ended(outcome)
 
     def started(self) -> None:

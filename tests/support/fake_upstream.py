@@ -52,8 +52,8 @@ class ReceivedRequest:
 class FakeUpstreamState(Simulation):
     """What the fake has seen, and how its responses ended. Touched only on the event loop."""
 
-    def __init__(self, behavior: Behavior | None = None) -> None:
-        super().__init__(behavior)
+    def __init__(self, behavior: Behavior | None = None, *, model: str | None = None) -> None:
+        super().__init__(behavior, model=model)
         self.requests: list[ReceivedRequest] = []
         self.active = 0  # generation and /slow-body responses being served right now
         self.completed = 0  # ... written to the end
@@ -165,9 +165,12 @@ async def _realtime(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def make_fake_upstream(behavior: Behavior | None = None) -> web.Application:
-    """The fake upstream app; ``behavior`` is the default each request may override."""
-    state = FakeUpstreamState(behavior)
+def make_fake_upstream(
+    behavior: Behavior | None = None, *, model: str | None = None
+) -> web.Application:
+    """The fake upstream app; ``behavior`` is the default each request may override, and
+    ``model`` the served model its /metrics names."""
+    state = FakeUpstreamState(behavior, model=model)
     app = make_simulator(state, middlewares=[_record])
     app[FAKE_STATE] = state
     app.router.add_post("/tokenize", _tokenize)

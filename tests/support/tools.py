@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
+import subprocess
 import sysconfig
 
 import pytest
@@ -52,3 +54,22 @@ def hadolint() -> str:
 def kubernetes_validate() -> str:
     """kubernetes-validate's path (skips locally when absent, fails in CI)."""
     return _require_tool("kubernetes-validate")
+
+
+_VLLMS_OWN_LINT = re.compile(
+    r"should not contain ':'|^vllm:\S+_total non-counter metrics should not have \"_total\""
+)
+
+
+def promtool_problems(promtool: str, text: bytes) -> list[str]:
+    """What ``promtool check metrics`` finds wrong with ``text``, beyond what it lints in
+    vLLM's own names (the ':' of every one, the '_total' of its histogram
+    vllm:iteration_tokens_total), which are expected."""
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, timeout=30, check=False
+    )
+    lines = (result.stdout + result.stderr).decode().splitlines()
+    problems = [line for line in lines if line.strip() and not _VLLMS_OWN_LINT.search(line)]
+    if result.returncode not in (0, 3):  # 3: lint findings only
+        problems.append(f"promtool exited with {result.returncode}")
+    return problems
