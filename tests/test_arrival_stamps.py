@@ -23,6 +23,7 @@ from metrics_proxy.config import Config
 from metrics_proxy.server import create_app
 from tests.support.fake_upstream import make_fake_upstream
 from tests.support.raw_peers import read_message
+from tests.support.tools import require_module
 
 BLOCKED = 0.3  # seconds the test holds the loop, the proxy's with it
 TTFT = "vllm:time_to_first_token_seconds"
@@ -179,7 +180,8 @@ async def test_without_kernel_times_the_clock_starts_when_the_handler_runs(
 def test_on_uvloop_the_proxy_serves_with_the_handlers_clock() -> None:
     """uvloop's transports hand out no socket of asyncio's: every connection is aiohttp's
     alone, served as ever."""
-    uvloop = pytest.importorskip("uvloop")
+    require_module("uvloop")
+    import uvloop
 
     async def run() -> tuple[float, int]:
         upstream = web.AppRunner(make_fake_upstream())
