@@ -11,14 +11,14 @@ import json
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from metrics_proxy.arrival_stamps import ArrivalSite, ArrivalStamps
+from metrics_proxy.arrival_stamps import SO_TIMESTAMPNS, ArrivalSite, ArrivalStamps
 from metrics_proxy.config import Config
 from metrics_proxy.server import create_app
 from tests.support.fake_upstream import make_fake_upstream
@@ -38,6 +38,32 @@ HEALTH = b"GET /internal/healthz HTTP/1.1\r\nHost: proxy\r\n\r\n"
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="kernel receive times are Linux's"
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def kernel_stamps_on() -> Iterator[None]:
+    """Linux turns receive timestamps on for the whole stack lazily: the first socket that asks
+    schedules the switch, and so does the last one closing for the switch back. A proxy started
+    within moments of the last one's end (each test's) could have its first request stamped by
+    nobody and fall back to the handler's clock. One socket asking for the whole module, and a
+    datagram to itself until one comes back stamped (bounded), take that race away."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(1.0)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            sock.sendto(b"?", sock.getsockname())
+            ancillary = sock.recvmsg(1, socket.CMSG_SPACE(16))[1]
+            if ancillary and any(data.strip(b"\0") for _, _, data in ancillary):
+                break
+            time.sleep(0.001)  # the kernel's deferred switch: nothing here can be awaited
+        else:
+            pytest.fail("the kernel gave no receive time within 5 s")
+        yield
 
 
 @asynccontextmanager
