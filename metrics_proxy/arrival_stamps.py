@@ -132,6 +132,10 @@ class ArrivalStamps(asyncio.BufferedProtocol):
         return received
 
 
+# Longer than any request waits in the proxy's socket for its loop: an older stamp is a wall
+# clock that stepped between the kernel's stamp and the handler.
+_MAX_AGE = 60.0
+
 # The request being handled's arrival: aiohttp runs each request in a task whose context no
 # other request sees (as request_ids does).
 _ARRIVAL: ContextVar[float | None] = ContextVar("arrival", default=None)
@@ -146,7 +150,10 @@ def take_arrival(request: web.Request, clock: Callable[[], float]) -> float:
     stamps = None if transport is None else transport.get_protocol()
     received = stamps.take() if isinstance(stamps, ArrivalStamps) else None
     # The clocks' rates agree; only the age of the bytes matters, not where either clock is.
-    arrival = now if received is None else now - max(time.time() - received, 0.0)
+    # The age comes from the wall clock, which a time step can move: an age that no request
+    # could have (beyond _MAX_AGE, or negative) is no age, and the clock starts now.
+    age = 0.0 if received is None else time.time() - received
+    arrival = now - age if 0.0 < age <= _MAX_AGE else now
     _ARRIVAL.set(arrival)
     return arrival
 

@@ -45,7 +45,7 @@ class TenantReader:
     """Reads a request's tenant from its headers: the ``header``'s value when it names one,
     else (with a ``salt``) the bearer token's tag, else TENANT_UNKNOWN. The header comes
     first: a gateway that sets it knows the tenant better than a key does (one tenant may
-    hold several keys)."""
+    hold several keys); a value that starts as a key's tag does (``key:``) is not taken."""
 
     __slots__ = ("_header", "_keyed")
 
@@ -59,7 +59,9 @@ class TenantReader:
     def read(self, headers: Mapping[str, str]) -> str:
         if self._header:
             value = headers.get(self._header)
-            if value is not None and _NAME.fullmatch(value):
+            # A name that reads like a key's tenant is no gateway's: never taken, so a header
+            # cannot pose as a key (and use its share of the slots).
+            if value is not None and _NAME.fullmatch(value) and not value.startswith(KEY_PREFIX):
                 return value
         if self._keyed is not None:
             token = _bearer(headers.get("Authorization"))

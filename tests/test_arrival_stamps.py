@@ -13,12 +13,14 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
+from typing import cast
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from metrics_proxy.arrival_stamps import SO_TIMESTAMPNS, ArrivalSite, ArrivalStamps
+from metrics_proxy.arrival_stamps import SO_TIMESTAMPNS, ArrivalSite, ArrivalStamps, take_arrival
 from metrics_proxy.config import Config
 from metrics_proxy.server import create_app
 from tests.support.fake_upstream import make_fake_upstream
@@ -227,3 +229,19 @@ def test_on_uvloop_the_proxy_serves_with_the_handlers_clock() -> None:
     ttft, count = uvloop.run(run())
     assert count == 1
     assert ttft < BLOCKED
+
+
+@pytest.mark.parametrize(
+    ("age", "waited"),
+    [(0.25, 0.25), (3600.0, 0.0), (-5.0, 0.0)],
+    ids=["a-wait", "wall-clock-stepped-back", "wall-clock-stepped-ahead"],
+)
+def test_an_age_no_request_could_have_starts_the_clock_now(age: float, waited: float) -> None:
+    """The stamp's age is read off the wall clock, which a time step can move: an age beyond
+    any wait in the proxy's socket, or a negative one, is no age."""
+    stamps = ArrivalStamps(asyncio.Protocol(), memoryview(bytearray(1)))
+    stamps._received = time.time() - age
+    request = cast(
+        web.Request, SimpleNamespace(transport=SimpleNamespace(get_protocol=lambda: stamps))
+    )
+    assert take_arrival(request, lambda: 1000.0) == pytest.approx(1000.0 - waited, abs=0.05)

@@ -65,6 +65,16 @@ def test_with_both_the_header_comes_first_and_the_key_stands_in() -> None:
     assert reader.read({"X-Tenant": "\x01", **bearer}) == key_tag(SALT, TOKEN)
 
 
+def test_a_header_cannot_pose_as_a_keys_tenant() -> None:
+    """A name that reads like a key's tag is no gateway's: never taken from the header, so a
+    client cannot count under (or use the slots of) a key it does not hold."""
+    forged = key_tag(SALT, TOKEN)
+    assert TenantReader("X-Tenant").read({"X-Tenant": forged}) == TENANT_UNKNOWN
+    reader = TenantReader("X-Tenant", SALT)
+    own = {"Authorization": "Bearer sk-someone-else"}
+    assert reader.read({"X-Tenant": forged, **own}) == key_tag(SALT, "sk-someone-else")
+
+
 def test_a_reader_needs_a_source() -> None:
     with pytest.raises(ValueError, match="needs a header, a salt"):
         TenantReader()

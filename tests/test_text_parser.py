@@ -216,3 +216,24 @@ def test_promtool_accepts_what_hostile_input_renders_to(promtool: str) -> None:
         # Lint findings about names and help (the fuzz mangles both) are no invalid text.
         assert [p for p in problems if "error" in p or "exited" in p] == []
     assert promtool_problems(promtool, _rendered(parse_text(VLLM))) == []
+
+
+def test_a_long_label_set_is_parsed_but_never_cached() -> None:
+    """The label-set cache holds an engine's ordinary label sets; long ones (a hostile page
+    may carry 64 KiB lines, new at every fetch) are parsed each time and never kept."""
+    from metrics_proxy.prometheus import text_parser
+
+    text_parser._parse_labels_cached.cache_clear()
+    before = text_parser._parse_labels_cached.cache_info().currsize
+    value = "x" * 4000
+    page = b"# TYPE m gauge\n" + b"".join(
+        b'm{i="%d",v="%s"} 1\n' % (i, value.encode()) for i in range(50)
+    )
+    parsed = parse_text(page)
+    (family,) = parsed.families
+    assert len(family.samples) == 50
+    assert family.samples[7].labels == (("i", "7"), ("v", value))
+    assert text_parser._parse_labels_cached.cache_info().currsize == before
+    short = parse_text(b'# TYPE s gauge\ns{only_here="short"} 1\n')
+    assert short.families[0].samples[0].labels == (("only_here", "short"),)
+    assert text_parser._parse_labels_cached.cache_info().currsize == before + 1

@@ -225,12 +225,22 @@ def _valid_le(labels: LabelPairs) -> bool:
     return len(bounds) == 1 and _VALUE.fullmatch(bounds[0]) is not None
 
 
-@lru_cache(maxsize=8192)
+# Label sets longer than this are parsed each time: the cache holds an engine's ordinary label
+# sets, never 8192 hostile 64 KiB ones (half a GiB that would live as long as the process).
+_CACHED_LABELS_UP_TO = 512
+
+
 def parse_labels(text: str) -> LabelPairs:
     """The label set written between braces (``a="x",b="y"``). Escapes are exactly the
     format's three (``\\\\``, ``\\"``, ``\\n``); any other, a repeated or reserved
-    (``__``) name, or a missing quote rejects the line. Cached: an engine prints the same
-    label sets at every fetch."""
+    (``__``) name, or a missing quote rejects the line. Cached up to a size: an engine prints
+    the same label sets at every fetch."""
+    if len(text) <= _CACHED_LABELS_UP_TO:
+        return _parse_labels_cached(text)
+    return _parse_labels(text)
+
+
+def _parse_labels(text: str) -> LabelPairs:
     pairs: list[tuple[str, str]] = []
     i = 0
     while (pair := _LABEL_PAIR.match(text, i)) is not None:
@@ -246,6 +256,9 @@ def parse_labels(text: str) -> LabelPairs:
     if len({name for name, _ in pairs}) != len(pairs):
         raise _SkipLine("a label given twice")
     return tuple(pairs)
+
+
+_parse_labels_cached = lru_cache(maxsize=8192)(_parse_labels)
 
 
 def _unescape_label_value(raw: str) -> str:
