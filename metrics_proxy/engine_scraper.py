@@ -12,6 +12,7 @@ import logging
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -24,7 +25,7 @@ from metrics_proxy.families import EngineScrapeError
 from metrics_proxy.prometheus.exposition import RenderedFamily, pre_render
 from metrics_proxy.prometheus.metrics import Counter, Gauge
 from metrics_proxy.prometheus.samples import MetricFamily
-from metrics_proxy.prometheus.text_parser import Limits, ParsedText, parse_text
+from metrics_proxy.prometheus.text_parser import Limits, parse_text
 from metrics_proxy.setting_rules import mask_url, split_credentials
 
 log = logging.getLogger("metrics_proxy")
@@ -117,10 +118,11 @@ class EngineScraper:
         failure: EngineScrapeError | None = None
         cause: str | None = None  # the failure as logged
         try:
-            # Parsed off the event loop: a large page (many ranks or adapters) must not stall
-            # the requests in flight. Joined on it, where the proxy's series are read.
-            parsed = await asyncio.to_thread(parse_text, await self._read(), LIMITS)
-            kept = self._joined(parsed)
+            body = await self._read()
+            # Parsed, joined and formatted off the event loop: a large page (many ranks or
+            # adapters), or many models' series of the proxy's, must not stall the requests in
+            # flight. The proxy's series are read on the loop, as collected families (frozen).
+            kept = self._counted(await asyncio.to_thread(_joined, body, tuple(self._ours())))
         except _Failed as failed:
             failure, kept = failed.kind, ()
             cause = failure.value
@@ -154,12 +156,10 @@ class EngineScraper:
                 failure,
             )
 
-    def _joined(self, parsed: ParsedText) -> tuple[RenderedFamily, ...]:
-        joined = join(self._ours(), parsed.families)
-        self._errors[EngineScrapeError.INVALID_LINE].inc(parsed.skipped_lines)
+    def _counted(self, joined: _Joined) -> tuple[RenderedFamily, ...]:
+        self._errors[EngineScrapeError.INVALID_LINE].inc(joined.skipped_lines)
         self._errors[EngineScrapeError.CONFLICT].inc(joined.conflicts)
-        # Formatted once here, not at each scrape the result serves.
-        return pre_render(joined.families)
+        return joined.rendered
 
     async def _read(self) -> bytes:
         if self.session is None:
@@ -176,6 +176,24 @@ class EngineScraper:
             raise _Failed(EngineScrapeError.TIMEOUT) from None
         except (aiohttp.ClientError, OSError):
             raise _Failed(EngineScrapeError.CONNECT) from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Joined:
+    """What a fetch keeps: the engine's families that join ours, formatted, and what was
+    left out on the way."""
+
+    rendered: tuple[RenderedFamily, ...]
+    skipped_lines: int
+    conflicts: int
+
+
+def _joined(body: bytes, ours: Sequence[MetricFamily]) -> _Joined:
+    """The engine's page read and joined to ``ours``; pure, so it runs in a worker thread."""
+    parsed = parse_text(body, LIMITS)
+    joined = join(ours, parsed.families)
+    # Formatted once here, not at each scrape the result serves.
+    return _Joined(pre_render(joined.families), parsed.skipped_lines, joined.conflicts)
 
 
 async def _bounded_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
